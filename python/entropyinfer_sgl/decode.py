@@ -1,0 +1,166 @@
+"""Latent decode compression (reference): score the cache with an observation window, keep each kv head's best entries.
+
+The observation window holds the newest queries: the last prompt queries plus the first `decode_delay_steps`
+generated ones, post-RoPE, so generated tokens steer what is kept (the prototype's "latent" compression).
+Scoring is SnapKV's (softmax(q K^T / sqrt(d)) averaged over the window, then 1-D pooling), GQA-native: the
+query heads of a kv group are reduced to one score per kv head and the cache is never expanded to Hq heads.
+Budgets are uniform per kv head (SnapKV) or allocated across the kv heads of a layer (AdaKV); sink and local
+window entries are always kept. The result is an eviction order and per-kv-head kept indices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import EntropyInferConfig
+from .plan import PlannerBackend
+from .validation import require
+
+
+def compression_due(generated_tokens: int, config: EntropyInferConfig) -> bool:
+    """Whether the cache is compressed once `generated_tokens` generated tokens are in it.
+
+    The first compression fires when the first `decode_delay_steps` generated tokens (keys in the cache,
+    queries in the observation window) are there; it repeats every `decode_evict_interval_steps` after that.
+    """
+    if not config.decode_compression or generated_tokens < config.decode_delay_steps:
+        return False
+    since = generated_tokens - config.decode_delay_steps
+    if since == 0:
+        return True
+    interval = config.decode_evict_interval_steps
+    return interval > 0 and since % interval == 0
+
+
+def observation_scores(window_q: torch.Tensor, k_cache: torch.Tensor, config: EntropyInferConfig) -> torch.Tensor:
+    """Importance of every cache entry per kv head: float32 [Hkv, T].
+
+    window_q: [W, Hq, D] the newest W queries, which sit at cache positions T-W .. T-1 (causal inside);
+    k_cache: [T, Hkv, D]. Entries in the local window (the newest `local_window_tokens`) score 0: they are
+    always kept. Pooling runs over the scored entries with zero padding, as SnapKV does.
+    """
+    require(window_q.dim() == 3 and k_cache.dim() == 3, "window_q must be [W, Hq, D] and k_cache [T, Hkv, D]")
+    num_window, num_q_heads, head_dim = window_q.shape
+    num_tokens, num_kv_heads, _ = k_cache.shape
+    require(k_cache.shape[2] == head_dim, "window_q and k_cache head_dim differ")
+    require(num_q_heads % num_kv_heads == 0, f"num_q_heads={num_q_heads} is not a multiple of {num_kv_heads}")
+    require(1 <= num_window <= num_tokens, f"observation window of {num_window} queries over {num_tokens} entries")
+    group = num_q_heads // num_kv_heads
+    q = window_q.float().view(num_window, num_kv_heads, group, head_dim)
+    logits = torch.einsum("wkgd,tkd->kgwt", q, k_cache.float()) / math.sqrt(head_dim)
+    position = torch.arange(num_tokens, device=k_cache.device)
+    query_position = num_tokens - num_window + torch.arange(num_window, device=k_cache.device)
+    logits = logits.masked_fill(position[None, :] > query_position[:, None], float("-inf"))
+    probs = torch.softmax(logits, dim=-1).mean(dim=2)  # [Hkv, G, T]: mean over the window
+    probs = probs.mean(dim=1) if config.decode_gqa_reduction == "mean" else probs.amax(dim=1)
+    scored = num_tokens - config.local_window_tokens
+    scores = torch.zeros(num_kv_heads, num_tokens, dtype=torch.float32, device=k_cache.device)
+    if scored > 0:
+        scores[:, :scored] = _pool(probs[:, :scored], config)
+    return scores
+
+
+def _pool(scores: torch.Tensor, config: EntropyInferConfig) -> torch.Tensor:
+    kernel = config.pooling_kernel_tokens
+    if config.pooling_method == "none" or kernel == 1:
+        return scores
+    pool = F.avg_pool1d if config.pooling_method == "avgpool" else F.max_pool1d
+    return pool(scores[:, None], kernel_size=kernel, stride=1, padding=kernel // 2)[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+def adaptive_budgets(scores: torch.Tensor, *, budget_tokens: int, floor_fraction: float) -> torch.Tensor:
+    """AdaKV budgets across kv heads (spec §4), torch version: int32 [H] summing to H * min(budget, T)."""
+    require(scores.dim() == 2, "scores must be [num_kv_heads, num_candidates]")
+    require(budget_tokens >= 0 and 0.0 <= floor_fraction <= 1.0, "budget_tokens >= 0 and floor_fraction in [0, 1]")
+    require(not bool(torch.isnan(scores).any()), "scores contain NaN")
+    num_heads, num_candidates = scores.shape
+    per_head = min(budget_tokens, num_candidates)
+    floor = math.floor(floor_fraction * per_head)
+    ranked = torch.sort(scores.float(), dim=-1, descending=True, stable=True).values[:, floor:]
+    picks = num_heads * (per_head - floor)
+    order = torch.sort(ranked.flatten(), descending=True, stable=True).indices[:picks]
+    counts = torch.bincount(torch.div(order, max(ranked.shape[1], 1), rounding_mode="floor"), minlength=num_heads)
+    return (counts + floor).to(torch.int32)
+
+
+def eviction_order(scores: torch.Tensor, *, sink_tokens: int, local_window_tokens: int) -> torch.Tensor:
+    """Per kv head, cache positions in ascending importance (spec §5): int32 [H, T].
+
+    Sink and local-window entries come last, in increasing position; among equal scores the higher position
+    is evicted first, so keeping the last k entries is "top k by score, ties to the lower position".
+    """
+    require(scores.dim() == 2, "scores must be [num_kv_heads, num_entries]")
+    require(not bool(torch.isnan(scores).any()), "scores contain NaN")
+    num_heads, num_tokens = scores.shape
+    device = scores.device
+    sink = min(sink_tokens, num_tokens)
+    local_start = max(sink, num_tokens - local_window_tokens)
+    candidates = scores[:, sink:local_start].float().flip(-1)  # reversed: stable ties -> higher position first
+    ascending = torch.sort(candidates, dim=-1, stable=True).indices
+    evictable = (local_start - 1) - ascending
+    protected = torch.cat([torch.arange(sink, device=device), torch.arange(local_start, num_tokens, device=device)])
+    order = torch.cat([evictable, protected[None].expand(num_heads, -1)], dim=-1)
+    return order.to(torch.int32)
+
+
+@dataclass(frozen=True)
+class DecodeCompressionPlan:
+    """Which cache entries each kv head keeps after one compression event (one layer of one request).
+
+    kept_indices: int32 [Hkv, max_kept] increasing cache positions, padded with -1 past `kept_lengths`.
+    kept_lengths: int32 [Hkv]; eviction_order: int32 [Hkv, T]; budgets_tokens: int32 [Hkv] scored entries kept.
+    """
+
+    kept_indices: torch.Tensor
+    kept_lengths: torch.Tensor
+    eviction_order: torch.Tensor
+    budgets_tokens: torch.Tensor
+    num_entries: int
+
+    @property
+    def kv_kept_fraction(self) -> float:
+        return float(self.kept_lengths.sum()) / float(self.kept_lengths.numel() * self.num_entries)
+
+    @property
+    def compression_ratio(self) -> float:
+        return 1.0 - self.kv_kept_fraction
+
+
+def plan_decode_compression(scores: torch.Tensor, config: EntropyInferConfig, *,
+                            backend: PlannerBackend = "torch") -> DecodeCompressionPlan:
+    """Turn observation scores `[Hkv, T]` into per-kv-head kept indices (uniform or AdaKV budgets)."""
+    require(scores.dim() == 2, "scores must be [num_kv_heads, num_entries]")
+    num_heads, num_tokens = scores.shape
+    device = scores.device
+    protected = min(num_tokens, config.sink_tokens + config.local_window_tokens)
+    candidates = scores[:, config.sink_tokens: max(config.sink_tokens, num_tokens - config.local_window_tokens)]
+    candidate_budget = config.decode_budget_tokens - config.sink_tokens - config.local_window_tokens
+    if backend == "rust":
+        from . import rust_planner as planner
+    elif backend == "torch":
+        planner = None
+    else:
+        raise ValueError(f"backend must be 'torch' or 'rust', got {backend!r}")
+    if num_tokens <= config.decode_budget_tokens or candidates.shape[1] == 0:
+        budgets = torch.full((num_heads,), max(num_tokens - protected, 0), dtype=torch.int32, device=device)
+    elif config.adaptive_decode_budgets:
+        fn = planner.adaptive_budgets if planner else adaptive_budgets
+        budgets = fn(candidates, budget_tokens=candidate_budget,
+                     floor_fraction=config.head_budget_floor_fraction).to(device)
+    else:
+        budgets = torch.full((num_heads,), candidate_budget, dtype=torch.int32, device=device)
+    fn = planner.eviction_order if planner else eviction_order
+    order = fn(scores, sink_tokens=config.sink_tokens, local_window_tokens=config.local_window_tokens).to(device)
+    lengths = budgets + protected
+    max_kept = int(lengths.max())
+    kept = torch.full((num_heads, max_kept), -1, dtype=torch.int32, device=device)
+    for h in range(num_heads):  # per kv head, once per compression event (not per step)
+        n = int(lengths[h])
+        kept[h, :n] = torch.sort(order[h, num_tokens - n:]).values
+    return DecodeCompressionPlan(kept_indices=kept, kept_lengths=lengths.to(torch.int32), eviction_order=order,
+                                 budgets_tokens=budgets.to(torch.int32), num_entries=num_tokens)

@@ -1,0 +1,40 @@
+"""Input checks shared by the public entry points: bad input gets a clear error, never a silent wrong answer."""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None) -> tuple[int, int, int, int]:
+    """Validate one sequence's q `[L, Hq, D]`, k (and v) `[L, Hkv, D]`; return (L, Hq, Hkv, D)."""
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        if tensor is None:
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        require(tensor.dim() == 3, f"{name} must be [seq_len, num_heads, head_dim], got shape {tuple(tensor.shape)}")
+        require(tensor.dtype in FLOAT_DTYPES, f"{name} must be float32, float16 or bfloat16, got {tensor.dtype}")
+        require(tensor.is_contiguous(), f"{name} must be contiguous (call .contiguous() first)")
+    seq_len, num_q_heads, head_dim = q.shape
+    require(k.shape[0] == seq_len, f"q has {seq_len} tokens but k has {k.shape[0]}")
+    require(k.shape[2] == head_dim, f"q head_dim {head_dim} != k head_dim {k.shape[2]}")
+    require(k.dtype == q.dtype, f"q dtype {q.dtype} != k dtype {k.dtype}")
+    require(k.device == q.device, f"q is on {q.device} but k is on {k.device}")
+    num_kv_heads = k.shape[1]
+    require(num_kv_heads >= 1 and num_q_heads % num_kv_heads == 0,
+            f"num_q_heads={num_q_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+    if v is not None:
+        require(v.shape[:2] == k.shape[:2], f"v shape {tuple(v.shape)} does not match k shape {tuple(k.shape)}")
+        require(v.dtype == q.dtype and v.device == q.device, "v must share q's dtype and device")
+    return seq_len, num_q_heads, num_kv_heads, head_dim
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> None:
+    require(bool(torch.isfinite(tensor).all()), f"{name} contains NaN or inf")

@@ -1,0 +1,123 @@
+import dataclasses
+
+import pytest
+import torch
+
+from entropyinfer_sgl import EntropyInferConfig, plan_prefill, profile_prefill
+from entropyinfer_sgl.plan import select_blocks, sparse_segment_mask
+from conftest import structured_qk
+
+CFG = EntropyInferConfig().replace(segment_size_tokens=64, block_size_tokens=8, base_budget_tokens=64,
+                                   max_budget_tokens=192, min_sparse_len_tokens=128)
+
+
+def brute_force_rows(block_scores, keep, sparse, seq_len, segment, block):
+    """Independent oracle: a Python loop over rows, ranking by (score desc, block asc)."""
+    num_heads, nseg, _ = block_scores.shape
+    nrep, nkb = segment // block, -(-seq_len // block)
+    rows = []
+    for h in range(num_heads):
+        for s in range(nseg):
+            own = list(range(s * nrep, min((s + 1) * nrep, nkb)))
+            k = int(keep[h, s])
+            if not bool(sparse[s]) or k == 0:
+                rows.append(list(range(0, s * nrep)) + own)
+                continue
+            ranked = sorted(range(s * nrep), key=lambda j: (-float(block_scores[h, s, j]), j))
+            rows.append(sorted(ranked[:k]) + own)
+    return rows
+
+
+def csr_rows(indptr, indices):
+    return [indices[int(indptr[r]):int(indptr[r + 1])].tolist() for r in range(len(indptr) - 1)]
+
+
+@pytest.mark.parametrize("seq_len", [300, 512, 777])
+def test_selection_matches_brute_force(seq_len, generator):
+    nseg, nrep = -(-seq_len // 64), 8
+    nb = (nseg - 1) * nrep
+    scores = torch.rand(3, nseg, nb, generator=generator)
+    scores[0] = torch.round(scores[0] * 4) / 4  # many ties
+    keep = torch.minimum(torch.randint(0, 30, (3, nseg), generator=generator, dtype=torch.int32),
+                         (torch.arange(nseg, dtype=torch.int32) * nrep)[None])
+    sparse = torch.rand(nseg, generator=generator) < 0.7
+    indptr, indices = select_blocks(scores, keep, sparse, seq_len_tokens=seq_len, segment_size_tokens=64,
+                                    block_size_tokens=8)
+    assert indptr.dtype == torch.int32 and indices.dtype == torch.int32
+    assert csr_rows(indptr, indices) == brute_force_rows(scores, keep, sparse, seq_len, 64, 8)
+
+
+def test_plan_is_well_formed_and_causal(generator):
+    q, k = structured_qk(1000, 8, 2, 32, generator=generator, rigid_kv_heads=(1,))
+    prof = profile_prefill(q, k, CFG)
+    plan = plan_prefill(prof, CFG, layer_idx=3)
+    nseg, nrep = plan.num_segments, 8
+    assert plan.indptr.shape == (2 * nseg + 1,) and int(plan.indptr[-1]) == plan.indices.numel()
+    assert bool((plan.indptr[1:] >= plan.indptr[:-1]).all())
+    for h in range(2):
+        for s in range(nseg):
+            row = plan.row(h, s)
+            own = list(range(s * nrep, min((s + 1) * nrep, plan.num_key_blocks)))
+            assert bool((row[1:] > row[:-1]).all())
+            assert row[-len(own):].tolist() == own
+            earlier = row[:-len(own)]
+            assert bool((earlier < s * nrep).all())
+            if bool(plan.sparse_segments[s]):
+                assert earlier.numel() == int(prof.keep_blocks[h, s])
+            else:
+                assert earlier.tolist() == list(range(s * nrep))
+    expected_sparse = [s * 64 >= 128 and (s + 1) * 64 < 1000 for s in range(nseg)]
+    assert plan.sparse_segments.tolist() == expected_sparse
+    assert 0.0 < plan.density() < 1.0
+
+
+def test_per_head_budgets_off_uses_one_k_per_segment(generator):
+    q, k = structured_qk(1000, 8, 4, 32, generator=generator, rigid_kv_heads=(0,))
+    cfg = CFG.replace(per_head_budgets=False)
+    prof = profile_prefill(q, k, cfg)
+    keep = prof.keep_blocks.clone()
+    keep[2, 4:] = torch.minimum(keep[2, 4:] + 5, torch.arange(4, keep.shape[1], dtype=torch.int32) * 8)
+    prof = dataclasses.replace(prof, keep_blocks=keep)  # one head that wants more than the others
+    plan = plan_prefill(prof, cfg, layer_idx=1)
+    sparse = plan.sparse_segments
+    assert torch.equal(plan.keep_blocks[:, sparse], prof.keep_blocks.amax(0, keepdim=True).expand(4, -1)[:, sparse])
+    per_head = plan_prefill(prof, CFG, layer_idx=1)
+    assert per_head.density() < plan.density()  # the rigid head keeps fewer blocks on its own
+
+
+def test_dense_layers_and_length_gate(generator):
+    q, k = structured_qk(1000, 4, 2, 32, generator=generator)
+    prof = profile_prefill(q, k, CFG)
+    assert plan_prefill(prof, CFG, layer_idx=0).density() == 1.0  # layer 0 is dense
+    gated = CFG.replace(min_sparse_len_tokens=4096)
+    assert plan_prefill(profile_prefill(q, k, gated), gated, layer_idx=5).density() == 1.0
+    assert not bool(sparse_segment_mask(1000, gated, layer_idx=5).any())
+
+
+def test_density_counts_causal_block_pairs():
+    # 2 segments of 2 blocks, one kv head; segment 1 keeps 1 of its 2 earlier blocks.
+    scores = torch.tensor([[[0.0, 0.0], [0.2, 0.8]]])
+    keep = torch.tensor([[0, 1]], dtype=torch.int32)
+    indptr, indices = select_blocks(scores, keep, torch.tensor([False, True]), seq_len_tokens=32,
+                                    segment_size_tokens=16, block_size_tokens=8)
+    assert csr_rows(indptr, indices) == [[0, 1], [1, 2, 3]]
+    from entropyinfer_sgl.plan import PrefillPlan
+    plan = PrefillPlan(indptr, indices, keep, torch.tensor([False, True]), 1, 32, 16, 8)
+    # causal pairs: 1 + 2 + 3 + 4 = 10; computed: 1 + 2 + (1+1) + (1+2) = 8
+    assert plan.density() == pytest.approx(0.8)
+
+
+def test_selection_refuses_bad_input():
+    scores = torch.rand(1, 2, 8)
+    ok = dict(seq_len_tokens=100, segment_size_tokens=64, block_size_tokens=8)
+    with pytest.raises(ValueError, match="keep_blocks"):
+        select_blocks(scores, torch.tensor([[0, 9]], dtype=torch.int32), torch.tensor([False, True]), **ok)
+    with pytest.raises(ValueError, match="NaN"):
+        select_blocks(torch.full((1, 2, 8), float("nan")), torch.zeros(1, 2, dtype=torch.int32),
+                      torch.tensor([False, True]), **ok)
+    with pytest.raises(ValueError, match="keep shape"):
+        select_blocks(scores, torch.zeros(2, 2, dtype=torch.int32), torch.tensor([False, True]), **ok)
+    prof_cfg = CFG.replace(segment_size_tokens=128)
+    q, k = torch.randn(300, 2, 16), torch.randn(300, 2, 16)
+    with pytest.raises(ValueError, match="segment/block sizes"):
+        plan_prefill(profile_prefill(q, k, prof_cfg), CFG, layer_idx=1)
