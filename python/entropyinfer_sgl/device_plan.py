@@ -1,0 +1,91 @@
+"""Profile and plan one layer on the device, with no host sync: the serving path (`plan_prefill` is the oracle).
+
+fused profiling kernel -> budget scan kernel -> keep counts -> top-k -> CSR, all as device work whose sizes are
+known on the host from the config and the prompt length. Differences from the oracle path, by design:
+- selection ranks blocks by (p, lower block id) through one `torch.topk` on a composite integer key, with k the
+  largest budget any row can have (`max_budget_tokens / block_size_tokens`), instead of a sort per row;
+- `plan.indices` is allocated at its upper bound (known on the host) and may end with unused slack;
+  `plan.indptr` is exact and is what kernels read.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .budgets import HeadTypingState, keep_blocks
+from .config import EntropyInferConfig
+from .plan import PrefillPlan, sparse_segment_mask
+from .profile import HeadProfile
+
+
+def _selection_keys(p: torch.Tensor, visible_blocks: torch.Tensor) -> torch.Tensor:
+    """Integer keys ordering blocks by (p desc, block id asc); blocks a segment cannot see get -1."""
+    num_blocks = p.shape[-1]
+    block = torch.arange(num_blocks, device=p.device)
+    if p.dtype in (torch.bfloat16, torch.float16) and num_blocks < (1 << 16):
+        bits = p.view(torch.int16).to(torch.int32)  # p >= 0, so the bit pattern orders like the value
+        keys = (bits << 16) | (0xFFFF - block).to(torch.int32)
+    else:
+        bits = p.float().view(torch.int32).to(torch.int64)
+        keys = (bits << 32) | (0x7FFFFFFF - block).to(torch.int64)
+    return keys.masked_fill(block[None, None, :] >= visible_blocks[None, :, None], -1)
+
+
+def plan_prefill_device(q: torch.Tensor, k: torch.Tensor, config: EntropyInferConfig, *, layer_idx: int,
+                        state: HeadTypingState | None = None) -> tuple[HeadProfile, PrefillPlan]:
+    """Profile and plan one layer of one sequence with kernels (CUDA, or CPU under TRITON_INTERPRET=1).
+
+    q: [L, Hq, D], k: [L, Hkv, D] post-RoPE. `state` continues causal head typing from an earlier chunk.
+    """
+    from .kernels.budget_scan import head_budgets_device
+    from .kernels.entropy_profile import block_scores_and_entropy
+
+    seq_len = q.shape[0]
+    segment, block = config.segment_size_tokens, config.block_size_tokens
+    device = q.device
+    p, entropy = block_scores_and_entropy(q, k, config)
+    rigid, budgets, new_state = head_budgets_device(entropy, config, state=state)
+    num_heads, num_segments, num_blocks = p.shape
+    sizes = dict(seq_len_tokens=seq_len, segment_size_tokens=segment, block_size_tokens=block)
+    per_head_keep = keep_blocks(budgets, **sizes)
+    profile = HeadProfile(entropy=entropy, rigid=rigid, budget_tokens=budgets, keep_blocks=per_head_keep,
+                          block_scores=p, typing_state=new_state, **sizes)
+
+    keep = per_head_keep if config.per_head_budgets else per_head_keep.amax(0, keepdim=True).expand_as(per_head_keep)
+    sparse_host = sparse_segment_mask(seq_len, config, layer_idx=layer_idx)
+    sparse = sparse_host.to(device)
+    keep = torch.where(sparse[None, :], keep, torch.zeros_like(keep)).contiguous()
+
+    blocks_per_segment = segment // block
+    num_key_blocks = -(-seq_len // block)
+    seg_host = torch.arange(num_segments)
+    visible_host = seg_host * blocks_per_segment
+    own_host = torch.clamp((seg_host + 1) * blocks_per_segment, max=num_key_blocks) - visible_host
+    max_keep = max(1, min(config.max_budget_tokens // block, num_blocks))
+    row_bound = torch.where(sparse_host, torch.clamp(visible_host, max=max_keep), visible_host) + own_host
+    capacity = int(row_bound.sum()) * num_heads  # host arithmetic only
+
+    visible, own = visible_host.to(device), own_host.to(device)
+    top = torch.topk(_selection_keys(p, visible), max_keep, dim=-1).indices  # [H, nseg, max_keep]
+    rank = torch.arange(max_keep, device=device)
+    chosen = torch.where(rank[None, None, :] < keep[..., None], top, torch.full_like(top, num_key_blocks))
+    chosen = torch.sort(chosen, dim=-1).values  # selected blocks first, increasing
+
+    dense_row = ~sparse[None, :] | (keep == 0)
+    earlier = torch.where(dense_row, visible[None, :].to(keep.dtype), keep)  # [H, nseg]
+    row_len = (earlier + own[None, :]).flatten().to(torch.int64)
+    indptr = torch.zeros(num_heads * num_segments + 1, dtype=torch.int64, device=device)
+    indptr[1:] = torch.cumsum(row_len, dim=0)
+
+    slot = torch.arange(capacity, device=device)
+    row = torch.searchsorted(indptr[1:], slot, right=True).clamp(max=num_heads * num_segments - 1)
+    offset = slot - indptr[row]
+    seg_of_row = row % num_segments
+    earlier_flat = earlier.flatten()[row].to(torch.int64)
+    picked = chosen.view(-1, max_keep)[row, offset.clamp(max=max_keep - 1)]
+    before_own = torch.where(dense_row.flatten()[row], offset, picked)
+    value = torch.where(offset < earlier_flat, before_own, visible[seg_of_row] + offset - earlier_flat)
+    value = torch.where(slot < indptr[-1], value, torch.zeros_like(value))  # slack past nnz: a valid block id
+    plan = PrefillPlan(indptr=indptr.to(torch.int32), indices=value.to(torch.int32), keep_blocks=keep,
+                       sparse_segments=sparse, num_kv_heads=num_heads, **sizes)
+    return profile, plan

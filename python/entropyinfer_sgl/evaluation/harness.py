@@ -1,0 +1,105 @@
+"""methods x tasks x lengths x samples -> records in a `ResultStore`, skipping what is already there."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, Sequence
+
+from ..methods import Method
+from ..tasks import make
+from .results import ResultStore, git_revision
+from .runner import run_sample
+
+
+class _Progress:
+    """tqdm when it is installed, else one printed line per update."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.done, self.enabled, self._bar = total, 0, enabled, None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr)
+            except ImportError:
+                pass
+
+    def update(self, count: int, note: str) -> None:
+        self.done += count
+        if self._bar is not None:
+            self._bar.set_postfix_str(note, refresh=False)
+            self._bar.update(count)
+        elif self.enabled:
+            print(f"[{self.done}/{self.total}] {note}", file=sys.stderr, flush=True)
+
+    def write(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def plan_runs(store: ResultStore, methods: Sequence[Method], tasks: Sequence[str], lengths: Sequence[int],
+              samples: int, first_sample: int = 0) -> list[tuple[int, str, int, list[Method]]]:
+    """(length, task, sample, methods still to run) for every cell with something left, in run order."""
+    todo = []
+    for length in lengths:
+        for task in tasks:
+            for sample in range(first_sample, first_sample + samples):
+                missing = [m for m in methods if not store.has(m.name, task, length, sample)]
+                if missing:
+                    todo.append((length, task, sample, missing))
+    return todo
+
+
+def evaluate(model, tokenizer, store: ResultStore, methods: Sequence[Method], tasks: Sequence[str],
+             lengths: Sequence[int], samples: int, *, first_sample: int = 0, progress: bool = True,
+             verbose: bool = False, deadline: float | None = None,
+             on_sample: Callable[[dict], None] | None = None) -> int:
+    """Run everything that `store` lacks; save after each sample. Returns the number of records added.
+
+    deadline: a `time.time()` after which no new sample starts (what is done stays saved; rerun to resume).
+    """
+    store.register(methods)
+    store.save()
+    todo = plan_runs(store, methods, tasks, lengths, samples, first_sample)
+    bar = _Progress(sum(len(m) for *_, m in todo), progress)
+    sha, dirty = git_revision()
+    added = 0
+    try:
+        for length, task, sample_index, missing in todo:
+            if deadline is not None and time.time() > deadline:
+                bar.write("deadline reached: stopping (rerun the same command to resume)")
+                break
+            sample = make(task, tokenizer, length, sample_index)
+            outcomes = run_sample(model, tokenizer, sample, missing)
+            for method in missing:
+                outcome = outcomes[method.name]
+                record = {"method": method.name, "task": task, "length": length, "sample": sample_index,
+                          "prompt_tokens": sample.num_tokens,
+                          "answer": sample.answer if isinstance(sample.answer, str) else list(sample.answer),
+                          "output": outcome.text, **outcome.to_dict(), "meta": sample.meta,
+                          "git_sha": sha, "git_dirty": dirty}
+                record.pop("text")
+                store.add(record)
+                added += 1
+                if verbose:
+                    bar.write(f"{method.name:>24} {task:>11} {length:>5} #{sample_index}: score {outcome.score:.2f} "
+                              f"density {_fmt(outcome.prefill_density)} cache {_fmt(outcome.cache_fraction)} "
+                              f"{outcome.prefill_s:.1f}+{outcome.decode_s:.1f}s {' '.join(outcome.text.split())[:60]!r}")
+            store.save()
+            if on_sample is not None:
+                on_sample({"task": task, "length": length, "sample": sample_index})
+            bar.update(len(missing), f"{task}@{length} #{sample_index}")
+    finally:
+        bar.close()
+    return added
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

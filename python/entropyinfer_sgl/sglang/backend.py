@@ -1,0 +1,358 @@
+"""`EntropyInferAttnBackend`: EntropyInfer as an SGLang attention backend, by composition over a dense backend.
+
+The dense backend (torch_native on CPU; flashinfer or triton on CUDA) is created from SGLang's own registry and
+keeps doing everything EntropyInfer does not change: its metadata, its KV writes, and the attention of every
+request, layer and step the method leaves dense. Per forward:
+
+- `init_forward_metadata`: the dense backend's, then per request: start or continue its state (`state.py`),
+  decide whether this chunk can be profiled, and run due decode compression events (outside the attention
+  path, over the KV already in the pool).
+- `forward_extend`: below the length gate, for layers < `num_dense_layers`, for layers the method does not support
+  (sliding window, cross attention, ...), and for chunks that cannot be profiled: exactly the dense backend.
+  Otherwise, per request: gather its K/V (prefix from `req_to_token` + the new chunk, from the pool), profile and
+  plan the chunk (`state.plan_chunk`: `profile_prefill` + `plan_prefill`, causal typing carried across chunks),
+  and run block-sparse attention for the chunk's queries through SDPA. Requests of the batch whose plan selects
+  every visible block run the dense backend's own code (bitwise dense).
+- `forward_decode`: dense until a request's first compression event; then that request attends, per layer and
+  kv head, only to its kept positions plus every token appended since (Phase 1: the KV stays in the pool).
+
+This is the CPU reference path (a Python loop over requests; SDPA on gathered keys). The CUDA path (Triton
+kernels over the paged pool, CUDA-graph decode) is a later increment; SGLang refuses the combinations this one
+does not support (plugin.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import EntropyInferConfig
+from ..decode import compression_due
+from ..plan import PrefillPlan
+from ..reference import compressed_decode_reference
+from . import compat
+from .state import STORE, ChunkPlan, StateStore, chunk_block_pairs, compress_layer, plan_chunk
+
+logger = logging.getLogger("entropyinfer_sgl.sglang")
+
+_AttentionBackend = compat.attention_backend_base()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attention kernels of the CPU reference path (plain torch)
+# ---------------------------------------------------------------------------------------------------------
+def sparse_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: PrefillPlan, *,
+                           prefix_len: int, scale: float) -> torch.Tensor:
+    """Block-sparse causal attention of one chunk's queries through the plan, via SDPA.
+
+    q: `[Lc, Hq, D]` queries of positions prefix_len .. T-1; k, v: `[T, Hkv, D]` keys/values of positions 0 .. T-1;
+    plan: the plan of the whole sequence [0, T) (only the rows of the chunk's segments are read).
+    Returns `[Lc, Hq, D]` in q's dtype. Equals the chunk's rows of `sparse_prefill_reference(q_all, k, v, plan)`.
+    """
+    seq_len, num_kv_heads, head_dim = k.shape
+    chunk_len, num_q_heads, _ = q.shape
+    group = num_q_heads // num_kv_heads
+    segment, block = plan.segment_size_tokens, plan.block_size_tokens
+    num_segments = plan.num_segments
+    qh, kh, vh = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # head-major views
+    out = q.new_empty(num_q_heads, chunk_len, head_dim)
+    sparse = plan.sparse_segments.cpu()
+    indptr = plan.indptr.cpu().to(torch.int64).tolist()
+    indices = plan.indices.to(device=q.device, dtype=torch.int64)
+    offsets = torch.arange(block, device=q.device)
+    heads = torch.arange(num_kv_heads, device=q.device)[:, None]
+
+    def dense_rows(q0: int, q1: int) -> None:  # queries q0..q1-1 over every earlier key: one SDPA call
+        query_pos = torch.arange(q0, q1, device=q.device)
+        mask = torch.arange(q1, device=q.device)[None, :] <= query_pos[:, None]
+        out[:, q0 - prefix_len:q1 - prefix_len] = F.scaled_dot_product_attention(
+            qh[None, :, q0 - prefix_len:q1 - prefix_len], kh[None, :, :q1], vh[None, :, :q1], attn_mask=mask,
+            scale=scale, enable_gqa=group > 1)[0]
+
+    s = prefix_len // segment
+    run_start = None
+    while s < num_segments:
+        q0, q1 = max(s * segment, prefix_len), min((s + 1) * segment, seq_len)
+        rows = [h * num_segments + s for h in range(num_kv_heads)]
+        blocks = [indices[indptr[r]: indptr[r + 1]] for r in rows]
+        own_end_block = -(-q1 // block)
+        if not bool(sparse[s]) or all(b.numel() == own_end_block for b in blocks):
+            run_start = q0 if run_start is None else run_start  # extend a run of dense segments
+            s += 1
+            continue
+        if run_start is not None:
+            dense_rows(run_start, q0)
+            run_start = None
+        lengths = [b.numel() * block for b in blocks]
+        width = max(lengths)
+        token = torch.zeros(num_kv_heads, width, dtype=torch.int64, device=q.device)
+        present = torch.zeros(num_kv_heads, width, dtype=torch.bool, device=q.device)
+        for h, b in enumerate(blocks):
+            token[h, : lengths[h]] = (b[:, None] * block + offsets[None, :]).flatten()
+            present[h, : lengths[h]] = True
+        present &= token < seq_len
+        token = token.clamp_(max=seq_len - 1)
+        keys, values = kh[heads, token], vh[heads, token]  # [Hkv, width, D]
+        query_pos = torch.arange(q0, q1, device=q.device)
+        mask = present[:, None, :] & (token[:, None, :] <= query_pos[None, :, None])  # [Hkv, Sq, width]
+        grouped = qh[:, q0 - prefix_len:q1 - prefix_len].reshape(num_kv_heads, group, q1 - q0, head_dim)
+        out[:, q0 - prefix_len:q1 - prefix_len] = F.scaled_dot_product_attention(
+            grouped, keys[:, None], values[:, None], attn_mask=mask[:, None], scale=scale,
+        ).reshape(num_q_heads, q1 - q0, head_dim)
+        s += 1
+    if run_start is not None:
+        dense_rows(run_start, seq_len)
+    return out.transpose(0, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The backend
+# ---------------------------------------------------------------------------------------------------------
+class _RequestInfo:
+    """Per request of the current forward batch."""
+
+    __slots__ = ("index", "rid", "row", "prefix_len", "extend_len", "seq_len", "q_start", "state", "profile",
+                 "slots", "previous_scores")
+
+    def __init__(self, index, rid, row, prefix_len, extend_len, seq_len, q_start, state, profile):
+        self.index, self.rid, self.row = index, rid, row
+        self.prefix_len, self.extend_len, self.seq_len, self.q_start = prefix_len, extend_len, seq_len, q_start
+        self.state, self.profile = state, profile
+        self.slots: torch.Tensor | None = None
+        self.previous_scores: torch.Tensor | None = None
+
+
+class EntropyInferAttnBackend(_AttentionBackend):
+    """SGLang attention backend `entropyinfer` (see the module docstring)."""
+
+    def __init__(self, model_runner: Any, config: EntropyInferConfig, *, dense_backend: str | None = None,
+                 store: StateStore | None = None):
+        super().__init__()
+        view = compat.runner_view(model_runner)
+        if view.use_mla:
+            raise ValueError("EntropyInfer does not support multi-head latent attention (MLA) models")
+        self.config = config
+        self.device = view.device
+        self.num_layers = view.num_layers
+        self.dense_backend_name = dense_backend or compat.default_dense_backend(view.device)
+        self.inner = compat.create_dense_backend(model_runner, self.dense_backend_name)
+        self.attn_backend_list = [self.inner]
+        self.exact_subsets = compat.is_torch_native(self.inner)
+        self.req_to_token_pool = view.req_to_token_pool
+        self.token_to_kv_pool = view.token_to_kv_pool
+        self.store = STORE if store is None else store
+        self.forward_metadata = None
+        self._batch: compat.BatchView | None = None
+        self._infos: list[_RequestInfo] = []
+        self._unsupported_logged: set[str] = set()
+        logger.info("EntropyInfer attention backend over %r (%s): %s", self.dense_backend_name, view.device,
+                    config.to_json())
+
+    # --- delegation ------------------------------------------------------------------------------------
+    def __getattr__(self, name: str):  # attributes SGLang or a model reads from the dense backend
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+    def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
+        self.inner.init_forward_metadata_out_graph(forward_batch, in_capture)
+
+    def init_forward_metadata_in_graph(self, forward_batch):
+        self.inner.init_forward_metadata_in_graph(forward_batch)
+
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
+        raise RuntimeError("EntropyInfer does not support CUDA graphs yet (SGLang should have refused this "
+                           "configuration at startup: run with CUDA graphs disabled)")
+
+    def get_cuda_graph_seq_len_fill_value(self):
+        return self.inner.get_cuda_graph_seq_len_fill_value()
+
+    def support_triton(self):
+        return self.inner.support_triton()
+
+    # --- per forward batch -----------------------------------------------------------------------------
+    def init_forward_metadata(self, forward_batch):
+        self.inner.init_forward_metadata(forward_batch)
+        batch = compat.batch_view(forward_batch)
+        self._batch = batch
+        self._infos = []
+        if batch.mode == "extend":
+            self._prepare_extend(batch)
+        elif batch.mode == "decode":
+            self._prepare_decode(batch)
+
+    def _request_slots(self, info: _RequestInfo) -> torch.Tensor:
+        if info.slots is None:
+            table = compat.req_to_token(self.req_to_token_pool)
+            info.slots = table[info.row, :info.seq_len].to(torch.int64)
+        return info.slots
+
+    def _prepare_extend(self, batch: compat.BatchView) -> None:
+        for i, rid in enumerate(batch.rids):
+            prefix, extend, seq_len = batch.prefix_lens[i], batch.extend_lens[i], batch.seq_lens[i]
+            st = self.store.begin_extend(rid, batch.req_pool_indices[i], prefix)
+            profile = st.prefill_dense_reason is None
+            self._infos.append(_RequestInfo(i, rid, batch.req_pool_indices[i], prefix, extend, seq_len,
+                                            batch.q_start[i], st, profile))
+            st.extended_tokens = seq_len
+
+    def _prepare_decode(self, batch: compat.BatchView) -> None:
+        cfg = self.config
+        for i, rid in enumerate(batch.rids):
+            seq_len = batch.seq_lens[i]
+            st = self.store.begin_decode(rid, batch.req_pool_indices[i], seq_len)
+            info = _RequestInfo(i, rid, batch.req_pool_indices[i], seq_len - 1, 1, seq_len, batch.q_start[i], st,
+                                False)
+            self._infos.append(info)
+            in_cache = seq_len - 1  # the new token's KV is written during this step
+            generated = in_cache - st.prompt_len
+            if (cfg.decode_compression and generated > st.last_event_checked and generated >= 0
+                    and compression_due(generated, cfg)):
+                st.last_event_checked = generated
+                self._compress(info, in_cache)
+
+    def _compress(self, info: _RequestInfo, in_cache: int) -> None:
+        st = info.state
+        slots = compat.req_to_token(self.req_to_token_pool)[info.row, :in_cache].to(torch.int64)
+        events = 0
+        for layer_id, window in list(st.window.items()):
+            if st.window_end.get(layer_id) != in_cache or window.shape[0] > in_cache:
+                continue  # the window does not end right before the new token (e.g. an unsupported layer)
+            k_buf, _ = compat.kv_buffers(self.token_to_kv_pool, layer_id)
+            keys = k_buf[slots]
+            table, before, kept = compress_layer(window, keys.to(window.dtype), st.tables.get(layer_id), self.config)
+            if table is None:
+                st.tables.pop(layer_id, None)
+            else:
+                st.tables[layer_id] = table
+            st.stats.entries_before += int(before.sum())
+            st.stats.entries_kept += int(kept.sum())
+            events += 1
+        if self.config.decode_evict_interval_steps == 0:
+            st.window.clear()  # no later event: the observation windows are not needed any more
+            st.window_end.clear()
+        if events:
+            st.stats.compression_events += 1
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("EntropyInfer request %s: compression at %d cache entries, kv_kept_fraction=%s",
+                             info.rid, in_cache, st.stats.kv_kept_fraction)
+
+    def _current(self, forward_batch) -> compat.BatchView:
+        if self._batch is None or self._batch.forward_batch is not forward_batch:
+            self.init_forward_metadata(forward_batch)  # defensive: SGLang always calls it first
+        return self._batch
+
+    def _layer_supported(self, layer_view: compat.LayerView) -> bool:
+        if layer_view.unsupported is None:
+            return True
+        if layer_view.unsupported not in self._unsupported_logged:
+            self._unsupported_logged.add(layer_view.unsupported)
+            logger.warning("EntropyInfer: %s is not supported; those layers run dense", layer_view.unsupported)
+        return False
+
+    # --- extend ----------------------------------------------------------------------------------------
+    def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+        cfg = self.config
+        lv = compat.layer_view(layer)
+        batch = self._current(forward_batch)
+        supported = self._layer_supported(lv)
+        q3 = q.reshape(-1, lv.num_q_heads, lv.head_dim)
+        if cfg.decode_compression and supported:
+            for info in self._infos:
+                rows = q3[info.q_start:info.q_start + info.extend_len]
+                info.state.record_queries(lv.layer_id, rows, info.seq_len, cfg.observation_window_tokens)
+        wants_profile = supported and (lv.layer_id >= cfg.num_dense_layers or cfg.layer_fusion)
+        candidates = [info for info in self._infos if info.profile] if wants_profile else []
+        if not candidates:
+            return self.inner.forward_extend(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
+
+        if save_kv_cache and k is not None and v is not None:
+            compat.write_kv(self.inner, layer, forward_batch, k, v)
+        k_buf, v_buf = compat.kv_buffers(self.token_to_kv_pool, lv.layer_id)
+        sparse: dict[int, tuple[ChunkPlan, torch.Tensor, torch.Tensor]] = {}
+        for info in candidates:
+            st = info.state
+            slots = self._request_slots(info)
+            k_all = k_buf[slots].to(q3.dtype)
+            q_chunk = q3[info.q_start:info.q_start + info.extend_len]
+            result = plan_chunk(q_chunk, k_all, cfg, prefix_len=info.prefix_len, layer_idx=lv.layer_id,
+                                typing=st.typing.get(lv.layer_id), previous_block_scores=info.previous_scores)
+            info.previous_scores = result.block_scores
+            if result.typing is None:
+                st.typing.pop(lv.layer_id, None)
+            else:
+                st.typing[lv.layer_id] = result.typing
+            if lv.layer_id < cfg.num_dense_layers:
+                continue
+            if result.reason is not None and result.plan is None and info.prefix_len > 0 and result.typing is None:
+                st.prefill_dense_reason = result.reason
+            is_sparse = result.sparse(info.prefix_len)
+            if result.rigid is not None:
+                st.stats.rigid_heads += int(result.rigid.sum())
+                st.stats.typed_heads += int(result.rigid.numel())
+            computed, dense = chunk_block_pairs(result.plan if is_sparse else None, info.prefix_len, info.seq_len,
+                                                lv.num_kv_heads, cfg.segment_size_tokens, cfg.block_size_tokens)
+            st.stats.prefill_pairs_computed += computed
+            st.stats.prefill_pairs_dense += dense
+            if is_sparse:
+                st.stats.sparse_chunks += 1
+                sparse[info.index] = (result, k_all, v_buf[slots].to(q3.dtype))
+            else:
+                st.stats.dense_chunks += 1
+        if not sparse:
+            return self.inner.forward_extend(q, k, v, layer, forward_batch, save_kv_cache=False, **kwargs)
+
+        out3 = q3.new_empty(q3.shape[0], lv.num_q_heads, lv.v_head_dim)
+        dense = [info.index for info in self._infos if info.index not in sparse]
+        if self.exact_subsets:
+            compat.dense_extend_rows(self.inner, q3, out3, layer, batch, dense)
+        elif dense:
+            dense_out = self.inner.forward_extend(q, k, v, layer, forward_batch, save_kv_cache=False, **kwargs)
+            out3.copy_(dense_out.view_as(out3))
+        for index, (result, k_all, v_all) in sparse.items():
+            info = self._infos[index]
+            rows = slice(info.q_start, info.q_start + info.extend_len)
+            out3[rows] = sparse_chunk_attention(q3[rows], k_all, v_all, result.plan, prefix_len=info.prefix_len,
+                                                scale=lv.scaling)
+        return out3.view(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
+
+    # --- decode ----------------------------------------------------------------------------------------
+    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+        cfg = self.config
+        lv = compat.layer_view(layer)
+        self._current(forward_batch)
+        supported = self._layer_supported(lv)
+        q3 = q.reshape(-1, lv.num_q_heads, lv.head_dim)
+        if cfg.decode_compression and supported:
+            for info in self._infos:
+                st = info.state
+                if st.window_end.get(lv.layer_id) == info.seq_len - 1:  # keep the window contiguous
+                    st.record_queries(lv.layer_id, q3[info.index:info.index + 1], info.seq_len,
+                                      cfg.observation_window_tokens)
+        tabled = [info for info in self._infos if supported and lv.layer_id in info.state.tables]
+        if not tabled:
+            return self.inner.forward_decode(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
+
+        if save_kv_cache and k is not None and v is not None:
+            compat.write_kv(self.inner, layer, forward_batch, k, v)
+        out3 = q3.new_empty(q3.shape[0], lv.num_q_heads, lv.v_head_dim)
+        tabled_rows = {info.index for info in tabled}
+        dense = [info.index for info in self._infos if info.index not in tabled_rows]
+        if self.exact_subsets:
+            compat.dense_decode_rows(self.inner, q3, out3, layer, self._batch, dense)
+        elif dense:
+            dense_out = self.inner.forward_decode(q, k, v, layer, forward_batch, save_kv_cache=False, **kwargs)
+            out3.copy_(dense_out.view_as(out3))
+        k_buf, v_buf = compat.kv_buffers(self.token_to_kv_pool, lv.layer_id)
+        table_rows = compat.req_to_token(self.req_to_token_pool)
+        for info in tabled:
+            table = info.state.tables[lv.layer_id]
+            positions, lengths = table.visible(info.seq_len)
+            slots = table_rows[info.row].to(torch.int64)[positions]  # [Hkv, width] pool slots
+            out, _ = compressed_decode_reference(q3[info.index], k_buf, v_buf, slots, lengths, scale=lv.scaling)
+            out3[info.index] = out.to(out3.dtype)
+        return out3.view(q3.shape[0], lv.num_q_heads * lv.v_head_dim)

@@ -1,0 +1,460 @@
+"""Every touch point of entropyinfer_sgl on SGLang internals, for exactly one SGLang release (0.5.17).
+
+Nothing else in `entropyinfer_sgl.sglang` names an SGLang module, class, method, field or environment variable:
+the plugin, the backend and the state only call the functions below. Porting to another SGLang release means
+editing this file (and its tests) alone. Importing this module imports no SGLang module; each function imports
+what it needs when called.
+
+Touch points (0.5.17 source paths, `python/sglang/...`):
+
+| what | where |
+|---|---|
+| plugin entry point group `sglang.srt.plugins`, `load_plugins()` | `srt/plugins/__init__.py` |
+| `HookRegistry.register(target, fn, HookType)` | `srt/plugins/hook_registry.py` |
+| `register_attention_backend`, `ATTENTION_BACKENDS` | `srt/layers/attention/attention_registry.py` |
+| `add_attention_backend_choices` (CLI `choices`) | `srt/server_args.py:386` |
+| `ServerArgs.add_cli_args` (AFTER), `from_cli_args` (AROUND), `__post_init__` (BEFORE + AFTER) | `srt/server_args.py` |
+| `support_triton(backend)` name blocklist (AROUND: `entropyinfer` is not Triton-capable on CPU) | `srt/utils/common.py:1304` |
+| `ReqToTokenPool.free(req)` / `.clear()` (BEFORE: free per-request state on finish/abort/retract) | `srt/mem_cache/memory_pool.py:319` |
+| `AttentionBackend` base class, `forward_extend` / `forward_decode` signatures | `srt/layers/attention/base_attn_backend.py` |
+| `TorchNativeAttnBackend._run_sdpa_forward_extend/_decode` (dense subset of a batch) | `srt/layers/attention/torch_native_backend.py` |
+| `ForwardBatch` fields: `forward_mode`, `rids`, `req_pool_indices`, `seq_lens(_cpu)`, `extend_prefix_lens_cpu`, `extend_seq_lens_cpu`, `out_cache_loc` | `srt/model_executor/forward_batch_info.py` |
+| KV pool: `req_to_token`, `get_key_buffer` / `get_value_buffer`, `set_kv_buffer(layer, KVWriteLoc, k, v)` | `srt/mem_cache/memory_pool.py` |
+| `RadixAttention` fields: `layer_id`, `tp_q_head_num`, `tp_k_head_num`, `qk_head_dim`, `v_head_dim`, `scaling`, `sliding_window_size`, `is_cross_attention`, `attn_type`, `logit_cap` | `srt/layers/radix_attention.py` |
+| `AutoConfig.register("qwen3_asr")` at import (fails with transformers >= 5.17) | `srt/configs/qwen3_asr.py:167` |
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+logger = logging.getLogger("entropyinfer_sgl.sglang")
+
+SUPPORTED_SGLANG_VERSION = "0.5.17"
+BACKEND_NAME = "entropyinfer"
+# Modules the `.pth` site hook watches (site_hooks.WATCHED_MODULES must list the same names).
+SITE_HOOK_MODULES = ("sglang.srt.configs.qwen3_asr", "sglang.srt.server_args")
+
+ENV_CONFIG = "ENTROPYINFER_CONFIG"  # EntropyInferConfig.load() text: preset name, JSON or a file path
+ENV_ENABLED = "ENTROPYINFER_ENABLED"
+ENV_AUTOLOAD = "ENTROPYINFER_AUTOLOAD"
+ENV_DENSE_BACKEND = "ENTROPYINFER_DENSE_BACKEND"
+
+# HookRegistry targets.
+TARGET_ADD_CLI_ARGS = "sglang.srt.server_args.ServerArgs.add_cli_args"
+TARGET_FROM_CLI_ARGS = "sglang.srt.server_args.ServerArgs.from_cli_args"
+TARGET_POST_INIT = "sglang.srt.server_args.ServerArgs.__post_init__"
+TARGET_SUPPORT_TRITON = "sglang.srt.utils.common.support_triton"
+TARGET_REQ_POOL_FREE = "sglang.srt.mem_cache.memory_pool.ReqToTokenPool.free"
+TARGET_REQ_POOL_CLEAR = "sglang.srt.mem_cache.memory_pool.ReqToTokenPool.clear"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Version
+# ---------------------------------------------------------------------------------------------------------
+def sglang_version() -> str | None:
+    """The installed sglang distribution's version, or None (read from metadata: sglang is not imported)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("sglang")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_sglang_version() -> str:
+    """Return the sglang version, or raise RuntimeError unless it is exactly the supported release."""
+    version = sglang_version()
+    if version is None:
+        raise RuntimeError(f"entropyinfer_sgl.sglang needs sglang=={SUPPORTED_SGLANG_VERSION}; sglang is not "
+                           "installed (CPU: bash scripts/install_sglang_cpu.sh)")
+    if version != SUPPORTED_SGLANG_VERSION:
+        raise RuntimeError(
+            f"entropyinfer_sgl.sglang supports sglang=={SUPPORTED_SGLANG_VERSION} exactly, found sglang=={version}: "
+            "it patches SGLang internals that change between releases (see entropyinfer_sgl/sglang/compat.py). "
+            f"Install sglang=={SUPPORTED_SGLANG_VERSION}, or run without --enable-entropyinfer.")
+    return version
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Interpreter-start hooks (called by the `.pth` shim written by site_hooks.install)
+# ---------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def on_module_loading(name: str) -> Iterator[None]:
+    """Context around the execution of a watched SGLang module."""
+    if name == "sglang.srt.configs.qwen3_asr":
+        with _tolerant_autoconfig_register():
+            yield
+        return
+    yield
+
+
+def on_module_loaded(name: str) -> None:
+    """Called right after a watched SGLang module has executed."""
+    if name == "sglang.srt.server_args" and os.environ.get(ENV_AUTOLOAD) == "1":
+        # Upstream bench_one_batch / bench_offline_throughput parse CLI args before SGLang loads plugins:
+        # loading them here makes `--enable-entropyinfer` known to those parsers too.
+        load_plugins()
+
+
+@contextlib.contextmanager
+def _tolerant_autoconfig_register() -> Iterator[None]:
+    """sglang 0.5.17 registers `qwen3_asr` in AutoConfig, which transformers >= 5.17 already has: let it pass."""
+    try:
+        from transformers import AutoConfig
+    except Exception:  # noqa: BLE001 - no transformers: nothing to patch, sglang's own error will say so
+        yield
+        return
+    original = AutoConfig.__dict__.get("register")
+    if original is None:
+        yield
+        return
+    register = original.__func__ if isinstance(original, staticmethod) else original
+
+    def tolerant(model_type, config, exist_ok=False):
+        return register(model_type, config, exist_ok=True)
+
+    AutoConfig.register = staticmethod(tolerant)
+    try:
+        yield
+    finally:
+        AutoConfig.register = original
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plugin mechanics
+# ---------------------------------------------------------------------------------------------------------
+def load_plugins() -> None:
+    """SGLang's own `load_plugins()` (idempotent per process): runs every `sglang.srt.plugins` entry point."""
+    from sglang.srt.plugins import load_plugins as _load
+
+    _load()
+
+
+def register_hook(target: str, fn: Callable, kind: str) -> None:
+    """HookRegistry.register(target, fn, HookType[kind]); applied by SGLang's `load_plugins()`."""
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    HookRegistry.register(target, fn, {"before": HookType.BEFORE, "after": HookType.AFTER,
+                                       "around": HookType.AROUND}[kind])
+
+
+def apply_hooks() -> None:
+    """Apply registered hooks now (SGLang applies them at the end of `load_plugins()`; idempotent)."""
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    HookRegistry.apply_hooks()
+
+
+def register_attention_backend(name: str, factory: Callable[[Any], Any]) -> None:
+    """Make `name` a valid `--attention-backend` choice and map it to `factory(model_runner)`."""
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS, register_attention_backend
+    from sglang.srt.server_args import ATTENTION_BACKEND_CHOICES, add_attention_backend_choices
+
+    if name not in ATTENTION_BACKEND_CHOICES:
+        add_attention_backend_choices([name])
+    if name not in ATTENTION_BACKENDS:
+        register_attention_backend(name)(factory)
+
+
+def attention_backend_base() -> type:
+    from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
+
+    return AttentionBackend
+
+
+def is_cpu_engine() -> bool:
+    """SGLang's own CPU switch (`SGLANG_USE_CPU_ENGINE=1` makes `is_cpu()` true in 0.5.17)."""
+    from sglang.srt.utils.common import is_cpu
+
+    return bool(is_cpu())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ServerArgs
+# ---------------------------------------------------------------------------------------------------------
+def server_args_backends(sa: Any) -> tuple[str | None, str | None, str | None]:
+    return sa.attention_backend, sa.prefill_attention_backend, sa.decode_attention_backend
+
+
+def uses_backend(sa: Any, name: str = BACKEND_NAME) -> bool:
+    return name in server_args_backends(sa)
+
+
+def cli_namespace_flags(ns: Any) -> tuple[bool, str | None, str | None]:
+    """(--enable-entropyinfer, --entropyinfer-config, --attention-backend) from an argparse Namespace."""
+    return (bool(getattr(ns, "enable_entropyinfer", False)), getattr(ns, "entropyinfer_config", None),
+            getattr(ns, "attention_backend", None))
+
+
+def set_cli_attention_backend(ns: Any, name: str) -> None:
+    ns.attention_backend = name
+
+
+def disable_graphs_before_resolution(sa: Any) -> list[str]:
+    """Before `ServerArgs.__post_init__`: turn CUDA graphs and torch.compile graphs off unless explicitly asked for.
+
+    Returns the explicit requests that conflict (the caller refuses them). In 0.5.17 `disable_cuda_graph`
+    (a field; the CLI flag is deprecated) disables the decode and prefill graphs during resolution.
+    """
+    conflicts = []
+    for field in ("cuda_graph_backend_decode", "cuda_graph_backend_prefill"):
+        value = getattr(sa, field, None)
+        if value is not None and str(getattr(value, "value", value)).lower() != "disabled":
+            conflicts.append(f"--{field.replace('_', '-')}={getattr(value, 'value', value)}")
+    if getattr(sa, "cuda_graph_config", None) not in (None, {}):
+        conflicts.append("--cuda-graph-config")
+    if not conflicts:
+        sa.disable_cuda_graph = True
+    return conflicts
+
+
+def server_args_conflicts(sa: Any) -> list[str]:
+    """After resolution: every ServerArgs setting EntropyInfer (this increment) cannot serve correctly."""
+    problems = []
+    attention, prefill, decode = server_args_backends(sa)
+    for flag, value in (("--prefill-attention-backend", prefill), ("--decode-attention-backend", decode)):
+        if value is not None and value != BACKEND_NAME:
+            problems.append(f"{flag}={value} (EntropyInfer must serve both prefill and decode; use "
+                            f"--attention-backend {BACKEND_NAME} alone)")
+    if attention != BACKEND_NAME and (prefill == BACKEND_NAME or decode == BACKEND_NAME):
+        problems.append(f"--attention-backend={attention} with a split prefill/decode backend")
+    if getattr(sa, "speculative_algorithm", None):
+        problems.append(f"--speculative-algorithm={sa.speculative_algorithm} (speculative decoding)")
+    if getattr(sa, "enable_mixed_chunk", False):
+        problems.append("--enable-mixed-chunk (decode tokens inside extend batches)")
+    for field in ("tp_size", "pp_size", "dp_size"):
+        if int(getattr(sa, field, 1) or 1) != 1:
+            problems.append(f"--{field.replace('_', '-')}={getattr(sa, field)} (only one rank is supported yet)")
+    if getattr(sa, "enable_dp_attention", False):
+        problems.append("--enable-dp-attention")
+    if getattr(sa, "enable_torch_compile", False):
+        problems.append("--enable-torch-compile (graph capture)")
+    graph = getattr(sa, "cuda_graph_config", None)
+    for phase in ("decode", "prefill"):
+        backend = getattr(getattr(graph, phase, None), "backend", None)
+        if backend is not None and str(getattr(backend, "value", backend)).lower() != "disabled":
+            problems.append(f"CUDA graph {phase} backend {getattr(backend, 'value', backend)!r} (CUDA graphs with "
+                            "the method enabled are not supported yet: drop the --cuda-graph-* flags)")
+    if getattr(sa, "enable_hierarchical_cache", False):
+        problems.append("--enable-hierarchical-cache (HiCache)")
+    if getattr(sa, "enable_hisparse", False):
+        problems.append("--enable-hisparse")
+    if str(getattr(sa, "disaggregation_mode", "null")) != "null":
+        problems.append(f"--disaggregation-mode={sa.disaggregation_mode}")
+    if getattr(sa, "enable_two_batch_overlap", False) or getattr(sa, "enable_pdmux", False):
+        problems.append("--enable-two-batch-overlap / --enable-pdmux (several attention backend instances)")
+    kv_dtype = str(getattr(sa, "kv_cache_dtype", "auto"))
+    if kv_dtype not in ("auto", "bfloat16", "float16", "float32", "bf16", "fp16"):
+        problems.append(f"--kv-cache-dtype={kv_dtype} (quantized KV caches)")
+    return problems
+
+
+def set_bookkeeping(sa: Any, value: dict) -> None:
+    """Carry plugin settings on ServerArgs (a plain attribute: pickled with the object into scheduler processes)."""
+    object.__setattr__(sa, "_entropyinfer", value)
+
+
+def get_bookkeeping(sa: Any) -> dict | None:
+    return getattr(sa, "_entropyinfer", None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model runner, dense backend, KV pool
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunnerView:
+    device: str
+    server_args: Any
+    req_to_token_pool: Any
+    token_to_kv_pool: Any
+    num_layers: int
+    use_mla: bool
+    chunked_prefill_size: int | None
+
+
+def runner_view(runner: Any) -> RunnerView:
+    model_config = runner.model_config
+    return RunnerView(device=str(runner.device), server_args=runner.server_args,
+                      req_to_token_pool=runner.req_to_token_pool, token_to_kv_pool=runner.token_to_kv_pool,
+                      num_layers=int(model_config.num_hidden_layers), use_mla=bool(runner.use_mla_backend),
+                      chunked_prefill_size=getattr(runner.server_args, "chunked_prefill_size", None))
+
+
+def default_dense_backend(device: str) -> str:
+    """torch_native on CPU; on CUDA flashinfer when it imports, else triton (`ENTROPYINFER_DENSE_BACKEND` overrides)."""
+    override = os.environ.get(ENV_DENSE_BACKEND)
+    if override:
+        return override
+    if not device.startswith("cuda"):
+        return "torch_native"
+    try:
+        import flashinfer  # noqa: F401
+    except Exception:  # noqa: BLE001
+        return "triton"
+    return "flashinfer"
+
+
+def create_dense_backend(runner: Any, name: str) -> Any:
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+
+    if name == BACKEND_NAME or name not in ATTENTION_BACKENDS:
+        raise ValueError(f"EntropyInfer: dense backend {name!r} is not an SGLang attention backend")
+    return ATTENTION_BACKENDS[name](runner)
+
+
+def is_torch_native(backend: Any) -> bool:
+    from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
+
+    return isinstance(backend, TorchNativeAttnBackend)
+
+
+def kv_buffers(pool: Any, layer_id: int):
+    """(k, v) of one layer: token-major `[slots, Hkv, D]` views of the pool."""
+    return pool.get_key_buffer(layer_id), pool.get_value_buffer(layer_id)
+
+
+def req_to_token(req_to_token_pool: Any):
+    return req_to_token_pool.req_to_token
+
+
+def write_kv(inner: Any, layer: Any, forward_batch: Any, k, v) -> None:
+    """Write the batch's new K/V into the pool exactly as the dense torch_native backend does."""
+    from sglang.srt.mem_cache.memory_pool import KVWriteLoc
+
+    pool = inner.token_to_kv_pool
+    pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc, getattr(inner, "swa_out_cache_loc", None)),
+                       k, v)
+
+
+def dense_extend_rows(inner: Any, q3, out3, layer: Any, batch: "BatchView", requests: list[int]) -> None:
+    """torch_native dense extend for a subset of the batch's requests; writes their rows of `out3` in place.
+
+    q3 / out3: `[tokens, Hq, D]`. The per-request computation is the dense backend's own code, so each request's
+    rows are bitwise what `inner.forward_extend` would give.
+    """
+    import torch
+
+    if not requests:
+        return
+    rows = torch.cat([torch.arange(batch.q_start[i], batch.q_start[i] + batch.extend_lens[i]) for i in requests])
+    rows = rows.to(q3.device)
+    sub_out = torch.empty((rows.numel(),) + tuple(out3.shape[1:]), dtype=out3.dtype, device=out3.device)
+    idx = torch.tensor(requests, dtype=torch.int64)
+    k_buf, v_buf = kv_buffers(inner.token_to_kv_pool, layer.layer_id)
+    fb = batch.forward_batch
+    inner._run_sdpa_forward_extend(
+        q3[rows], sub_out, k_buf, v_buf, inner.req_to_token_pool.req_to_token,
+        fb.req_pool_indices[idx.to(fb.req_pool_indices.device)], fb.seq_lens[idx.to(fb.seq_lens.device)],
+        fb.extend_prefix_lens[idx.to(fb.extend_prefix_lens.device)],
+        fb.extend_seq_lens[idx.to(fb.extend_seq_lens.device)], None, scaling=layer.scaling,
+        enable_gqa=layer.tp_q_head_num != layer.tp_k_head_num, causal=True, is_cross_attn=False,
+        sliding_window_size=None)
+    out3[rows] = sub_out
+
+
+def dense_decode_rows(inner: Any, q3, out3, layer: Any, batch: "BatchView", requests: list[int]) -> None:
+    """torch_native dense decode for a subset of the batch's requests (one query row each), in place."""
+    import torch
+
+    if not requests:
+        return
+    idx = torch.tensor(requests, dtype=torch.int64)
+    rows = idx.to(q3.device)
+    sub_out = torch.empty((len(requests),) + tuple(out3.shape[1:]), dtype=out3.dtype, device=out3.device)
+    k_buf, v_buf = kv_buffers(inner.token_to_kv_pool, layer.layer_id)
+    fb = batch.forward_batch
+    inner._run_sdpa_forward_decode(
+        q3[rows], sub_out, k_buf, v_buf, inner.req_to_token_pool.req_to_token,
+        fb.req_pool_indices[idx.to(fb.req_pool_indices.device)], fb.seq_lens[idx.to(fb.seq_lens.device)], None,
+        scaling=layer.scaling, enable_gqa=layer.tp_q_head_num != layer.tp_k_head_num, causal=False,
+        is_cross_attn=False, sliding_window_size=None)
+    out3[rows] = sub_out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ForwardBatch and RadixAttention views
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class BatchView:
+    """What the backend reads from a ForwardBatch, as host lists (one entry per request)."""
+
+    forward_batch: Any
+    mode: str  # "extend", "decode", "idle", "mixed" or "other"
+    rids: list[str]
+    req_pool_indices: list[int]
+    seq_lens: list[int]
+    prefix_lens: list[int]  # extend: tokens already in the pool before this chunk; decode: seq_len - 1
+    extend_lens: list[int]  # extend: new tokens; decode: 1
+    q_start: list[int]  # first row of each request in q / out
+
+
+def batch_view(forward_batch: Any) -> BatchView:
+    mode_obj = forward_batch.forward_mode
+    if mode_obj.is_idle():
+        mode = "idle"
+    elif mode_obj.is_decode():
+        mode = "decode"
+    elif mode_obj.is_mixed():
+        mode = "mixed"
+    elif mode_obj.is_extend():
+        mode = "extend"
+    else:
+        mode = "other"
+    seq_lens_cpu = forward_batch.seq_lens_cpu
+    seq_lens = [int(x) for x in (seq_lens_cpu if seq_lens_cpu is not None else forward_batch.seq_lens).tolist()]
+    bs = len(seq_lens)
+    rids = list(forward_batch.rids) if forward_batch.rids is not None else [f"#row{i}" for i in range(bs)]
+    req_pool_indices = [int(x) for x in forward_batch.req_pool_indices.tolist()]
+    if mode in ("extend", "mixed"):
+        prefix = forward_batch.extend_prefix_lens_cpu
+        extend = forward_batch.extend_seq_lens_cpu
+        prefix = [int(x) for x in (prefix if prefix is not None else forward_batch.extend_prefix_lens.tolist())]
+        extend = [int(x) for x in (extend if extend is not None else forward_batch.extend_seq_lens.tolist())]
+    else:
+        prefix = [s - 1 for s in seq_lens]
+        extend = [1] * bs
+    q_start, offset = [], 0
+    for n in extend:
+        q_start.append(offset)
+        offset += n
+    return BatchView(forward_batch, mode, rids, req_pool_indices, seq_lens, prefix, extend, q_start)
+
+
+@dataclass(frozen=True)
+class LayerView:
+    layer_id: int
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    v_head_dim: int
+    scaling: float
+    unsupported: str | None  # why the method cannot run on this layer (it then runs dense), or None
+
+
+def layer_view(layer: Any) -> LayerView:
+    from sglang.srt.layers.radix_attention import AttentionType
+
+    reason = None
+    if getattr(layer, "is_cross_attention", False):
+        reason = "cross attention"
+    elif getattr(layer, "attn_type", None) == AttentionType.ENCODER_ONLY:
+        reason = "encoder-only (non-causal) attention"
+    elif getattr(layer, "sliding_window_size", None) is not None and layer.sliding_window_size > -1:
+        reason = "sliding-window attention"
+    elif layer.qk_head_dim != layer.v_head_dim:
+        reason = "qk_head_dim != v_head_dim"
+    elif getattr(layer, "logit_cap", 0.0) and layer.logit_cap > 0:
+        reason = "attention logit soft-capping"
+    return LayerView(layer_id=int(layer.layer_id), num_q_heads=int(layer.tp_q_head_num),
+                     num_kv_heads=int(layer.tp_k_head_num), head_dim=int(layer.qk_head_dim),
+                     v_head_dim=int(layer.v_head_dim), scaling=float(layer.scaling), unsupported=reason)
+
+
+def request_identity(req: Any) -> tuple[str | None, int | None]:
+    """(rid, req_pool_idx) of a scheduler `Req` (the argument of `ReqToTokenPool.free`)."""
+    return getattr(req, "rid", None), getattr(req, "req_pool_idx", None)

@@ -1,0 +1,425 @@
+"""Per-request EntropyInfer state inside an SGLang scheduler process, and the per-chunk / per-event planning on it.
+
+Nothing here imports SGLang: the backend (`backend.py`) hands plain tensors in. Three pieces:
+
+- `plan_chunk`: profiling + planning of one chunked-prefill chunk of one request and layer, with causal head
+  typing carried across chunks (`ChunkTyping`). A prompt prefilled in one chunk gets exactly
+  `profile_prefill` + `plan_prefill`; a chunked prompt gets, for every complete segment, the same block scores,
+  entropies, typing and budgets as the whole prompt would (segment representatives are elementwise max/min, so
+  a segment split by a chunk boundary is merged exactly). What chunking changes, as in the library's rules for a
+  prompt that ends at the chunk end: the segment that ends a chunk is the "last" one and runs dense, and the keep
+  caps use the chunk end as the sequence length.
+- `compress_layer`: one latent decode compression event of one request and layer (SnapKV scoring by the
+  observation window, uniform/AdaKV budgets), as position tables over the request's token positions. Phase 1:
+  the KV stays in SGLang's pool; decode reads only the kept positions (plus every token appended since).
+- `RequestState` / `StateStore`: what is kept per request (typing per layer, the observation window per layer,
+  the kept-position tables per layer, stats), keyed by SGLang's request id and freed when SGLang frees the
+  request's `req_to_token` row (finish, abort, retraction).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from ..budgets import HeadTypingState, head_budgets, keep_blocks
+from ..config import EntropyInferConfig
+from ..decode import observation_scores, plan_decode_compression
+from ..plan import PrefillPlan, plan_prefill
+from ..profile import LAYER_FUSION_PREVIOUS_WEIGHT, HeadProfile, attention_entropy, block_causal_mask
+
+logger = logging.getLogger("entropyinfer_sgl.sglang")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prefill: one chunk of one request and layer
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChunkTyping:
+    """Causal typing carried from one chunk to the next (one request, one layer).
+
+    state: typing over the first `state.segments_seen` *complete* segments (None: none yet).
+    partial_max / partial_min: `[Hq, D]` representatives of the incomplete segment the last chunk ended in.
+    """
+
+    state: HeadTypingState | None
+    partial_max: torch.Tensor | None = None
+    partial_min: torch.Tensor | None = None
+
+    @property
+    def segments_typed(self) -> int:
+        return 0 if self.state is None else self.state.segments_seen
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """What `plan_chunk` decided. `plan` is None when the chunk cannot be profiled (it then runs dense)."""
+
+    plan: PrefillPlan | None
+    typing: ChunkTyping | None  # the state to carry to the next chunk (None: typing is lost from here on)
+    block_scores: torch.Tensor | None  # [Hkv, nseg, NB], for layer fusion in the next layer
+    rigid: torch.Tensor | None  # bool [Hkv] rigid so far
+    reason: str | None  # why there is no plan
+
+    def sparse(self, prefix_len: int) -> bool:
+        """Whether some query of this chunk skips a key block it could see (else dense attention is exact)."""
+        plan = self.plan
+        if plan is None:
+            return False
+        seg, blk = plan.segment_size_tokens, plan.block_size_tokens
+        touched = torch.arange(prefix_len // seg, plan.num_segments)
+        visible = touched * (seg // blk)
+        keep = plan.keep_blocks.cpu()[:, touched]
+        rows = plan.sparse_segments.cpu()[touched][None, :] & (keep > 0) & (keep < visible[None, :])
+        return bool(rows.any())
+
+
+def _scores_from_representatives(q_max: torch.Tensor, q_min: torch.Tensor, k: torch.Tensor,
+                                 config: EntropyInferConfig, seq_len: int) -> torch.Tensor:
+    """`profile.block_scores` after its representatives: the same ops and shapes, so float32 matches it exactly."""
+    num_segments, num_q_heads, head_dim = q_max.shape
+    num_kv_heads = k.shape[1]
+    group = num_q_heads // num_kv_heads
+    segment, block = config.segment_size_tokens, config.block_size_tokens
+    blocks_per_segment = segment // block
+    num_blocks = (num_segments - 1) * blocks_per_segment
+    blocks = k[: num_blocks * block].view(num_blocks, block, *k.shape[1:])
+    k_max, k_min = blocks.amax(dim=1), blocks.amin(dim=1)
+    qq = torch.cat([q_max, q_min], dim=0).permute(1, 0, 2).reshape(num_kv_heads, group, 2 * num_segments, head_dim)
+    k_max_t = k_max.permute(1, 2, 0)[:, None]
+    k_min_t = k_min.permute(1, 2, 0)[:, None]
+    shape = (num_kv_heads, group, 2, num_segments, num_blocks)
+    scores_max = torch.matmul(qq, k_max_t).view(shape).mean(dim=2)
+    scores_min = torch.matmul(qq, k_min_t).view(shape).mean(dim=2)
+    scores = torch.max(scores_max, scores_min).mean(dim=1)
+    scores = scores + block_causal_mask(num_segments, num_blocks, blocks_per_segment, scores.dtype, scores.device)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q_max.dtype)
+
+
+def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferConfig, *, prefix_len: int,
+               layer_idx: int, typing: ChunkTyping | None,
+               previous_block_scores: torch.Tensor | None = None) -> ChunkPlan:
+    """Profile and plan one prefill chunk of one request and layer.
+
+    q_chunk: `[Lc, Hq, D]` post-RoPE queries of positions `prefix_len .. prefix_len + Lc - 1`;
+    k_all: `[prefix_len + Lc, Hkv, D]` post-RoPE keys of every position so far (prefix from the pool + chunk);
+    typing: what the previous chunk carried (None for the first chunk, `prefix_len == 0`).
+    """
+    seq_len = k_all.shape[0]
+    chunk_len = q_chunk.shape[0]
+    segment = config.segment_size_tokens
+    if prefix_len + chunk_len != seq_len:
+        raise ValueError(f"chunk of {chunk_len} tokens after {prefix_len} does not end at {seq_len}")
+    if prefix_len > 0:
+        if typing is None:
+            return ChunkPlan(None, None, None, None, "no typing state for the tokens before this chunk")
+        if not config.causal_head_typing:
+            return ChunkPlan(None, None, None, None,
+                             "paper head typing (causal_head_typing=false) needs the whole prompt in one chunk")
+        if typing.segments_typed != prefix_len // segment or (typing.partial_max is None) != (prefix_len % segment == 0):
+            return ChunkPlan(None, None, None, None, "typing state does not match the chunk boundary")
+    num_segments = -(-seq_len // segment)
+    first = prefix_len // segment
+    num_q_heads, head_dim = q_chunk.shape[1], q_chunk.shape[2]
+    num_kv_heads = k_all.shape[1]
+    q_max = q_chunk.new_zeros(num_segments, num_q_heads, head_dim)  # rows before `first` are never read
+    q_min = q_chunk.new_zeros(num_segments, num_q_heads, head_dim)
+    for s in range(first, num_segments):
+        lo, hi = max(s * segment, prefix_len) - prefix_len, min((s + 1) * segment, seq_len) - prefix_len
+        q_max[s], q_min[s] = q_chunk[lo:hi].amax(dim=0), q_chunk[lo:hi].amin(dim=0)
+    if typing is not None and typing.partial_max is not None:
+        q_max[first] = torch.maximum(q_max[first], typing.partial_max)
+        q_min[first] = torch.minimum(q_min[first], typing.partial_min)
+    partial = (q_max[-1].clone(), q_min[-1].clone()) if seq_len % segment else (None, None)
+
+    complete = seq_len // segment
+    typed = 0 if typing is None else typing.segments_typed
+    state = None if typing is None else typing.state
+    if num_segments == 1:  # one (partial or just complete) segment: nothing to score yet
+        rigid = None if state is None else state.rigid_so_far
+        if complete > typed and config.causal_head_typing:  # segment 0 types as rigid with budget β
+            rigid, _, state = head_budgets(torch.zeros(num_kv_heads, 1), config, causal=True, state=state)
+        return ChunkPlan(None, ChunkTyping(state, *partial) if config.causal_head_typing else None, None, rigid,
+                         "the sequence is one segment long")
+
+    p = _scores_from_representatives(q_max, q_min, k_all, config, seq_len)
+    if config.layer_fusion and previous_block_scores is not None and previous_block_scores.shape == p.shape:
+        previous = previous_block_scores.to(device=p.device, dtype=p.dtype)
+        p = previous * LAYER_FUSION_PREVIOUS_WEIGHT + p * (1 - LAYER_FUSION_PREVIOUS_WEIGHT)
+    entropy = attention_entropy(p)
+    budgets = torch.full((num_kv_heads, num_segments), float(config.base_budget_tokens), dtype=torch.float32,
+                         device=p.device)
+    if config.causal_head_typing:
+        rigid = None if state is None else state.rigid_so_far
+        if complete > typed:
+            rigid, new, state = head_budgets(entropy[:, typed:complete], config, causal=True, state=state)
+            budgets[:, typed:complete] = new
+        carried = ChunkTyping(state, *partial)
+    else:  # paper typing over the whole prompt (prefix_len == 0 here): exactly profile_prefill
+        rigid, budgets, _ = head_budgets(entropy, config, causal=False)
+        carried = None
+    keep = keep_blocks(budgets, seq_len_tokens=seq_len, segment_size_tokens=segment,
+                       block_size_tokens=config.block_size_tokens)
+    if first:
+        keep[:, :first] = 0  # rows of earlier chunks are not executed here
+    profile = HeadProfile(entropy=entropy, rigid=rigid if rigid is not None else torch.ones(num_kv_heads, dtype=torch.bool),
+                          budget_tokens=budgets, keep_blocks=keep, block_scores=p, seq_len_tokens=seq_len,
+                          segment_size_tokens=segment, block_size_tokens=config.block_size_tokens)
+    plan = plan_prefill(profile, config, layer_idx=layer_idx)
+    return ChunkPlan(plan, carried, p, rigid, None)
+
+
+def chunk_block_pairs(plan: PrefillPlan | None, prefix_len: int, seq_len: int, num_kv_heads: int,
+                      segment: int, block: int) -> tuple[float, float]:
+    """(computed, dense) causal (query block, key block) pairs of a chunk's segments, over all kv heads."""
+    bps = segment // block
+    num_key_blocks = -(-seq_len // block)
+    computed = dense = 0.0
+    for s in range(prefix_len // segment, -(-seq_len // segment)):
+        own_start = s * bps
+        own = min((s + 1) * bps, num_key_blocks) - own_start
+        full = own_start * own + own * (own + 1) / 2
+        dense += full * num_kv_heads
+        if plan is None:
+            computed += full * num_kv_heads
+            continue
+        for h in range(num_kv_heads):
+            r = h * plan.num_segments + s
+            row_len = int(plan.indptr[r + 1]) - int(plan.indptr[r])
+            computed += (row_len - own) * own + own * (own + 1) / 2
+    return computed, dense
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decode: one compression event of one request and layer
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DecodeTable:
+    """The positions one layer of one request attends at decode, per kv head.
+
+    positions: int64 `[Hkv, max_kept]` kept token positions (increasing; padding past `lengths` is 0);
+    lengths: int64 `[Hkv]`; base_len: every position >= base_len (tokens appended since the event) is visible.
+    """
+
+    positions: torch.Tensor
+    lengths: torch.Tensor
+    base_len: int
+
+    def held(self, head: int, seq_len: int) -> torch.Tensor:
+        n = int(self.lengths[head])
+        return torch.cat([self.positions[head, :n],
+                          torch.arange(self.base_len, seq_len, device=self.positions.device)])
+
+    def visible(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positions `[Hkv, width]` padded with 0, lengths `[Hkv]`) visible to a query at position seq_len-1."""
+        heads = [self.held(h, seq_len) for h in range(self.positions.shape[0])]
+        lengths = torch.tensor([x.numel() for x in heads], dtype=torch.int64)
+        width = int(lengths.max())
+        out = torch.zeros(len(heads), width, dtype=torch.int64, device=self.positions.device)
+        for h, x in enumerate(heads):
+            out[h, : x.numel()] = x
+        return out, lengths
+
+
+def compress_layer(window_q: torch.Tensor, keys: torch.Tensor, table: DecodeTable | None,
+                   config: EntropyInferConfig) -> tuple[DecodeTable | None, torch.Tensor, torch.Tensor]:
+    """One latent compression event: score what each kv head holds with the window, keep each head's best.
+
+    window_q: `[W, Hq, D]` the newest W queries (positions T-W .. T-1); keys: `[T, Hkv, D]` the request's keys of
+    positions 0 .. T-1; table: the previous event's table (None: every position is held).
+    Returns (the new table, or None when every head keeps everything; entries held before `[Hkv]`; kept `[Hkv]`).
+    Mirrors `hf.cache.EntropyInferCacheLayer.compress`: heads that already dropped entries are scored over what
+    they hold (padding never enters a softmax or a pooling window), then all heads of the layer are planned
+    together (uniform or AdaKV budgets).
+    """
+    num_entries, num_kv_heads, _ = keys.shape
+    num_window = window_q.shape[0]
+    group = window_q.shape[1] // num_kv_heads
+    device = keys.device
+    if table is None:
+        scores = observation_scores(window_q, keys, config)
+        plan = plan_decode_compression(scores, config)
+        kept = plan.kept_indices.to(torch.int64)
+        lengths = plan.kept_lengths.to(torch.int64)
+        before = torch.full((num_kv_heads,), num_entries, dtype=torch.int64)
+    else:
+        held = [table.held(h, num_entries) for h in range(num_kv_heads)]
+        counts = [int(x.numel()) for x in held]
+        width = max(counts)
+        scores = torch.full((num_kv_heads, width), float("-inf"), dtype=torch.float32, device=device)
+        slot_to_pos = torch.full((num_kv_heads, width), -1, dtype=torch.int64, device=device)
+        window_positions = torch.arange(num_entries - num_window, num_entries, device=device)
+        for h, positions in enumerate(held):
+            n = counts[h]
+            if not bool((positions[n - num_window:] == window_positions).all()):
+                raise RuntimeError("EntropyInfer: observation window tokens were evicted (local_window_tokens + "
+                                   "decode_evict_interval_steps must be >= observation_window_tokens)")
+            head_scores = observation_scores(window_q[:, h * group:(h + 1) * group], keys[positions, h][:, None],
+                                             config)[0]
+            sink = min(config.sink_tokens, n)
+            slots = torch.cat([torch.arange(sink, device=device), torch.arange(width - (n - sink), width, device=device)])
+            scores[h, slots] = head_scores
+            slot_to_pos[h, slots] = positions
+        plan = plan_decode_compression(scores, config)
+        kept_slots = plan.kept_indices.to(torch.int64)
+        kept = torch.where(kept_slots >= 0, slot_to_pos.gather(1, kept_slots.clamp(min=0)), -1)
+        lengths = (kept >= 0).sum(dim=1)
+        kept = torch.sort(torch.where(kept >= 0, kept, num_entries), dim=1).values
+        before = torch.tensor(counts, dtype=torch.int64)
+    lengths = lengths.cpu()
+    if table is None and bool((lengths == num_entries).all()):
+        return None, before, lengths
+    width = int(lengths.max())
+    present = torch.arange(width)[None, :] < lengths[:, None]
+    positions = torch.where(present.to(device), kept[:, :width], 0)
+    return DecodeTable(positions=positions, lengths=lengths, base_len=num_entries), before, lengths
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-request state
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class RequestStats:
+    prefill_pairs_computed: float = 0.0
+    prefill_pairs_dense: float = 0.0
+    rigid_heads: int = 0
+    typed_heads: int = 0
+    sparse_chunks: int = 0
+    dense_chunks: int = 0
+    compression_events: int = 0
+    entries_before: int = 0
+    entries_kept: int = 0
+
+    @property
+    def prefill_density(self) -> float | None:
+        return self.prefill_pairs_computed / self.prefill_pairs_dense if self.prefill_pairs_dense else None
+
+    @property
+    def rigid_fraction(self) -> float | None:
+        return self.rigid_heads / self.typed_heads if self.typed_heads else None
+
+    @property
+    def kv_kept_fraction(self) -> float | None:
+        return self.entries_kept / self.entries_before if self.entries_before else None
+
+    def add(self, other: "RequestStats") -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def summary(self) -> str:
+        def fmt(x):
+            return "n/a" if x is None else f"{x:.4f}"
+
+        return (f"prefill_density={fmt(self.prefill_density)} rigid_fraction={fmt(self.rigid_fraction)} "
+                f"kv_kept_fraction={fmt(self.kv_kept_fraction)} sparse_chunks={self.sparse_chunks} "
+                f"dense_chunks={self.dense_chunks} compression_events={self.compression_events}")
+
+
+@dataclass
+class RequestState:
+    """Everything EntropyInfer keeps for one request (one SGLang `rid`) in one scheduler process."""
+
+    rid: str
+    req_pool_idx: int
+    extended_tokens: int = 0  # positions covered by this request's extend chunks so far
+    prefill_dense_reason: str | None = None  # once set, the rest of this request's prefill runs dense
+    typing: dict[int, ChunkTyping] = field(default_factory=dict)  # per layer
+    prompt_len: int | None = None  # set at the first decode step
+    window: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer: [<=W, Hq, D]
+    window_end: dict[int, int] = field(default_factory=dict)  # per layer: position after the window's last query
+    tables: dict[int, DecodeTable] = field(default_factory=dict)  # per layer
+    last_event_checked: int = -1  # generated-token count whose compression check already ran
+    stats: RequestStats = field(default_factory=RequestStats)
+
+    def record_queries(self, layer_id: int, q: torch.Tensor, end: int, window_tokens: int) -> None:
+        """Append `q` (`[n, Hq, D]`, the queries of positions end-n .. end-1) to the layer's observation window."""
+        q = q[-window_tokens:]
+        previous = self.window.get(layer_id)
+        if previous is not None and q.shape[0] < window_tokens and self.window_end.get(layer_id) == end - q.shape[0]:
+            q = torch.cat([previous, q], dim=0)[-window_tokens:]
+        self.window[layer_id] = q.detach().clone()
+        self.window_end[layer_id] = end
+
+    def side_table_bytes(self) -> int:
+        total = sum(w.numel() * w.element_size() for w in self.window.values())
+        total += sum(t.positions.numel() * 8 + t.lengths.numel() * 8 for t in self.tables.values())
+        for t in self.typing.values():
+            if t.partial_max is not None:
+                total += 2 * t.partial_max.numel() * t.partial_max.element_size()
+        return total
+
+
+class StateStore:
+    """The request states of one scheduler process, keyed by request id (one store per process)."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, RequestState] = {}
+        self._lock = threading.Lock()
+        self.totals = RequestStats()
+        self.finished = 0
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __contains__(self, rid: str) -> bool:
+        return rid in self._states
+
+    def get(self, rid: str) -> RequestState | None:
+        return self._states.get(rid)
+
+    def begin_extend(self, rid: str, req_pool_idx: int, prefix_len: int) -> RequestState:
+        """The state for an extend chunk starting at `prefix_len`; a new request, or one whose prefix came from
+        the radix cache (no typing state for it), starts a fresh state."""
+        with self._lock:
+            st = self._states.get(rid)
+            if st is not None and (st.req_pool_idx != req_pool_idx or st.extended_tokens != prefix_len
+                                   or st.prompt_len is not None):
+                self._finish(rid)  # retracted and re-prefilled, or an inconsistent continuation: start over
+                st = None
+            if st is None:
+                st = RequestState(rid=rid, req_pool_idx=req_pool_idx, extended_tokens=prefix_len)
+                if prefix_len > 0:
+                    st.prefill_dense_reason = "prefix-cache hit: no typing state for the cached prefix"
+                self._states[rid] = st
+            return st
+
+    def begin_decode(self, rid: str, req_pool_idx: int, seq_len: int) -> RequestState:
+        with self._lock:
+            st = self._states.get(rid)
+            if st is None or st.req_pool_idx != req_pool_idx:
+                st = RequestState(rid=rid, req_pool_idx=req_pool_idx, extended_tokens=seq_len - 1)
+                self._states[rid] = st
+            if st.prompt_len is None:
+                st.prompt_len = st.extended_tokens
+            return st
+
+    def free(self, rid: str | None) -> None:
+        """Drop a request's state (SGLang freed its req_to_token row: finished, aborted or retracted)."""
+        if rid is None:
+            return
+        with self._lock:
+            self._finish(rid)
+
+    def clear(self) -> None:
+        with self._lock:
+            for rid in list(self._states):
+                self._finish(rid)
+
+    def _finish(self, rid: str) -> None:
+        st = self._states.pop(rid, None)
+        if st is None:
+            return
+        self.totals.add(st.stats)
+        self.finished += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("EntropyInfer request %s: %s", rid, st.stats.summary())
+
+    def side_table_bytes(self) -> int:
+        with self._lock:
+            return sum(st.side_table_bytes() for st in self._states.values())
+
+
+STORE = StateStore()  # the process's store: the ReqToTokenPool.free hook and the backend share it

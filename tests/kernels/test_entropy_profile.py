@@ -1,0 +1,93 @@
+"""Fused profiling kernel and the on-device planner against the float32 oracles (`profile_prefill`, `plan_prefill`)."""
+
+import pytest
+import torch
+
+from entropyinfer_sgl import EntropyInferConfig, head_budgets, plan_prefill, profile_prefill
+from entropyinfer_sgl.profile import attention_entropy, block_scores
+from conftest import structured_qk
+
+CFG = EntropyInferConfig().replace(segment_size_tokens=64, block_size_tokens=8, base_budget_tokens=64,
+                                   max_budget_tokens=192, min_sparse_len_tokens=128)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOLERANCE = {torch.float32: (2e-5, 1e-4), torch.float16: (2e-3, 2e-2)}  # (p, entropy) absolute
+
+
+@pytest.mark.parametrize("seq_len, num_q_heads, num_kv_heads", [(300, 4, 4), (333, 8, 2), (129, 8, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_block_scores_and_entropy_match_oracle(seq_len, num_q_heads, num_kv_heads, dtype, generator):
+    from entropyinfer_sgl.kernels.entropy_profile import block_scores_and_entropy
+
+    q, k = structured_qk(seq_len, num_q_heads, num_kv_heads, 32, generator=generator, spike=6.0)
+    q, k = q.to(DEVICE, dtype), k.to(DEVICE, dtype)
+    p, entropy = block_scores_and_entropy(q, k, CFG, block_j=32)
+    p_ref = block_scores(q.float(), k.float(), CFG)
+    entropy_ref = attention_entropy(p_ref)
+    tol_p, tol_e = TOLERANCE[dtype]
+    assert p.dtype == dtype and entropy.dtype == torch.float32
+    assert not bool(torch.isnan(p).any()) and not bool(torch.isnan(entropy).any())
+    assert torch.allclose(p.float().cpu(), p_ref.cpu(), atol=tol_p, rtol=0)
+    assert torch.allclose(entropy[:, 1:].cpu(), entropy_ref[:, 1:].float().cpu(), atol=tol_e, rtol=tol_e)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_budget_scan_equals_torch_planner(causal, generator):
+    from entropyinfer_sgl.kernels.budget_scan import head_budgets_device
+
+    entropy = torch.rand(5, 23, generator=generator) * 3
+    entropy[1] = 1e-7  # rigid
+    entropy[2, :9] = 1e-8  # rigid, then dynamic
+    entropy[3, 0] = float("nan")  # segment 0 is never read
+    rigid, budgets, state = head_budgets_device(entropy.to(DEVICE), CFG, causal=causal)
+    rigid_ref, budgets_ref, state_ref = head_budgets(entropy, CFG, causal=causal)
+    assert torch.equal(rigid.cpu(), rigid_ref) and rigid.tolist()[:3] == [False, True, False]
+    assert torch.equal(budgets.cpu(), budgets_ref)
+    if causal:  # chunks continue exactly
+        _, first, mid = head_budgets_device(entropy[:, :10].to(DEVICE), CFG, causal=True)
+        _, second, _ = head_budgets_device(entropy[:, 10:].to(DEVICE), CFG, causal=True, state=mid)
+        assert torch.equal(torch.cat([first, second], 1).cpu(), budgets_ref)
+        assert state.segments_seen == 23 and torch.equal(state.prev_budget_tokens.cpu(), state_ref.prev_budget_tokens)
+
+
+@pytest.mark.parametrize("config", [CFG, CFG.replace(per_head_budgets=False, causal_head_typing=False),
+                                    CFG.replace(max_budget_tokens=2048)])
+@pytest.mark.parametrize("seq_len, num_q_heads, num_kv_heads", [(700, 4, 2), (333, 8, 1), (640, 2, 2)])
+def test_device_plan_equals_oracle_plan(config, seq_len, num_q_heads, num_kv_heads, generator):
+    from entropyinfer_sgl.device_plan import plan_prefill_device
+
+    q, k = structured_qk(seq_len, num_q_heads, num_kv_heads, 32, generator=generator, rigid_kv_heads=(0,))
+    profile, plan = plan_prefill_device(q.to(DEVICE), k.to(DEVICE), config, layer_idx=2)
+    # Oracle plan from the kernel's own scores, so that rounding differences in p cannot change the selection.
+    reference = plan_prefill(_cpu(profile), config, layer_idx=2)
+    nnz = int(plan.indptr[-1])
+    assert torch.equal(plan.indptr.cpu(), reference.indptr)
+    assert torch.equal(plan.indices[:nnz].cpu(), reference.indices)
+    assert plan.indices.numel() >= nnz
+    assert plan.density() == pytest.approx(reference.density())
+    oracle = profile_prefill(q, k, config)
+    assert torch.equal(profile.rigid.cpu(), oracle.rigid)
+
+
+def _cpu(profile):
+    import dataclasses
+
+    return dataclasses.replace(profile, entropy=profile.entropy.cpu(), rigid=profile.rigid.cpu(),
+                               budget_tokens=profile.budget_tokens.cpu(), keep_blocks=profile.keep_blocks.cpu(),
+                               block_scores=profile.block_scores.cpu(), typing_state=None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_plan_bf16_real_size(generator):
+    from entropyinfer_sgl.device_plan import plan_prefill_device
+
+    cfg = EntropyInferConfig()
+    q = torch.randn(16384, 32, 128, generator=generator).to("cuda", torch.bfloat16)
+    k = torch.randn(16384, 8, 128, generator=generator).to("cuda", torch.bfloat16)
+    profile, plan = plan_prefill_device(q, k, cfg, layer_idx=3)
+    reference = plan_prefill(_cpu(profile), cfg, layer_idx=3)
+    nnz = int(plan.indptr[-1])
+    assert torch.equal(plan.indptr.cpu(), reference.indptr)
+    assert torch.equal(plan.indices[:nnz].cpu(), reference.indices)
+    oracle = block_scores(q.float(), k.float(), cfg)
+    assert torch.allclose(profile.block_scores.float(), oracle, atol=2e-2)
