@@ -1,4 +1,4 @@
-"""Kernel micro-benchmarks on a CUDA device: `python -m entropyinfer_sgl.kernels.bench [--quick]`.
+"""Kernel tile sweeps and micro-benchmarks on a CUDA device: `python kernels/tune.py [--quick | --sweep | --decode-only]`.
 
 Prints one JSON row per measurement (kernel, shape, density, median ms, effective TFLOP/s or GB/s) next to a
 dense baseline at the same shape (torch SDPA, causal, GQA). Timing: `triton.testing.do_bench` (warm-up, median).
@@ -15,7 +15,7 @@ import torch
 def _plan(seq_len: int, num_kv_heads: int, keep_fraction: float, *, segment: int = 512, block: int = 8,
           device: str = "cuda"):
     """A random plan keeping `keep_fraction` of each segment's earlier blocks (1.0 = dense causal)."""
-    from ..plan import PrefillPlan, select_blocks
+    from entropyinfer_sgl.plan import PrefillPlan, select_blocks
 
     nseg = -(-seq_len // segment)
     per_segment = segment // block
@@ -38,8 +38,8 @@ def _computed_pairs(plan) -> float:
 def bench_prefill(seq_lens, *, num_q_heads=32, num_kv_heads=8, head_dim=128, dtype=torch.bfloat16):
     from triton.testing import do_bench
 
-    from .. import EntropyInferConfig, plan_prefill, profile_prefill
-    from . import sparse_prefill
+    from entropyinfer_sgl import EntropyInferConfig, plan_prefill, profile_prefill
+    from entropyinfer_sgl.kernels import sparse_prefill
 
     for seq_len in seq_lens:
         q = torch.randn(seq_len, num_q_heads, head_dim, device="cuda", dtype=dtype)
@@ -75,7 +75,7 @@ def sweep_prefill(configs: str = DEFAULT_SWEEP, seq_len=16384, head_dims=(128, 6
 
     from triton.testing import do_bench
 
-    from . import LaunchConfig, sparse_prefill
+    from entropyinfer_sgl.kernels import LaunchConfig, sparse_prefill
 
     parsed = [tuple(int(x) for x in re.fullmatch(r"(\d+)x(\d+)w(\d+)s(\d+)", c.strip()).groups())
               for c in configs.split(",")]
@@ -104,7 +104,7 @@ def bench_decode(batches, kept, *, num_q_heads=32, num_kv_heads=8, head_dim=128,
     """GPU time inside a CUDA graph (as SGLang decodes) and, for reference, eager time with Python launches."""
     from triton.testing import do_bench, do_bench_cudagraph
 
-    from . import compressed_decode, decode_num_splits
+    from entropyinfer_sgl.kernels import compressed_decode, decode_num_splits
 
     k_cache = torch.randn(slots, num_kv_heads, head_dim, device="cuda", dtype=dtype)
     v_cache = torch.randn_like(k_cache)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The runs behind benchmarks/QUALITY.md (SmolLM2-135M-Instruct, CPU, one thread per process). Resumable: rerun to
+# continue; each results file is skipped where it already has a (method, task, length, sample) record.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export OMP_NUM_THREADS=1
+ALL=full,entropyinfer,entropyinfer_paper,entropyinfer_immediate,critiprefill,snapkv,adakv,streamingllm
+TASKS=passkey,multikey,multivalue,vartrack,commonwords,copylist
+Q=benchmarks/quality
+case "${1:-all}" in
+  2k)   python -m entropyinfer_sgl.cli eval --methods $ALL --tasks $TASKS --lengths 2000 --samples 5 --out $Q/results_2000.json ;;
+  4k)   python -m entropyinfer_sgl.cli eval --methods $ALL --tasks $TASKS --lengths 4000 --samples 5 --out $Q/results_4000.json ;;
+  6k)   python -m entropyinfer_sgl.cli eval --methods $ALL --tasks passkey,multivalue,copylist --lengths 6000 --samples 5 --out $Q/results_6000.json ;;
+  beta) python -m entropyinfer_sgl.cli eval --methods "entropyinfer[beta=256],entropyinfer[beta=1024]" \
+          --tasks passkey --lengths 4000,6000 --samples 5 --out $Q/results_beta.json ;;
+  report) python -m entropyinfer_sgl.cli report $Q/results_2000.json $Q/results_4000.json $Q/results_6000.json --table $Q/table.md --plot $Q/quality.png
+          python -m entropyinfer_sgl.cli report $Q/results_4000.json $Q/results_6000.json $Q/results_beta.json --tasks passkey --methods "full,entropyinfer[beta=256],entropyinfer,entropyinfer[beta=1024],critiprefill,snapkv,adakv" --table $Q/beta.md --plot $Q/beta.png ;;
+  all)  "$0" 2k; "$0" 4k; "$0" 6k; "$0" beta; "$0" report ;;
+esac
