@@ -127,6 +127,39 @@ def prefill_rows(seq_len, args, meta):
     return rows
 
 
+def profiling_breakdown_rows(seq_len, args, meta):
+    """Where the profile+plan time goes: each stage of `plan_prefill_device` timed on its own."""
+    from entropyinfer_sgl.budgets import keep_blocks
+    from entropyinfer_sgl.kernels.budget_scan import head_budgets_device
+    from entropyinfer_sgl.kernels.entropy_profile import block_scores_and_entropy
+    from entropyinfer_sgl.profile import block_representatives, segment_representatives
+
+    gen = torch.Generator(device="cuda").manual_seed(seq_len)
+    q = torch.randn(seq_len, args.q_heads, args.head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k = torch.randn(seq_len, args.kv_heads, args.head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+    cfg = EntropyInferConfig()
+    nseg = -(-seq_len // cfg.segment_size_tokens)
+    nblk = (nseg - 1) * (cfg.segment_size_tokens // cfg.block_size_tokens)
+    p, entropy = block_scores_and_entropy(q, k, cfg)
+    _, budgets, _ = head_budgets_device(entropy, cfg)
+    stages = {
+        "segment_representatives": lambda: segment_representatives(q, cfg.segment_size_tokens),
+        "block_representatives": lambda: block_representatives(k, nblk, cfg.block_size_tokens),
+        "entropy_kernel_total": lambda: block_scores_and_entropy(q, k, cfg),
+        "budget_scan": lambda: head_budgets_device(entropy, cfg),
+        "keep_blocks": lambda: keep_blocks(budgets, seq_len_tokens=seq_len, segment_size_tokens=512,
+                                           block_size_tokens=8),
+        "topk_768": lambda: torch.topk(p.view(torch.int16).to(torch.int32), 768, dim=-1),
+        "plan_prefill_device": lambda: plan_prefill_device(q, k, cfg, layer_idx=1),
+    }
+    rows = []
+    for name, fn in stages.items():
+        r = dict(meta, kind="profiling_stage", method=name, seq_len_tokens=seq_len, batch=1, ms=bench(fn))
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+    return rows
+
+
 def decode_rows(context, batch, budget, args, meta):
     gen = torch.Generator(device="cuda").manual_seed(batch)
     hq, hkv, d = args.q_heads, args.kv_heads, args.head_dim
@@ -175,6 +208,7 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--flashinfer", action="store_true", help="also time FlashInfer dense and sparse (JIT: minutes)")
     parser.add_argument("--configs", default="entropyinfer,entropyinfer_paper_one_k,forced_beta,forced_3beta")
+    parser.add_argument("--breakdown", action="store_true", help="also time each profiling stage at every length")
     parser.add_argument("--skip-prefill", action="store_true")
     parser.add_argument("--skip-decode", action="store_true")
     parser.add_argument("--out", default=None, help="JSON-lines file the rows are appended to")
@@ -188,6 +222,8 @@ def main() -> None:
     rows = []
     if not args.skip_prefill:
         for seq_len in (int(x) for x in args.seq_lens.split(",")):
+            if args.breakdown:
+                rows += profiling_breakdown_rows(seq_len, args, meta)
             rows += prefill_rows(seq_len, args, meta)
             torch.cuda.empty_cache()
     if not args.skip_decode:

@@ -13,14 +13,15 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOLERANCE = {torch.float32: (2e-5, 1e-4), torch.float16: (2e-3, 2e-2)}  # (p, entropy) absolute
 
 
-@pytest.mark.parametrize("seq_len, num_q_heads, num_kv_heads", [(300, 4, 4), (333, 8, 2), (129, 8, 1)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_block_scores_and_entropy_match_oracle(seq_len, num_q_heads, num_kv_heads, dtype, generator):
+@pytest.mark.parametrize("seq_len, num_q_heads, num_kv_heads", [(300, 4, 4), (333, 8, 2), (129, 8, 1), (700, 9, 3)])
+@pytest.mark.parametrize("dtype, rows_per_program", [(torch.float32, 64), (torch.float16, 64), (torch.float32, 16)])
+def test_block_scores_and_entropy_match_oracle(seq_len, num_q_heads, num_kv_heads, dtype, rows_per_program,
+                                               generator):
     from entropyinfer_sgl.kernels.entropy_profile import block_scores_and_entropy
 
     q, k = structured_qk(seq_len, num_q_heads, num_kv_heads, 32, generator=generator, spike=6.0)
     q, k = q.to(DEVICE, dtype), k.to(DEVICE, dtype)
-    p, entropy = block_scores_and_entropy(q, k, CFG, block_j=32)
+    p, entropy = block_scores_and_entropy(q, k, CFG, block_j=32, rows_per_program=rows_per_program)
     p_ref = block_scores(q.float(), k.float(), CFG)
     entropy_ref = attention_entropy(p_ref)
     tol_p, tol_e = TOLERANCE[dtype]
