@@ -70,15 +70,16 @@ def segment_representatives(q: torch.Tensor, segment_size_tokens: int) -> tuple[
     full = (num_segments - 1) * segment_size_tokens
     body = q[:full].view(num_segments - 1, segment_size_tokens, *q.shape[1:])
     tail = q[full:]
-    q_max = torch.cat([body.amax(dim=1), tail.amax(dim=0, keepdim=True)], dim=0)
-    q_min = torch.cat([body.amin(dim=1), tail.amin(dim=0, keepdim=True)], dim=0)
-    return q_max, q_min
+    body_min, body_max = torch.aminmax(body, dim=1)  # one pass over q for both
+    tail_min, tail_max = torch.aminmax(tail, dim=0, keepdim=True)
+    return torch.cat([body_max, tail_max], dim=0), torch.cat([body_min, tail_min], dim=0)
 
 
 def block_representatives(k: torch.Tensor, num_blocks: int, block_size_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Elementwise max and min of k over each of the first `num_blocks` blocks: two `[num_blocks, Hkv, D]`."""
     blocks = k[: num_blocks * block_size_tokens].view(num_blocks, block_size_tokens, *k.shape[1:])
-    return blocks.amax(dim=1), blocks.amin(dim=1)
+    k_min, k_max = torch.aminmax(blocks, dim=1)
+    return k_max, k_min
 
 
 def block_causal_mask(num_segments: int, num_blocks: int, blocks_per_segment: int, dtype: torch.dtype,
