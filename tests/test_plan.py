@@ -5,7 +5,7 @@ import torch
 
 from entropyinfer_sgl import EntropyInferConfig, plan_prefill, profile_prefill
 from entropyinfer_sgl.plan import select_blocks, sparse_segment_mask
-from conftest import structured_qk
+from attention_inputs import structured_qk
 
 CFG = EntropyInferConfig().replace(segment_size_tokens=64, block_size_tokens=8, base_budget_tokens=64,
                                    max_budget_tokens=192, min_sparse_len_tokens=128)

@@ -3,7 +3,7 @@ import torch
 
 from entropyinfer_sgl import EntropyInferConfig, profile_prefill
 from prototype_replica import prototype_profile
-from conftest import structured_qk
+from attention_inputs import structured_qk
 
 SMALL_PAPER = EntropyInferConfig.paper().replace(segment_size_tokens=128, base_budget_tokens=64,
                                                  max_budget_tokens=192, min_sparse_len_tokens=256)

@@ -5,7 +5,7 @@ import torch
 
 from entropyinfer_sgl import EntropyInferConfig, plan_prefill, profile_prefill
 from entropyinfer_sgl.reference import compressed_decode_reference, dense_prefill_reference, sparse_prefill_reference
-from conftest import structured_qk
+from attention_inputs import structured_qk
 
 CFG = EntropyInferConfig().replace(segment_size_tokens=32, block_size_tokens=8, base_budget_tokens=16,
                                    max_budget_tokens=48, min_sparse_len_tokens=64)

@@ -7,7 +7,7 @@ import torch
 from entropyinfer_sgl import (EntropyInferConfig, adaptive_budgets, eviction_order, head_budgets, keep_blocks,
                               plan_decode_compression, plan_prefill, profile_prefill, select_blocks)
 from entropyinfer_sgl import _scheduler, rust_planner
-from conftest import structured_qk
+from attention_inputs import structured_qk
 
 SEEDS = range(12)
 

@@ -6,7 +6,7 @@ import torch
 from entropyinfer_sgl import (EntropyInferConfig, compressed_decode_reference, plan_prefill, profile_prefill,
                               sparse_prefill_reference)
 from entropyinfer_sgl.hf import masked_attention_sdpa, sparse_prefill_sdpa
-from conftest import structured_qk
+from attention_inputs import structured_qk
 
 CFG = EntropyInferConfig().replace(segment_size_tokens=32, block_size_tokens=8, min_sparse_len_tokens=64,
                                    base_budget_tokens=16, max_budget_tokens=64, num_dense_layers=0)

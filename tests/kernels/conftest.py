@@ -6,7 +6,7 @@ TRITON_INTERPRET from the caller wins (setdefault). The shared fixtures (NaN-poi
 come from tests/conftest.py.
 
 This folder is a package (tests/kernels/__init__.py) so that this conftest does not shadow tests/conftest.py for
-`from conftest import structured_qk`.
+`from attention_inputs import structured_qk`.
 """
 
 from __future__ import annotations

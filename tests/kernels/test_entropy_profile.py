@@ -5,7 +5,7 @@ import torch
 
 from entropyinfer_sgl import EntropyInferConfig, head_budgets, plan_prefill, profile_prefill
 from entropyinfer_sgl.profile import attention_entropy, block_scores
-from conftest import structured_qk
+from attention_inputs import structured_qk
 
 CFG = EntropyInferConfig().replace(segment_size_tokens=64, block_size_tokens=8, base_budget_tokens=64,
                                    max_budget_tokens=192, min_sparse_len_tokens=128)

@@ -5,7 +5,7 @@ import torch
 
 from entropyinfer_sgl import EntropyInferConfig, plan_prefill, profile_prefill
 from entropyinfer_sgl.reference import sparse_prefill_reference
-from conftest import structured_qk
+from attention_inputs import structured_qk
 
 from .kernel_testing import assert_attention_close, make_plan
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import structured_qk
+from attention_inputs import structured_qk
 from entropyinfer_sgl import EntropyInferConfig, plan_prefill, profile_prefill
 from entropyinfer_sgl.reference import dense_prefill_reference, sparse_prefill_reference
 

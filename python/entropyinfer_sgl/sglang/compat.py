@@ -5,23 +5,31 @@ the plugin, the backend and the state only call the functions below. Porting to 
 editing this file (and its tests) alone. Importing this module imports no SGLang module; each function imports
 what it needs when called.
 
-Touch points (0.5.17 source paths, `python/sglang/...`):
+Touch points (0.5.17 source paths under `python/sglang/`):
 
-| what | where |
-|---|---|
-| plugin entry point group `sglang.srt.plugins`, `load_plugins()` | `srt/plugins/__init__.py` |
-| `HookRegistry.register(target, fn, HookType)` | `srt/plugins/hook_registry.py` |
-| `register_attention_backend`, `ATTENTION_BACKENDS` | `srt/layers/attention/attention_registry.py` |
-| `add_attention_backend_choices` (CLI `choices`) | `srt/server_args.py:386` |
-| `ServerArgs.add_cli_args` (AFTER), `from_cli_args` (AROUND), `__post_init__` (BEFORE + AFTER) | `srt/server_args.py` |
-| `support_triton(backend)` name blocklist (AROUND: `entropyinfer` is not Triton-capable on CPU) | `srt/utils/common.py:1304` |
-| `ReqToTokenPool.free(req)` / `.clear()` (BEFORE: free per-request state on finish/abort/retract) | `srt/mem_cache/memory_pool.py:319` |
-| `AttentionBackend` base class, `forward_extend` / `forward_decode` signatures | `srt/layers/attention/base_attn_backend.py` |
-| `TorchNativeAttnBackend._run_sdpa_forward_extend/_decode` (dense subset of a batch) | `srt/layers/attention/torch_native_backend.py` |
-| `ForwardBatch` fields: `forward_mode`, `rids`, `req_pool_indices`, `seq_lens(_cpu)`, `extend_prefix_lens_cpu`, `extend_seq_lens_cpu`, `out_cache_loc` | `srt/model_executor/forward_batch_info.py` |
-| KV pool: `req_to_token`, `get_key_buffer` / `get_value_buffer`, `set_kv_buffer(layer, KVWriteLoc, k, v)` | `srt/mem_cache/memory_pool.py` |
-| `RadixAttention` fields: `layer_id`, `tp_q_head_num`, `tp_k_head_num`, `qk_head_dim`, `v_head_dim`, `scaling`, `sliding_window_size`, `is_cross_attention`, `attn_type`, `logit_cap` | `srt/layers/radix_attention.py` |
-| `AutoConfig.register("qwen3_asr")` at import (fails with transformers >= 5.17) | `srt/configs/qwen3_asr.py:167` |
+- plugin entry point group `sglang.srt.plugins`, `load_plugins()`: `srt/plugins/__init__.py`;
+- `HookRegistry.register(target, fn, HookType)`, `apply_hooks()`: `srt/plugins/hook_registry.py`;
+- `register_attention_backend`, `ATTENTION_BACKENDS`: `srt/layers/attention/attention_registry.py`;
+- `add_attention_backend_choices`, `ATTENTION_BACKEND_CHOICES` (CLI choices): `srt/server_args.py:175, :386`;
+- `ServerArgs.add_cli_args` (AFTER), `from_cli_args` (AROUND), `__post_init__` (BEFORE and AFTER), and the
+  fields read in `server_args_conflicts` / `disable_graphs_before_resolution`: `srt/server_args.py`;
+- `support_triton(backend)`, a name blocklist (AROUND: `entropyinfer` over torch_native is not Triton-capable):
+  `srt/utils/common.py:1304`; `is_cpu()`: same module;
+- `ReqToTokenPool.free(req)` / `.clear()` (BEFORE: drop per-request state on finish, abort, retraction),
+  `req_to_token`: `srt/mem_cache/memory_pool.py:256-326`;
+- KV pool `get_key_buffer` / `get_value_buffer` / `set_kv_buffer(layer, KVWriteLoc, k, v)`: same module;
+- `AttentionBackend` (base class, `forward_extend` / `forward_decode` signatures):
+  `srt/layers/attention/base_attn_backend.py`;
+- `TorchNativeAttnBackend._run_sdpa_forward_extend / _decode` (the dense backend's own per-request SDPA, run on a
+  subset of the batch): `srt/layers/attention/torch_native_backend.py`;
+- `ForwardBatch.forward_mode`, `rids`, `req_pool_indices`, `seq_lens(_cpu)`, `extend_prefix_lens(_cpu)`,
+  `extend_seq_lens(_cpu)`, `out_cache_loc`: `srt/model_executor/forward_batch_info.py`;
+- `RadixAttention.layer_id`, `tp_q_head_num`, `tp_k_head_num`, `qk_head_dim`, `v_head_dim`, `scaling`,
+  `sliding_window_size`, `is_cross_attention`, `attn_type`, `logit_cap`: `srt/layers/radix_attention.py`;
+- model runner `device`, `server_args`, `req_to_token_pool`, `token_to_kv_pool`, `model_config`,
+  `use_mla_backend`: `srt/model_executor/model_runner.py`;
+- `AutoConfig.register("qwen3_asr")` at import, which fails with transformers >= 5.17:
+  `srt/configs/qwen3_asr.py:167` (made tolerant by the site hooks).
 """
 
 from __future__ import annotations
@@ -40,7 +48,6 @@ BACKEND_NAME = "entropyinfer"
 SITE_HOOK_MODULES = ("sglang.srt.configs.qwen3_asr", "sglang.srt.server_args")
 
 ENV_CONFIG = "ENTROPYINFER_CONFIG"  # EntropyInferConfig.load() text: preset name, JSON or a file path
-ENV_ENABLED = "ENTROPYINFER_ENABLED"
 ENV_AUTOLOAD = "ENTROPYINFER_AUTOLOAD"
 ENV_DENSE_BACKEND = "ENTROPYINFER_DENSE_BACKEND"
 
@@ -98,7 +105,9 @@ def on_module_loaded(name: str) -> None:
     if name == "sglang.srt.server_args" and os.environ.get(ENV_AUTOLOAD) == "1":
         # Upstream bench_one_batch / bench_offline_throughput parse CLI args before SGLang loads plugins:
         # loading them here makes `--enable-entropyinfer` known to those parsers too.
-        load_plugins()
+        from .plugin import ensure_loaded
+
+        ensure_loaded()
 
 
 @contextlib.contextmanager
@@ -206,11 +215,24 @@ def disable_graphs_before_resolution(sa: Any) -> list[str]:
         value = getattr(sa, field, None)
         if value is not None and str(getattr(value, "value", value)).lower() != "disabled":
             conflicts.append(f"--{field.replace('_', '-')}={getattr(value, 'value', value)}")
-    if getattr(sa, "cuda_graph_config", None) not in (None, {}):
-        conflicts.append("--cuda-graph-config")
+    for phase, backend in _graph_phase_backends(getattr(sa, "cuda_graph_config", None)):
+        conflicts.append(f"--cuda-graph-config ({phase} backend {backend!r})")
     if not conflicts:
         sa.disable_cuda_graph = True
     return conflicts
+
+
+def _graph_phase_backends(graph: Any) -> list[tuple[str, str]]:
+    """(phase, backend) of every enabled phase of a `cuda_graph_config` (a resolved CudaGraphConfig, a JSON dict
+    as given by the user, or None)."""
+    enabled = []
+    for phase in ("decode", "prefill"):
+        value = graph.get(phase) if isinstance(graph, dict) else getattr(graph, phase, None)
+        backend = value.get("backend") if isinstance(value, dict) else getattr(value, "backend", None)
+        backend = None if backend is None else str(getattr(backend, "value", backend))
+        if backend is not None and backend.lower() != "disabled":
+            enabled.append((phase, backend))
+    return enabled
 
 
 def server_args_conflicts(sa: Any) -> list[str]:
@@ -234,12 +256,9 @@ def server_args_conflicts(sa: Any) -> list[str]:
         problems.append("--enable-dp-attention")
     if getattr(sa, "enable_torch_compile", False):
         problems.append("--enable-torch-compile (graph capture)")
-    graph = getattr(sa, "cuda_graph_config", None)
-    for phase in ("decode", "prefill"):
-        backend = getattr(getattr(graph, phase, None), "backend", None)
-        if backend is not None and str(getattr(backend, "value", backend)).lower() != "disabled":
-            problems.append(f"CUDA graph {phase} backend {getattr(backend, 'value', backend)!r} (CUDA graphs with "
-                            "the method enabled are not supported yet: drop the --cuda-graph-* flags)")
+    for phase, backend in _graph_phase_backends(getattr(sa, "cuda_graph_config", None)):
+        problems.append(f"CUDA graph {phase} backend {backend!r} (CUDA graphs with the method enabled are not "
+                        "supported yet: drop the --cuda-graph-* flags)")
     if getattr(sa, "enable_hierarchical_cache", False):
         problems.append("--enable-hierarchical-cache (HiCache)")
     if getattr(sa, "enable_hisparse", False):
@@ -391,6 +410,7 @@ class BatchView:
     prefix_lens: list[int]  # extend: tokens already in the pool before this chunk; decode: seq_len - 1
     extend_lens: list[int]  # extend: new tokens; decode: 1
     q_start: list[int]  # first row of each request in q / out
+    has_rids: bool  # False for batches SGLang builds without requests (the backend then stays dense)
 
 
 def batch_view(forward_batch: Any) -> BatchView:
@@ -408,7 +428,8 @@ def batch_view(forward_batch: Any) -> BatchView:
     seq_lens_cpu = forward_batch.seq_lens_cpu
     seq_lens = [int(x) for x in (seq_lens_cpu if seq_lens_cpu is not None else forward_batch.seq_lens).tolist()]
     bs = len(seq_lens)
-    rids = list(forward_batch.rids) if forward_batch.rids is not None else [f"#row{i}" for i in range(bs)]
+    has_rids = forward_batch.rids is not None and len(forward_batch.rids) == bs
+    rids = list(forward_batch.rids) if has_rids else [f"#row{i}" for i in range(bs)]
     req_pool_indices = [int(x) for x in forward_batch.req_pool_indices.tolist()]
     if mode in ("extend", "mixed"):
         prefix = forward_batch.extend_prefix_lens_cpu
@@ -422,7 +443,7 @@ def batch_view(forward_batch: Any) -> BatchView:
     for n in extend:
         q_start.append(offset)
         offset += n
-    return BatchView(forward_batch, mode, rids, req_pool_indices, seq_lens, prefix, extend, q_start)
+    return BatchView(forward_batch, mode, rids, req_pool_indices, seq_lens, prefix, extend, q_start, has_rids)
 
 
 @dataclass(frozen=True)

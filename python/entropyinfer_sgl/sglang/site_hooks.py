@@ -1,6 +1,6 @@
 """Interpreter-start hooks for SGLang, installed as a `.pth` file (opt-in, by a command; never at import).
 
-    python -m entropyinfer_sgl.sglang.site_hooks install [--cpu-stub]   # writes <site-packages>/entropyinfer_sgl_sglang.pth
+    python -m entropyinfer_sgl.sglang.site_hooks install [--cpu-stub]   # <site-packages>/entropyinfer_sgl_sglang.pth
     python -m entropyinfer_sgl.sglang.site_hooks uninstall
     python -m entropyinfer_sgl.sglang.site_hooks status
 
@@ -29,7 +29,7 @@ SHIM_NAME = "_entropyinfer_sgl_site.py"
 # Must match compat.SITE_HOOK_MODULES (checked by tests/sglang/test_plugin_unit.py).
 WATCHED_MODULES = ("sglang.srt.configs.qwen3_asr", "sglang.srt.server_args")
 
-SHIM_SOURCE = '''"""Written by `python -m entropyinfer_sgl.sglang.site_hooks install`; remove with `... site_hooks uninstall`.
+SHIM_SOURCE = '''"""Written by `python -m entropyinfer_sgl.sglang.site_hooks install`; removed by `... uninstall`.
 
 A sys.meta_path finder that stays inert until one of the watched SGLang modules is imported, then hands over to
 entropyinfer_sgl.sglang.compat (see that module's on_module_loading / on_module_loaded). Stdlib only.

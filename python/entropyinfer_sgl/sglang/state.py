@@ -114,12 +114,13 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
     if prefix_len + chunk_len != seq_len:
         raise ValueError(f"chunk of {chunk_len} tokens after {prefix_len} does not end at {seq_len}")
     if prefix_len > 0:
-        if typing is None:
-            return ChunkPlan(None, None, None, None, "no typing state for the tokens before this chunk")
         if not config.causal_head_typing:
             return ChunkPlan(None, None, None, None,
                              "paper head typing (causal_head_typing=false) needs the whole prompt in one chunk")
-        if typing.segments_typed != prefix_len // segment or (typing.partial_max is None) != (prefix_len % segment == 0):
+        if typing is None:
+            return ChunkPlan(None, None, None, None, "no typing state for the tokens before this chunk")
+        aligned = prefix_len % segment == 0
+        if typing.segments_typed != prefix_len // segment or (typing.partial_max is None) != aligned:
             return ChunkPlan(None, None, None, None, "typing state does not match the chunk boundary")
     num_segments = -(-seq_len // segment)
     first = prefix_len // segment
@@ -165,7 +166,9 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
                        block_size_tokens=config.block_size_tokens)
     if first:
         keep[:, :first] = 0  # rows of earlier chunks are not executed here
-    profile = HeadProfile(entropy=entropy, rigid=rigid if rigid is not None else torch.ones(num_kv_heads, dtype=torch.bool),
+    if rigid is None:  # no complete segment typed yet: every head is still rigid
+        rigid = torch.ones(num_kv_heads, dtype=torch.bool, device=p.device)
+    profile = HeadProfile(entropy=entropy, rigid=rigid,
                           budget_tokens=budgets, keep_blocks=keep, block_scores=p, seq_len_tokens=seq_len,
                           segment_size_tokens=segment, block_size_tokens=config.block_size_tokens)
     plan = plan_prefill(profile, config, layer_idx=layer_idx)
@@ -260,7 +263,8 @@ def compress_layer(window_q: torch.Tensor, keys: torch.Tensor, table: DecodeTabl
             head_scores = observation_scores(window_q[:, h * group:(h + 1) * group], keys[positions, h][:, None],
                                              config)[0]
             sink = min(config.sink_tokens, n)
-            slots = torch.cat([torch.arange(sink, device=device), torch.arange(width - (n - sink), width, device=device)])
+            slots = torch.cat([torch.arange(sink, device=device),
+                               torch.arange(width - (n - sink), width, device=device)])
             scores[h, slots] = head_scores
             slot_to_pos[h, slots] = positions
         plan = plan_decode_compression(scores, config)
@@ -415,7 +419,13 @@ class StateStore:
         self.totals.add(st.stats)
         self.finished += 1
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("EntropyInfer request %s: %s", rid, st.stats.summary())
+            logger.debug("EntropyInfer request %s freed: %s%s", rid, st.stats.summary(),
+                         f" dense_prefill_reason={st.prefill_dense_reason!r}" if st.prefill_dense_reason else "")
+            if not self._states:
+                logger.debug("EntropyInfer totals over %d requests: %s", self.finished, self.totals.summary())
+            else:
+                logger.debug("EntropyInfer: %d requests hold %d bytes of side tables", len(self._states),
+                             sum(s.side_table_bytes() for s in self._states.values()))
 
     def side_table_bytes(self) -> int:
         with self._lock:

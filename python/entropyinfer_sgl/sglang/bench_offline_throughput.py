@@ -1,0 +1,25 @@
+"""`python -m entropyinfer_sgl.sglang.bench_offline_throughput [SGLang and benchmark args] [--enable-entropyinfer]`
+
+SGLang's offline throughput benchmark (`sgl.Engine`) with the EntropyInfer plugin loaded first. Upstream
+`python -m sglang.benchmark.offline_throughput` parses its arguments before SGLang loads plugins, so it does not
+know `--enable-entropyinfer`: this wrapper loads them (registering ours even without the entry point), then runs
+the upstream module as `__main__` with the same arguments. Alternative: `ENTROPYINFER_AUTOLOAD=1` with the site
+hooks installed.
+"""
+
+from __future__ import annotations
+
+import runpy
+
+TARGET = "sglang.benchmark.offline_throughput"
+
+
+def main() -> None:
+    from .plugin import ensure_loaded
+
+    ensure_loaded()
+    runpy.run_module(TARGET, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()

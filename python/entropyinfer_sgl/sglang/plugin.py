@@ -1,0 +1,199 @@
+"""The SGLang plugin: `register()` is the `sglang.srt.plugins` entry point (SGLang calls it in every process).
+
+Importing this module has no side effects and imports no SGLang module. `register()` (idempotent):
+
+- registers the attention backend `entropyinfer` and makes it a valid `--attention-backend` choice;
+- adds `--enable-entropyinfer` (selects `--attention-backend entropyinfer`, which enables the method) and
+  `--entropyinfer-config PATH|JSON|preset` to SGLang's argument parser;
+- carries the config into the scheduler processes: on `ServerArgs` (a plain attribute, pickled with it into the
+  spawned processes) and in `ENTROPYINFER_CONFIG` (inherited by them); `sgl.Engine(attention_backend=
+  "entropyinfer")` reads `ENTROPYINFER_CONFIG` (see `engine()`);
+- refuses, at startup and with the reason, every configuration this increment does not serve correctly
+  (`compat.server_args_conflicts`), and turns CUDA graphs off for the method unless they were asked for
+  explicitly (then it refuses);
+- frees a request's EntropyInfer state when SGLang frees its `req_to_token` row (finish, abort, retraction).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from ..config import EntropyInferConfig
+from . import compat
+
+logger = logging.getLogger("entropyinfer_sgl.sglang")
+
+_REGISTERED = False
+_LOCK = threading.Lock()
+DEFAULT_PRESET = "default"
+ENV_LOG_LEVEL = "ENTROPYINFER_LOG_LEVEL"  # e.g. debug: per-request stats in the server log at any --log-level
+
+
+# ---------------------------------------------------------------------------------------------------------
+def register() -> None:
+    """The `sglang.srt.plugins` entry point. Idempotent; raises RuntimeError on an unsupported sglang version
+    (SGLang logs it and runs without the plugin)."""
+    global _REGISTERED
+    with _LOCK:
+        if _REGISTERED:
+            return
+        compat.check_sglang_version()
+        level = os.environ.get(ENV_LOG_LEVEL)
+        if level:
+            logger.setLevel(level.upper())
+        compat.register_attention_backend(compat.BACKEND_NAME, _create_backend)
+        compat.register_hook(compat.TARGET_ADD_CLI_ARGS, _after_add_cli_args, "after")
+        compat.register_hook(compat.TARGET_FROM_CLI_ARGS, _around_from_cli_args, "around")
+        compat.register_hook(compat.TARGET_POST_INIT, _before_post_init, "before")
+        compat.register_hook(compat.TARGET_POST_INIT, _after_post_init, "after")
+        compat.register_hook(compat.TARGET_SUPPORT_TRITON, _around_support_triton, "around")
+        compat.register_hook(compat.TARGET_REQ_POOL_FREE, _before_req_pool_free, "before")
+        compat.register_hook(compat.TARGET_REQ_POOL_CLEAR, _before_req_pool_clear, "before")
+        _REGISTERED = True
+
+
+def is_registered() -> bool:
+    return _REGISTERED
+
+
+def ensure_loaded() -> None:
+    """Load SGLang's plugins in this process (ours through its entry point), and make sure ours is registered
+    and its hooks applied even when the entry point is not installed. For wrappers and the autoload hook."""
+    compat.load_plugins()
+    if not _REGISTERED:
+        register()
+    compat.apply_hooks()
+
+
+def resolve_config(server_args: Any | None = None) -> EntropyInferConfig:
+    """The config in force: the one carried on ServerArgs, else `$ENTROPYINFER_CONFIG`, else the default preset."""
+    carried = compat.get_bookkeeping(server_args) if server_args is not None else None
+    text = (carried or {}).get("config") or os.environ.get(compat.ENV_CONFIG) or DEFAULT_PRESET
+    config = EntropyInferConfig.load(text)
+    check_config(config)
+    return config
+
+
+def check_config(config: EntropyInferConfig) -> None:
+    """Refuse configs the serving path cannot honour (the same rule as `hf.enable`)."""
+    interval = config.decode_evict_interval_steps
+    if (config.decode_compression and interval > 0
+            and config.local_window_tokens + interval < config.observation_window_tokens):
+        raise ValueError(
+            f"EntropyInferConfig: local_window_tokens={config.local_window_tokens} + decode_evict_interval_steps="
+            f"{interval} < observation_window_tokens={config.observation_window_tokens}: re-compression would "
+            "score with window tokens that the previous compression evicted")
+
+
+def engine(config: EntropyInferConfig | str | None = None, **kwargs):
+    """`sgl.Engine(attention_backend="entropyinfer", **kwargs)` with `config` (an EntropyInferConfig, or text for
+    `EntropyInferConfig.load`); the config travels to the scheduler process through `ENTROPYINFER_CONFIG`,
+    which this sets in the current process."""
+    ensure_loaded()
+    if config is not None:
+        cfg = config if isinstance(config, EntropyInferConfig) else EntropyInferConfig.load(config)
+        check_config(cfg)
+        os.environ[compat.ENV_CONFIG] = cfg.to_json()
+    kwargs.setdefault("attention_backend", compat.BACKEND_NAME)
+    import sglang
+
+    return sglang.Engine(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hooks
+# ---------------------------------------------------------------------------------------------------------
+def _after_add_cli_args(result, parser, *args, **kwargs):
+    if "--enable-entropyinfer" in getattr(parser, "_option_string_actions", {}):
+        return result
+    group = parser.add_argument_group("EntropyInfer (entropyinfer_sgl plugin)")
+    group.add_argument("--enable-entropyinfer", action="store_true", default=False,
+                       help="Serve with EntropyInfer: entropy-guided sparse prefill and latent KV compression at "
+                            "decode (selects --attention-backend entropyinfer over the dense backend).")
+    group.add_argument("--entropyinfer-config", type=str, default=None,
+                       help="EntropyInferConfig as a JSON file path, a JSON object or a preset (paper, small, "
+                            f"default). Default: ${compat.ENV_CONFIG}, else the '{DEFAULT_PRESET}' preset.")
+    return result
+
+
+def _around_from_cli_args(original, cls, args, *rest, **kwargs):
+    enabled, config_text, backend = compat.cli_namespace_flags(args)
+    if enabled:
+        if backend not in (None, compat.BACKEND_NAME):
+            raise ValueError(f"--enable-entropyinfer selects --attention-backend {compat.BACKEND_NAME} (over a "
+                             f"dense backend it picks itself); it cannot be combined with --attention-backend "
+                             f"{backend}")
+        compat.set_cli_attention_backend(args, compat.BACKEND_NAME)
+    elif config_text is not None and backend != compat.BACKEND_NAME:
+        raise ValueError("--entropyinfer-config needs --enable-entropyinfer")
+    if enabled or backend == compat.BACKEND_NAME:
+        text = config_text or os.environ.get(compat.ENV_CONFIG) or DEFAULT_PRESET
+        config = EntropyInferConfig.load(text)  # a clear ValueError for a bad path, JSON or field
+        check_config(config)
+        os.environ[compat.ENV_CONFIG] = config.to_json()  # inherited by the spawned scheduler processes
+    server_args = original(cls, args, *rest, **kwargs)
+    if compat.uses_backend(server_args):
+        compat.set_bookkeeping(server_args, {"enabled": True, "config": os.environ.get(compat.ENV_CONFIG)})
+    return server_args
+
+
+def _before_post_init(self, *args, **kwargs):
+    if not compat.uses_backend(self):
+        return None
+    _refuse(compat.server_args_conflicts(self))  # the user's own settings, before SGLang's resolution
+    explicit = compat.disable_graphs_before_resolution(self)
+    if explicit:
+        raise ValueError("EntropyInfer does not support CUDA graphs yet; remove " + ", ".join(explicit))
+    return None
+
+
+def _after_post_init(result, self, *args, **kwargs):
+    if not compat.uses_backend(self):
+        return result
+    _refuse(compat.server_args_conflicts(self))  # and what resolution made of them
+    compat.check_sglang_version()
+    if compat.get_bookkeeping(self) is None:  # sgl.Engine(attention_backend="entropyinfer"): env or default
+        config = resolve_config(None)
+        os.environ[compat.ENV_CONFIG] = config.to_json()
+        compat.set_bookkeeping(self, {"enabled": True, "config": config.to_json()})
+    return result
+
+
+def _refuse(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("EntropyInfer (--enable-entropyinfer / --attention-backend entropyinfer) does not support "
+                         "yet: " + "; ".join(problems) + ". See docs/sglang.md.")
+
+
+def _around_support_triton(original, backend, *args, **kwargs):
+    if backend == compat.BACKEND_NAME:
+        import torch
+
+        device = "cpu" if compat.is_cpu_engine() or not torch.cuda.is_available() else "cuda"
+        backend = compat.default_dense_backend(device)
+    return original(backend, *args, **kwargs)
+
+
+def _before_req_pool_free(self, req, *args, **kwargs):
+    from .state import STORE
+
+    rid, _ = compat.request_identity(req)
+    STORE.free(rid)
+    return None
+
+
+def _before_req_pool_clear(self, *args, **kwargs):
+    from .state import STORE
+
+    STORE.clear()
+    return None
+
+
+def _create_backend(model_runner):
+    from .backend import EntropyInferAttnBackend
+
+    config = resolve_config(compat.runner_view(model_runner).server_args)
+    return EntropyInferAttnBackend(model_runner, config)

@@ -1,0 +1,109 @@
+"""The plugin inside SGLang's own argument handling, in this process (no server): registration, CLI flags,
+config carried on ServerArgs, and the configurations refused at startup."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+
+import pytest
+
+from sglang_helpers import DISABLED, ENGAGED, require_entry_point, requires_sglang, tiny_model  # noqa: F401
+
+pytestmark = requires_sglang
+
+
+@pytest.fixture(scope="module")
+def sglang_args():
+    require_entry_point()
+    saved = dict(os.environ)
+    from entropyinfer_sgl.sglang import compat, plugin
+
+    compat.load_plugins()  # SGLang's loader runs our entry point
+    assert plugin.is_registered()
+    from sglang.srt.server_args import ServerArgs
+
+    yield ServerArgs
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def _parse(server_args_cls, argv):
+    parser = argparse.ArgumentParser()
+    server_args_cls.add_cli_args(parser)
+    return server_args_cls.from_cli_args(parser.parse_args(argv))
+
+
+def test_registered_once(sglang_args):
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+    from sglang.srt.plugins.hook_registry import HookRegistry
+    from sglang.srt.server_args import ATTENTION_BACKEND_CHOICES
+
+    from entropyinfer_sgl.sglang import compat, plugin
+
+    hooks = {t: len(h) for t, h in HookRegistry._hooks.items()}
+    plugin.register()
+    plugin.ensure_loaded()
+    assert {t: len(h) for t, h in HookRegistry._hooks.items()} == hooks
+    assert ATTENTION_BACKEND_CHOICES.count("entropyinfer") == 1 and "entropyinfer" in ATTENTION_BACKENDS
+    assert len(HookRegistry._hooks[compat.TARGET_POST_INIT]) == 2
+
+
+def test_cli_flags_select_the_backend_and_carry_the_config(sglang_args, tiny_model):
+    sa = _parse(sglang_args, ["--model-path", str(tiny_model), "--device", "cpu", "--enable-entropyinfer",
+                              "--entropyinfer-config", json.dumps(ENGAGED)])
+    assert sa.attention_backend == "entropyinfer"
+    assert sa.disable_cuda_graph  # turned off for the method
+    carried = json.loads(sa._entropyinfer["config"])
+    assert {k: carried[k] for k in ENGAGED} == ENGAGED
+    assert json.loads(os.environ["ENTROPYINFER_CONFIG"]) == carried  # inherited by spawned processes
+    assert pickle.loads(pickle.dumps(sa))._entropyinfer == sa._entropyinfer  # survives the spawn to the scheduler
+
+    from entropyinfer_sgl.sglang.plugin import resolve_config
+
+    assert resolve_config(sa).decode_budget_tokens == ENGAGED["decode_budget_tokens"]
+
+
+def test_engine_style_construction_reads_the_environment(sglang_args, tiny_model, monkeypatch):
+    monkeypatch.setenv("ENTROPYINFER_CONFIG", json.dumps(DISABLED))
+    sa = sglang_args(model_path=str(tiny_model), device="cpu", attention_backend="entropyinfer")
+    assert json.loads(sa._entropyinfer["config"])["base_budget_tokens"] == DISABLED["base_budget_tokens"]
+    dense = sglang_args(model_path=str(tiny_model), device="cpu", attention_backend="torch_native")
+    assert getattr(dense, "_entropyinfer", None) is None and not dense.disable_cuda_graph
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--enable-entropyinfer", "--attention-backend", "triton"], "cannot be combined with --attention-backend triton"),
+    (["--entropyinfer-config", "small"], "needs --enable-entropyinfer"),
+    (["--enable-entropyinfer", "--entropyinfer-config", '{"segment_size_tokens": 30}'], "block_size_tokens"),
+    (["--enable-entropyinfer", "--entropyinfer-config", "/no/such/file.json"], "neither a preset"),
+    (["--enable-entropyinfer", "--entropyinfer-config",
+      json.dumps(dict(ENGAGED, local_window_tokens=0, decode_evict_interval_steps=4))], "re-compression"),
+])
+def test_bad_cli_input_is_refused(sglang_args, tiny_model, argv, message):
+    with pytest.raises(ValueError, match=message):
+        _parse(sglang_args, ["--model-path", str(tiny_model), "--device", "cpu", *argv])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"enable_mixed_chunk": True}, "enable-mixed-chunk"),
+    ({"speculative_algorithm": "NGRAM"}, "speculative decoding"),
+    ({"tp_size": 2}, "tp-size=2"),
+    ({"enable_torch_compile": True}, "torch-compile"),
+    ({"cuda_graph_backend_decode": "full"}, "CUDA graphs"),
+    ({"prefill_attention_backend": "torch_native"}, "must serve both prefill and decode"),
+    ({"kv_cache_dtype": "fp8_e4m3"}, "quantized KV"),
+    ({"enable_hierarchical_cache": True}, "HiCache"),
+])
+def test_unsupported_combinations_are_refused_at_startup(sglang_args, tiny_model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sglang_args(model_path=str(tiny_model), device="cpu", attention_backend="entropyinfer", **kwargs)
+
+
+def test_support_triton_is_false_for_the_cpu_path(sglang_args):
+    from sglang.srt.utils import common
+
+    assert common.support_triton("triton")
+    assert not common.support_triton("entropyinfer")  # torch_native underneath on this (CPU) machine

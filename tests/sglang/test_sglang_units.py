@@ -1,0 +1,207 @@
+"""The SGLang integration's pure-torch parts (no SGLang needed): chunk planning, the CPU attention path, decode
+compression tables, per-request state, site hooks and the CPU sgl_kernel stub."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+
+import pytest
+import torch
+
+from entropyinfer_sgl import (EntropyInferConfig, observation_scores, plan_decode_compression, plan_prefill,
+                              profile_prefill, sparse_prefill_reference)
+from entropyinfer_sgl.sglang import compat, site_hooks
+from entropyinfer_sgl.sglang.attention import sparse_chunk_attention
+from entropyinfer_sgl.sglang.state import ChunkTyping, StateStore, compress_layer, plan_chunk
+
+CFG = EntropyInferConfig(segment_size_tokens=32, block_size_tokens=8, min_sparse_len_tokens=64, base_budget_tokens=16,
+                         max_budget_tokens=48, decode_budget_tokens=40, decode_delay_steps=4, sink_tokens=4,
+                         local_window_tokens=8, observation_window_tokens=8, decode_evict_interval_steps=8)
+
+
+def _qkv(seq_len, generator, num_q_heads=4, num_kv_heads=2, head_dim=16):
+    """Random q/k/v where kv head 0 puts all block mass on block 0 (it types rigid); the others are dynamic.
+
+    (tests/conftest.py has the same `structured_qk`; it is not imported because `conftest` names several modules.)
+    """
+    q = torch.randn(seq_len, num_q_heads, head_dim, generator=generator)
+    k = torch.randn(seq_len, num_kv_heads, head_dim, generator=generator)
+    group = num_q_heads // num_kv_heads
+    k[0, 0, 0] = 40.0
+    q[:, :group, 0] = 40.0
+    v = torch.randn(seq_len, num_kv_heads, head_dim, generator=generator)
+    return q, k, v
+
+
+# --- prefill ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seq_len", [200, 224, 97])
+@pytest.mark.parametrize("paper", [False, True])
+def test_single_chunk_plan_is_the_library_plan(seq_len, paper, generator):
+    cfg = CFG.replace(per_head_budgets=not paper, causal_head_typing=not paper)
+    q, k, _ = _qkv(seq_len, generator)
+    expected = plan_prefill(profile_prefill(q, k, cfg), cfg, layer_idx=1)
+    got = plan_chunk(q, k, cfg, prefix_len=0, layer_idx=1, typing=None)
+    assert got.reason is None
+    assert torch.equal(got.plan.indptr, expected.indptr) and torch.equal(got.plan.indices, expected.indices)
+    assert torch.equal(got.plan.sparse_segments, expected.sparse_segments)
+    assert got.sparse(0) == (expected.density() < 1.0)
+
+
+@pytest.mark.parametrize("boundaries", [[64, 128], [50, 100, 161], [32, 40, 96, 200]])
+def test_chunked_typing_matches_the_whole_prompt(boundaries, generator):
+    seq_len = 230
+    q, k, _ = _qkv(seq_len, generator)
+    typing, prefix = None, 0
+    for end in boundaries + [seq_len]:
+        result = plan_chunk(q[prefix:end], k[:end], CFG, prefix_len=prefix, layer_idx=1, typing=typing)
+        assert result.typing is not None, result.reason
+        typing, prefix = result.typing, end
+    complete = seq_len // CFG.segment_size_tokens
+    whole = profile_prefill(q[:complete * 32], k[:complete * 32], CFG).typing_state
+    assert typing.state.segments_seen == whole.segments_seen == complete
+    assert torch.equal(typing.state.rigid_so_far, whole.rigid_so_far)
+    assert bool(typing.state.rigid_so_far[0]) and not bool(typing.state.rigid_so_far[1])  # see _qkv
+    torch.testing.assert_close(typing.state.prev_budget_tokens, whole.prev_budget_tokens)
+    torch.testing.assert_close(typing.state.prev_entropy, whole.prev_entropy)
+    # the incomplete last segment is carried as exact max/min representatives
+    torch.testing.assert_close(typing.partial_max, q[complete * 32:].amax(dim=0))
+
+
+def test_chunk_without_matching_state_falls_back(generator):
+    q, k, _ = _qkv(128, generator)
+    assert plan_chunk(q[64:], k, CFG, prefix_len=64, layer_idx=1, typing=None).reason is not None
+    stale = plan_chunk(q[:32], k[:32], CFG, prefix_len=0, layer_idx=1, typing=None).typing  # 1 segment typed
+    assert plan_chunk(q[64:], k, CFG, prefix_len=64, layer_idx=1, typing=stale).plan is None
+    paper = CFG.replace(causal_head_typing=False, per_head_budgets=False)
+    first = plan_chunk(q[:64], k[:64], paper, prefix_len=0, layer_idx=1, typing=None)
+    assert first.typing is None
+    assert "whole prompt" in plan_chunk(q[64:], k, paper, prefix_len=64, layer_idx=1, typing=None).reason
+    assert "whole prompt" in plan_chunk(q[64:], k, paper, prefix_len=64, layer_idx=1,
+                                        typing=ChunkTyping(None)).reason
+
+
+@pytest.mark.parametrize("prefix_len", [0, 64, 100, 190])
+def test_sparse_chunk_attention_matches_the_reference(prefix_len, generator):
+    seq_len = 230
+    q, k, v = _qkv(seq_len, generator)
+    plan = plan_prefill(profile_prefill(q, k, CFG), CFG, layer_idx=1)
+    assert plan.density() < 0.9
+    expected, _ = sparse_prefill_reference(q, k, v, plan)
+    got = sparse_chunk_attention(q[prefix_len:], k, v, plan, prefix_len=prefix_len, scale=1 / math.sqrt(16))
+    torch.testing.assert_close(got, expected[prefix_len:], atol=2e-5, rtol=1e-5)
+
+
+# --- decode ----------------------------------------------------------------------------------------------
+def test_first_compression_is_the_library_plan(generator):
+    keys = torch.randn(100, 2, 16, generator=generator)
+    window = torch.randn(8, 4, 16, generator=generator)
+    table, before, kept = compress_layer(window, keys, None, CFG)
+    plan = plan_decode_compression(observation_scores(window, keys, CFG), CFG)
+    assert torch.equal(before, torch.tensor([100, 100]))
+    assert torch.equal(kept, plan.kept_lengths.to(torch.int64))
+    for h in range(2):
+        assert torch.equal(table.positions[h, :int(kept[h])], plan.kept_indices[h, :int(kept[h])].to(torch.int64))
+    positions, lengths = table.visible(105)  # five tokens appended since: visible to every head
+    assert torch.equal(lengths, kept + 5)
+    assert positions[0, int(kept[0]):int(lengths[0])].tolist() == list(range(100, 105))
+
+
+def test_no_table_when_everything_is_kept(generator):
+    keys = torch.randn(30, 2, 16, generator=generator)
+    table, before, kept = compress_layer(torch.randn(8, 4, 16, generator=generator), keys, None, CFG)
+    assert table is None and torch.equal(before, kept)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_recompression_matches_the_hf_cache_layer(adaptive, generator):
+    pytest.importorskip("transformers")
+    from entropyinfer_sgl.hf.cache import EntropyInferCacheLayer
+
+    cfg = CFG.replace(adaptive_decode_budgets=adaptive)
+    keys = torch.randn(120, 2, 16, generator=generator)
+    queries = torch.randn(120, 4, 16, generator=generator)
+    layer = EntropyInferCacheLayer()
+    layer.update(keys[:100].transpose(0, 1)[None], keys[:100].transpose(0, 1)[None])
+    layer.record_queries(queries[:100].transpose(0, 1), cfg.observation_window_tokens)
+    layer.compress(cfg, layer_idx=0)
+    table, _, _ = compress_layer(queries[92:100], keys[:100], None, cfg)
+    layer.update(keys[100:120].transpose(0, 1)[None], keys[100:120].transpose(0, 1)[None])
+    layer.record_queries(queries[100:120].transpose(0, 1), cfg.observation_window_tokens)
+    layer.compress(cfg, layer_idx=0)
+    table, before, kept = compress_layer(queries[112:120], keys[:120], table, cfg)
+    for h in range(2):
+        valid = layer.valid[h] if layer.valid is not None else torch.ones_like(layer.positions[h], dtype=torch.bool)
+        assert table.positions[h, :int(kept[h])].tolist() == layer.positions[h][valid].tolist()
+
+
+# --- state -----------------------------------------------------------------------------------------------
+def test_state_store_lifecycle():
+    store = StateStore()
+    st = store.begin_extend("a", 3, 0)
+    st.extended_tokens = 128
+    assert store.begin_extend("a", 3, 128) is st  # the next chunk continues
+    hit = store.begin_extend("b", 4, 64)  # a prefix-cache hit: no typing for the cached prefix
+    assert hit.prefill_dense_reason is not None
+    assert store.begin_decode("a", 3, 129).prompt_len == 128
+    assert store.begin_extend("a", 3, 0) is not st  # re-prefilled after a retraction: fresh
+    store.free("a")
+    store.free("b")
+    store.free("missing")
+    assert len(store) == 0 and store.finished == 3
+
+
+def test_observation_window_stays_contiguous(generator):
+    store = StateStore()
+    st = store.begin_extend("r", 1, 0)
+    q = torch.randn(20, 4, 16, generator=generator)
+    st.record_queries(0, q[:15], 15, 8)
+    st.record_queries(0, q[15:16], 16, 8)
+    assert torch.equal(st.window[0], q[8:16]) and st.window_end[0] == 16
+    st.record_queries(0, q[16:20], 25, 8)  # not contiguous: the window restarts
+    assert st.window[0].shape[0] == 4
+
+
+# --- packaging -------------------------------------------------------------------------------------------
+def test_site_hooks_install_roundtrip(tmp_path):
+    assert site_hooks.WATCHED_MODULES == compat.SITE_HOOK_MODULES
+    assert not site_hooks.installed(target=tmp_path)
+    site_hooks.install(cpu_stub=True, target=tmp_path)
+    assert site_hooks.installed(cpu_stub=True, target=tmp_path)
+    assert not site_hooks.installed(cpu_stub=False, target=tmp_path)
+    lines = (tmp_path / site_hooks.PTH_NAME).read_text().splitlines()
+    assert lines == [str(site_hooks.stub_dir()), "import _entropyinfer_sgl_site"]
+    compile((tmp_path / site_hooks.SHIM_NAME).read_text(), "shim", "exec")
+    site_hooks.uninstall(target=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cpu_stub_raises_only_when_called():
+    path = site_hooks.stub_dir() / "sgl_kernel" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("_stub_sgl_kernel", path)
+    stub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stub)
+    fn = stub.copy_all_layer_kv_cache_cpu  # importing a name works
+    assert stub.IS_ENTROPYINFER_CPU_STUB and callable(stub.ops.some_op)
+    with pytest.raises(NotImplementedError, match="copy_all_layer_kv_cache_cpu"):
+        fn(1, 2)
+
+
+def test_version_check(monkeypatch):
+    monkeypatch.setattr(compat, "sglang_version", lambda: "0.5.23")
+    with pytest.raises(RuntimeError, match="sglang==0.5.17 exactly, found sglang==0.5.23"):
+        compat.check_sglang_version()
+    monkeypatch.setattr(compat, "sglang_version", lambda: None)
+    with pytest.raises(RuntimeError, match="not installed"):
+        compat.check_sglang_version()
+
+
+def test_importing_the_subpackage_imports_no_sglang():
+    code = ("import sys, entropyinfer_sgl.sglang, entropyinfer_sgl.sglang.plugin, entropyinfer_sgl.sglang.compat, "
+            "entropyinfer_sgl.sglang.state, entropyinfer_sgl.sglang.attention; "
+            "print(sorted(m for m in sys.modules if m == 'sglang' or m.startswith('sglang.')))")
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
