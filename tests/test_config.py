@@ -53,6 +53,9 @@ def test_load_preset_names():
     ({"per_head_budgets": "yes"}, "per_head_budgets"),
     ({"segment_size_tokens": 512.0}, "segment_size_tokens"),
     ({"decode_gqa_reduction": "sum"}, "decode_gqa_reduction"),
+    # re-compression would score with observation-window keys the previous compression evicted
+    ({"decode_evict_interval_steps": 2, "local_window_tokens": 8, "observation_window_tokens": 32},
+     "decode_evict_interval_steps"),
 ])
 def test_validation_names_field_and_value(changes, field):
     with pytest.raises(ValueError, match=field):

@@ -90,7 +90,8 @@ def merge_results(paths) -> dict:
 
 
 def write_report(results, table: Path | None = None, plot: Path | None = None, *,
-                 methods: list[str] | None = None, tasks: list[str] | None = None) -> tuple[Path, Path | None]:
+                 methods: list[str] | None = None, tasks: list[str] | None = None,
+                 max_samples: int | None = None) -> tuple[Path, Path | None]:
     """Markdown table + PNG from one or more results files (default paths: the first file's, .md / .png)."""
     from .evaluation.report import markdown_tables, write_plot
 
@@ -100,6 +101,8 @@ def write_report(results, table: Path | None = None, plot: Path | None = None, *
         data["records"] = [r for r in data["records"] if r["task"] in tasks]
     if methods:
         data["records"] = [r for r in data["records"] if r["method"] in methods]
+    if max_samples is not None:
+        data["records"] = [r for r in data["records"] if int(r["sample"]) < max_samples]
     table, plot = _outputs(paths[0], table, plot)
     sources = "; ".join(f"`{s['file']}` (git {str(s['git_sha'])[:10]}{'+dirty' if s['git_dirty'] else ''}, "
                         f"{s['records']} records, updated {s['updated']})" for s in data["sources"])
@@ -149,7 +152,8 @@ def cmd_eval(args) -> int:
 def cmd_report(args) -> int:
     methods = split_specs(args.methods) if args.methods else None
     tasks = split_specs(args.tasks) if args.tasks else None
-    table, plot = write_report(args.results, args.table, args.plot, methods=methods, tasks=tasks)
+    table, plot = write_report(args.results, args.table, args.plot, methods=methods, tasks=tasks,
+                               max_samples=args.samples)
     print(Path(table).read_text())
     print(f"table {table}; plot {plot or 'skipped (no matplotlib)'}")
     return 0
@@ -244,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", type=Path, nargs="+")
     p.add_argument("--methods", default=None, help="methods to show, in this order (default: all)")
     p.add_argument("--tasks", default=None, help="tasks to show (default: all)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="only samples 0..N-1 of every cell (like-for-like when files have different counts)")
     p.add_argument("--table", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
     p.set_defaults(func=cmd_report)

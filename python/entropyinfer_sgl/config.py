@@ -197,6 +197,14 @@ def _validate(cfg: EntropyInferConfig) -> None:
         _fail("pooling_kernel_tokens", cfg.pooling_kernel_tokens, "must be odd (same-length pooling)")
     if cfg.decode_gqa_reduction not in GQA_REDUCTIONS:
         _fail("decode_gqa_reduction", cfg.decode_gqa_reduction, f"must be one of {GQA_REDUCTIONS}")
+    interval = cfg.decode_evict_interval_steps
+    if cfg.decode_compression and interval > 0 and cfg.local_window_tokens + interval < cfg.observation_window_tokens:
+        # A re-compression scores with the newest observation_window_tokens queries; their keys must all still be
+        # in the cache, i.e. inside the local window kept last time or generated since.
+        _fail("decode_evict_interval_steps", interval,
+              f"local_window_tokens={cfg.local_window_tokens} + decode_evict_interval_steps < "
+              f"observation_window_tokens={cfg.observation_window_tokens}: re-compression would score with "
+              "window tokens that the previous compression evicted")
     protected = cfg.sink_tokens + cfg.local_window_tokens
     if cfg.decode_budget_tokens <= protected:
         _fail("decode_budget_tokens", cfg.decode_budget_tokens,

@@ -49,7 +49,7 @@ def markdown_tables(data: dict, *, methods: Sequence[str] | None = None, referen
         return _mean(vals)
 
     lines = ["| method | " + " | ".join(f"{n} tok" for n in lengths) + " | avg | Δ vs full | prefill density |"
-             " KV kept (end) | compressions | samples |",
+             " KV held at end | compressions | samples |",
              "|---|" + "---:|" * (len(lengths) + 6)]
     ref_avg = avg(reference) if reference in methods else None
     for m in methods:
@@ -60,7 +60,9 @@ def markdown_tables(data: dict, *, methods: Sequence[str] | None = None, referen
                      f"{_fmt(_mean(r['prefill_density'] for r in rs))} | {_fmt(_mean(r['cache_fraction'] for r in rs))} |"
                      f" {_fmt(_mean(r['compression_events'] for r in rs), 1)} | {len(rs)} |")
     out = ["Scores in percent (mean over samples, then over the task x length cells every method has: "
-           f"{len(common)} cells).", "", *lines, ""]
+           f"{len(common)} cells). Prefill density: computed / dense causal block pairs. KV held at end: cache entries "
+           "held after the last generated token / tokens seen (1.0 when no compression fired). Compressions: "
+           "compression events per sample.", "", *lines, ""]
     for n in lengths:
         present = [t for t in tasks if any(cells.get((m, t, n)) for m in methods)]
         if not present:

@@ -13,6 +13,7 @@ import types
 import torch
 import torch.nn.functional as F
 
+from ..gather import block_token_positions
 from ..plan import PrefillPlan
 
 KERNEL_MODULE = "entropyinfer_sgl.kernels"
@@ -57,7 +58,6 @@ def sparse_prefill_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan:
 
     indptr = plan.indptr.cpu().to(torch.int64).tolist()
     indices = plan.indices.to(device=q.device, dtype=torch.int64)
-    offsets = torch.arange(block, device=q.device)
     heads = torch.arange(num_kv_heads, device=q.device)[:, None]
     for s in range(first_sparse, num_segments):
         q0, q1 = s * segment, min((s + 1) * segment, seq_len)
@@ -69,15 +69,8 @@ def sparse_prefill_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan:
             keys, values = k[:, :q1], v[:, :q1]
             mask = (torch.arange(q1, device=q.device)[None, :] <= query_pos[:, None])[None].expand(num_kv_heads, -1, -1)
         else:
-            lengths = [b.numel() * block for b in blocks]
-            width = max(lengths)
-            token = torch.zeros(num_kv_heads, width, dtype=torch.int64, device=q.device)
-            present = torch.zeros(num_kv_heads, width, dtype=torch.bool, device=q.device)
-            for h, b in enumerate(blocks):
-                token[h, : lengths[h]] = (b[:, None] * block + offsets[None, :]).flatten()
-                present[h, : lengths[h]] = True
-            present &= token < seq_len  # the last key block may be partial
-            token = token.clamp_(max=seq_len - 1)
+            token, present = block_token_positions(blocks, block_size_tokens=block, seq_len_tokens=seq_len,
+                                                   device=q.device)
             keys, values = k[heads, token], v[heads, token]  # [Hkv, width, D]
             mask = present[:, None, :] & (token[:, None, :] <= query_pos[None, :, None])  # [Hkv, Sq, width]
         out[:, q0:q1] = _grouped_sdpa(q[:, q0:q1], keys, values, mask, scale=scale)

@@ -136,13 +136,6 @@ def check_supported(model: nn.Module) -> None:
 def _check_config(config: EntropyInferConfig) -> None:
     if not isinstance(config, EntropyInferConfig):
         raise TypeError(f"config must be an EntropyInferConfig, got {type(config).__name__}")
-    interval = config.decode_evict_interval_steps
-    if (config.decode_compression and interval > 0
-            and config.local_window_tokens + interval < config.observation_window_tokens):
-        raise ValueError(
-            f"EntropyInferConfig: local_window_tokens={config.local_window_tokens} + decode_evict_interval_steps="
-            f"{interval} < observation_window_tokens={config.observation_window_tokens}: re-compression would "
-            "score with window tokens that the previous compression evicted")
 
 
 def _attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -263,7 +256,7 @@ class EntropyInferHandle:
             if ((q_len == 1 and compression_due(cache_layer.generated_tokens, self.config))
                     or (fresh and compression_due(0, self.config))):
                 self._compressions.append(cache_layer.compress(self.config, layer_idx=layer_idx,
-                                                               scorer=self.decode_scorer))
+                                                               **self._scorer_kwargs()))
         return out.transpose(0, 1)[None].contiguous(), None
 
     def _prefill(self, module, q, k, v, scale) -> torch.Tensor:
@@ -304,6 +297,9 @@ class EntropyInferHandle:
                 return out.to(q.dtype).transpose(0, 1), "kernel"
         return sparse_prefill_sdpa(q, k, v, plan, scale=scale), "sparse-sdpa"
 
+    def _scorer_kwargs(self) -> dict:
+        return {} if self.decode_scorer is None else {"scorer": self.decode_scorer}
+
     def compress_now(self, cache) -> list[CompressionRecord]:
         """Compress every layer of `cache` (a cache filled by a forward inside `enable`) with this handle's config.
 
@@ -316,7 +312,7 @@ class EntropyInferHandle:
             if not isinstance(layer, EntropyInferCacheLayer):
                 raise ValueError("compress_now needs a cache filled inside hf.enable (EntropyInferCacheLayer layers)")
             self._layers[layer_idx] = layer
-            records.append(layer.compress(self.config, layer_idx=layer_idx, scorer=self.decode_scorer))
+            records.append(layer.compress(self.config, layer_idx=layer_idx, **self._scorer_kwargs()))
         self._compressions.extend(records)
         return records
 

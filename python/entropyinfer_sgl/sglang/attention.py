@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..gather import block_token_positions
 from ..plan import PrefillPlan
 
 
@@ -30,7 +31,6 @@ def sparse_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pl
     sparse = plan.sparse_segments.cpu()
     indptr = plan.indptr.cpu().to(torch.int64).tolist()
     indices = plan.indices.to(device=q.device, dtype=torch.int64)
-    offsets = torch.arange(block, device=q.device)
     heads = torch.arange(num_kv_heads, device=q.device)[:, None]
 
     def dense_rows(q0: int, q1: int) -> None:  # queries q0..q1-1 over every earlier key: one SDPA call
@@ -54,15 +54,8 @@ def sparse_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pl
         if run_start is not None:
             dense_rows(run_start, q0)
             run_start = None
-        lengths = [b.numel() * block for b in blocks]
-        width = max(lengths)
-        token = torch.zeros(num_kv_heads, width, dtype=torch.int64, device=q.device)
-        present = torch.zeros(num_kv_heads, width, dtype=torch.bool, device=q.device)
-        for h, b in enumerate(blocks):
-            token[h, : lengths[h]] = (b[:, None] * block + offsets[None, :]).flatten()
-            present[h, : lengths[h]] = True
-        present &= token < seq_len
-        token = token.clamp_(max=seq_len - 1)
+        token, present = block_token_positions(blocks, block_size_tokens=block, seq_len_tokens=seq_len,
+                                               device=q.device)
         keys, values = kh[heads, token], vh[heads, token]  # [Hkv, width, D]
         query_pos = torch.arange(q0, q1, device=q.device)
         mask = present[:, None, :] & (token[:, None, :] <= query_pos[None, :, None])  # [Hkv, Sq, width]

@@ -72,20 +72,7 @@ def resolve_config(server_args: Any | None = None) -> EntropyInferConfig:
     """The config in force: the one carried on ServerArgs, else `$ENTROPYINFER_CONFIG`, else the default preset."""
     carried = compat.get_bookkeeping(server_args) if server_args is not None else None
     text = (carried or {}).get("config") or os.environ.get(compat.ENV_CONFIG) or DEFAULT_PRESET
-    config = EntropyInferConfig.load(text)
-    check_config(config)
-    return config
-
-
-def check_config(config: EntropyInferConfig) -> None:
-    """Refuse configs the serving path cannot honour (the same rule as `hf.enable`)."""
-    interval = config.decode_evict_interval_steps
-    if (config.decode_compression and interval > 0
-            and config.local_window_tokens + interval < config.observation_window_tokens):
-        raise ValueError(
-            f"EntropyInferConfig: local_window_tokens={config.local_window_tokens} + decode_evict_interval_steps="
-            f"{interval} < observation_window_tokens={config.observation_window_tokens}: re-compression would "
-            "score with window tokens that the previous compression evicted")
+    return EntropyInferConfig.load(text)
 
 
 def engine(config: EntropyInferConfig | str | None = None, **kwargs):
@@ -95,7 +82,6 @@ def engine(config: EntropyInferConfig | str | None = None, **kwargs):
     ensure_loaded()
     if config is not None:
         cfg = config if isinstance(config, EntropyInferConfig) else EntropyInferConfig.load(config)
-        check_config(cfg)
         os.environ[compat.ENV_CONFIG] = cfg.to_json()
     kwargs.setdefault("attention_backend", compat.BACKEND_NAME)
     import sglang
@@ -132,7 +118,6 @@ def _around_from_cli_args(original, cls, args, *rest, **kwargs):
     if enabled or backend == compat.BACKEND_NAME:
         text = config_text or os.environ.get(compat.ENV_CONFIG) or DEFAULT_PRESET
         config = EntropyInferConfig.load(text)  # a clear ValueError for a bad path, JSON or field
-        check_config(config)
         os.environ[compat.ENV_CONFIG] = config.to_json()  # inherited by the spawned scheduler processes
     server_args = original(cls, args, *rest, **kwargs)
     if compat.uses_backend(server_args):
