@@ -9,16 +9,13 @@ hooks installed.
 
 from __future__ import annotations
 
-import runpy
-
 TARGET = "sglang.benchmark.offline_throughput"
 
 
 def main() -> None:
-    from .plugin import ensure_loaded
+    from .plugin import run_upstream
 
-    ensure_loaded()
-    runpy.run_module(TARGET, run_name="__main__", alter_sys=True)
+    run_upstream(TARGET)
 
 
 if __name__ == "__main__":

@@ -9,16 +9,13 @@ site hooks installed (then the upstream command works as is).
 
 from __future__ import annotations
 
-import runpy
-
 TARGET = "sglang.benchmark.one_batch"
 
 
 def main() -> None:
-    from .plugin import ensure_loaded
+    from .plugin import run_upstream
 
-    ensure_loaded()
-    runpy.run_module(TARGET, run_name="__main__", alter_sys=True)
+    run_upstream(TARGET)
 
 
 if __name__ == "__main__":

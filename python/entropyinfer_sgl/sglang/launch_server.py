@@ -7,16 +7,13 @@ SGLang's HTTP server with the EntropyInfer plugin registered first, for installs
 
 from __future__ import annotations
 
-import runpy
-
 TARGET = "sglang.launch_server"
 
 
 def main() -> None:
-    from .plugin import ensure_loaded
+    from .plugin import run_upstream
 
-    ensure_loaded()
-    runpy.run_module(TARGET, run_name="__main__", alter_sys=True)
+    run_upstream(TARGET)
 
 
 if __name__ == "__main__":

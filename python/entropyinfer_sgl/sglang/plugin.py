@@ -68,6 +68,14 @@ def ensure_loaded() -> None:
     compat.apply_hooks()
 
 
+def run_upstream(module: str) -> None:
+    """Run an upstream SGLang entry module as `__main__`, with this process's arguments, plugins loaded first."""
+    import runpy
+
+    ensure_loaded()
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
 def resolve_config(server_args: Any | None = None) -> EntropyInferConfig:
     """The config in force: the one carried on ServerArgs, else `$ENTROPYINFER_CONFIG`, else the default preset."""
     carried = compat.get_bookkeeping(server_args) if server_args is not None else None

@@ -139,6 +139,16 @@ def random_number(rng: random.Random, digits: int) -> str:
     return str(rng.randint(10 ** (digits - 1), 10**digits - 1))
 
 
+def distinct(draw: Callable[[], str], count: int) -> list[str]:
+    """`count` different values from repeated `draw()` calls, in the order first drawn."""
+    values: list[str] = []
+    while len(values) < count:
+        value = draw()
+        if value not in values:
+            values.append(value)
+    return values
+
+
 # --- scorers (module-level functions, bound with functools.partial) -------------------------------------------
 def contains_score(text: str, *, expected: str) -> float:
     """1.0 when `expected` occurs in the text (the 5-digit key of passkey/multi-key: chance is ~1e-5)."""

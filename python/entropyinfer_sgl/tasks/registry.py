@@ -22,7 +22,7 @@ from typing import Callable
 from ..haystack import INSTRUCTION as PASSKEY_INSTRUCTION
 from ..haystack import NEEDLE_TEMPLATE as PASSKEY_NEEDLE
 from ..haystack import QUESTION as PASSKEY_QUESTION
-from .common import (Sample, build_prompt, contains_score, ordered_copy_score, random_number, recall_score,
+from .common import (Sample, build_prompt, contains_score, distinct, ordered_copy_score, random_number, recall_score,
                      sample_depth, spread_depths, word_set_score)
 
 NOUNS = (
@@ -50,11 +50,7 @@ def passkey(tokenizer, total_tokens: int, seed: int, *, source: str = "auto") ->
 def multikey(tokenizer, total_tokens: int, seed: int, *, source: str = "auto", num_keys: int = 4) -> Sample:
     rng = random.Random(f"multikey-{seed}")
     objects = rng.sample(OBJECTS, num_keys)
-    keys = []
-    while len(keys) < num_keys:
-        key = random_number(rng, 5)
-        if key not in keys:
-            keys.append(key)
+    keys = distinct(lambda: random_number(rng, 5), num_keys)
     depths = spread_depths(rng, num_keys)
     asked = rng.randrange(num_keys)
     needles = [(d, f"The pass key for the {o} is {k}.") for d, o, k in zip(depths, objects, keys)]
@@ -71,11 +67,7 @@ def multikey(tokenizer, total_tokens: int, seed: int, *, source: str = "auto", n
 def multivalue(tokenizer, total_tokens: int, seed: int, *, source: str = "auto", num_values: int = 4) -> Sample:
     rng = random.Random(f"multivalue-{seed}")
     word = rng.choice(MAGIC_WORDS)
-    values = []
-    while len(values) < num_values:
-        value = random_number(rng, 5)
-        if value not in values:
-            values.append(value)
+    values = distinct(lambda: random_number(rng, 5), num_values)
     depths = spread_depths(rng, num_values)
     needles = [(d, f"One of the special magic numbers for {word} is {v}.") for d, v in zip(depths, values)]
     instruction = (f"Some special magic numbers for {word} are hidden inside a lot of irrelevant text. Find all of "
@@ -89,11 +81,8 @@ def multivalue(tokenizer, total_tokens: int, seed: int, *, source: str = "auto",
 
 def vartrack(tokenizer, total_tokens: int, seed: int, *, source: str = "auto", num_vars: int = 2) -> Sample:
     rng = random.Random(f"vartrack-{seed}")
-    names: list[str] = []
-    while len(names) < num_vars + 1:  # the chain plus one distractor variable
-        name = "".join(rng.choice(VAR_LETTERS) for _ in range(3))
-        if name not in names:
-            names.append(name)
+    # the chain plus one distractor variable
+    names = distinct(lambda: "".join(rng.choice(VAR_LETTERS) for _ in range(3)), num_vars + 1)
     chain, distractor = names[:num_vars], names[num_vars]
     value, other = random_number(rng, 5), random_number(rng, 5)
     statements = [f"VAR {chain[0]} = {value}."] + [f"VAR {chain[i]} = VAR {chain[i - 1]}." for i in range(1, num_vars)]
