@@ -113,6 +113,29 @@ def test_strided_views_of_packed_qkv(generator):
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=["fp32", "fp16"])
+@pytest.mark.parametrize("prefix_len", [1, 32, 45, 96, 129, 140])
+def test_chunk_after_a_prefix_matches_the_reference_rows(prefix_len, dtype, generator):
+    """q holds only positions prefix_len.. (a chunked-prefill chunk); keys cover the whole sequence."""
+    seq_len, num_q_heads, num_kv_heads, head_dim = 141, 4, 2, 16
+    plan = make_plan(seq_len, num_kv_heads, 32, 8, keep="random", generator=generator, device=DEVICE)
+    q, k, v = random_qkv(seq_len, num_q_heads, num_kv_heads, head_dim, generator=generator, dtype=dtype,
+                         device=DEVICE)
+    out, lse = sparse_prefill(q[prefix_len:], k, v, plan, prefix_len=prefix_len)
+    assert out.shape == (seq_len - prefix_len, num_q_heads, head_dim) and lse.shape == out.shape[:2]
+    ref_out, ref_lse = sparse_prefill_reference(q, k, v, plan)
+    assert_attention_close(out, lse, ref_out[prefix_len:], ref_lse[prefix_len:], dtype)
+
+
+def test_prefix_len_is_checked(generator):
+    plan = make_plan(64, 2, 32, 8, keep="random", generator=generator, device=DEVICE)
+    q, k, v = random_qkv(64, 4, 2, 16, generator=generator, device=DEVICE)
+    with pytest.raises(ValueError, match="k and v must be"):
+        sparse_prefill(q[10:], k, v, plan)  # rows missing but no prefix_len
+    with pytest.raises(ValueError, match="prefix_len"):
+        sparse_prefill(q, k, v, plan, prefix_len=-1)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=["fp32", "fp16"])
 def test_varlen_matches_per_sequence(dtype, generator):
     lengths, keeps = [77, 130, 33, 16], ["random", "sparse", "full", "empty"]
     num_q_heads, num_kv_heads, head_dim = 4, 2, 16

@@ -42,7 +42,7 @@ def _sparse_prefill_kernel(
     Indptr, Indices,
     TileSeq, TileStart, CuSeqlens, RowBase,  # varlen tables (read only when VARLEN)
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lt, stride_lh,
-    seq_len, num_segments, num_tiles, qk_scale,
+    seq_len, num_segments, num_tiles, q_offset, qk_scale,
     GROUP: tl.constexpr, SEGMENT: tl.constexpr, BLOCK_TOKENS: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
@@ -58,8 +58,8 @@ def _sparse_prefill_kernel(
         length = tl.load(CuSeqlens + seq + 1) - tok0
         nseg = (length + SEGMENT - 1) // SEGMENT
         row_base = tl.load(RowBase + seq)
-    else:
-        m0 = (num_tiles - 1 - tile) * BLOCK_M  # last tiles (most keys) first
+    else:  # queries of positions q_offset .. seq_len - 1 (q row i is position q_offset + i)
+        m0 = (q_offset // BLOCK_M + num_tiles - 1 - tile) * BLOCK_M  # last tiles (most keys) first
         tok0 = tile * 0
         length = seq_len
         nseg = num_segments
@@ -85,9 +85,10 @@ def _sparse_prefill_kernel(
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     query = m0 + offs_m  # positions in the sequence
-    row_ok = query < length
+    row_ok = (query >= q_offset) & (query < length)  # a first tile may start before q_offset (a chunk's prefix)
     d_ok = offs_d < HEAD_DIM
-    q = load_rows(Q + (tok0_64 + m0_64) * stride_qt + head * stride_qh, offs_m, stride_qt, offs_d, row_ok, d_ok,
+    q_row0_64 = tok0_64 + m0_64 - q_offset  # q/out/lse row of position m0 (negative rows are masked off)
+    q = load_rows(Q + q_row0_64 * stride_qt + head * stride_qh, offs_m, stride_qt, offs_d, row_ok, d_ok,
                    True, EVEN_D)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -132,12 +133,12 @@ def _sparse_prefill_kernel(
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # every query sees itself: l_i > 0 on rows < length
     out = acc / l_safe[:, None]
     lse = (m_i + tl.log2(l_safe)) * LN2
-    o_ptrs = Out + (tok0_64 + m0_64) * stride_ot + head * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
+    o_ptrs = Out + q_row0_64 * stride_ot + head * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
     if EVEN_D:
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
     else:
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
-    tl.store(Lse + (tok0_64 + m0_64) * stride_lt + head * stride_lh + offs_m * stride_lt, lse, mask=row_ok)
+    tl.store(Lse + q_row0_64 * stride_lt + head * stride_lh + offs_m * stride_lt, lse, mask=row_ok)
 
 
 _KERNELS = (_sparse_prefill_kernel, load_rows, attend_tile)
@@ -171,7 +172,8 @@ def prefill_launch_config(segment_size_tokens: int, block_size_tokens: int, head
     return LaunchConfig(block_m=block_m, block_n=min(block_n, block_m), num_warps=warps, num_stages=stages)
 
 
-def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int]:
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len: int = 0) -> tuple[int, int, int, int]:
+    """(key tokens, Hq, Hkv, D) of q [L - prefix_len, Hq, D] and k, v [L, Hkv, D]."""
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -180,7 +182,10 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, 
         if tensor.stride(-1) != 1:
             raise ValueError(f"{name} must have a contiguous last dimension (stride 1), got {tensor.stride()}")
         check_dtype(name, tensor)
+    if not isinstance(prefix_len, int) or prefix_len < 0:
+        raise ValueError(f"prefix_len must be a non-negative int, got {prefix_len!r}")
     tokens, num_q_heads, head_dim = q.shape
+    tokens += prefix_len
     if k.shape != v.shape or k.shape[0] != tokens or k.shape[2] != head_dim:
         raise ValueError(f"k and v must be [{tokens}, num_kv_heads, {head_dim}], got {tuple(k.shape)} and "
                          f"{tuple(v.shape)}")
@@ -227,7 +232,7 @@ def _check_geometry(segment: int, block_tokens: int, config: LaunchConfig) -> No
 
 
 def _launch(q, k, v, out, lse, indptr, indices, tables, *, seq_len, num_segments, num_tiles, segment, block_tokens,
-            scale, config: LaunchConfig, varlen: bool) -> None:
+            scale, config: LaunchConfig, varlen: bool, q_offset: int = 0) -> None:
     _, num_q_heads, num_kv_heads, head_dim = q.shape[0], q.shape[1], k.shape[1], q.shape[2]
     block_d = max(16, next_power_of_two(head_dim))
     block_g = max(config.block_n, next_power_of_two(block_tokens))
@@ -237,7 +242,7 @@ def _launch(q, k, v, out, lse, indptr, indices, tables, *, seq_len, num_segments
         q, k, v, out, lse, indptr, indices, tile_seq, tile_start, cu_seqlens, row_base,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), lse.stride(0), lse.stride(1),
-        seq_len, num_segments, num_tiles, scale * LOG2E,
+        seq_len, num_segments, num_tiles, q_offset, scale * LOG2E,
         GROUP=num_q_heads // num_kv_heads, SEGMENT=segment, BLOCK_TOKENS=block_tokens,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_G=block_g,
         VARLEN=varlen, INT64=needs_int64(k, v), DOT_PRECISION=dot_precision(q.dtype),
@@ -246,14 +251,16 @@ def _launch(q, k, v, out, lse, indptr, indices, tables, *, seq_len, num_segments
 
 
 def sparse_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: PrefillPlan, *,
-                   scale: float | None = None, config: LaunchConfig | None = None
+                   prefix_len: int = 0, scale: float | None = None, config: LaunchConfig | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse causal attention of one sequence, as the plan says (one launch, no host sync).
 
     Parameters
     ----------
-    q: [L, Hq, D]; k, v: [L, Hkv, D] (post-RoPE), one dtype among float32/float16/bfloat16, last dim contiguous,
-        on CUDA (or CPU under TRITON_INTERPRET=1). Query head h uses kv head h // (Hq / Hkv).
+    q: [L - prefix_len, Hq, D] the queries of positions prefix_len .. L - 1 (a chunked-prefill chunk after a
+        cached prefix; prefix_len = 0: the whole sequence); k, v: [L, Hkv, D] every position's keys/values
+        (post-RoPE), one dtype among float32/float16/bfloat16, last dim contiguous, on CUDA (or CPU under
+        TRITON_INTERPRET=1). Query head h uses kv head h // (Hq / Hkv).
     plan: `PrefillPlan` of this layer, on q's device (int32 CSR; rows follow docs/planner_spec.md §3: the
         segment's own blocks close every row).
     scale: softmax scale, default 1/sqrt(D).
@@ -261,10 +268,11 @@ def sparse_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Pref
 
     Returns
     -------
-    out [L, Hq, D] in q's dtype; lse float32 [L, Hq], natural log of the sum of exp(scale * q.k) over the keys
-    each query sees. Matches `entropyinfer_sgl.reference.sparse_prefill_reference`.
+    out [L - prefix_len, Hq, D] in q's dtype; lse float32 [L - prefix_len, Hq], natural log of the sum of
+    exp(scale * q.k) over the keys each query sees. Match the rows prefix_len.. of
+    `entropyinfer_sgl.reference.sparse_prefill_reference`.
     """
-    seq_len, num_q_heads, num_kv_heads, head_dim = _check_qkv(q, k, v)
+    seq_len, num_q_heads, num_kv_heads, head_dim = _check_qkv(q, k, v, prefix_len)
     device = check_kernel_device(q, k, v, kernels=_KERNELS)
     _check_plan(plan, seq_len, num_kv_heads, device)
     segment, block_tokens = plan.segment_size_tokens, plan.block_size_tokens
@@ -272,14 +280,14 @@ def sparse_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Pref
     _check_geometry(segment, block_tokens, config)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    lse = torch.empty(seq_len, num_q_heads, dtype=torch.float32, device=device)
-    if seq_len == 0:
+    lse = torch.empty(q.shape[0], num_q_heads, dtype=torch.float32, device=device)
+    if q.shape[0] == 0:
         return out, lse
-    num_tiles = -(-seq_len // config.block_m)
+    num_tiles = -(-seq_len // config.block_m) - prefix_len // config.block_m
     dummy = plan.indptr  # never read when VARLEN is off
     _launch(q, k, v, out, lse, plan.indptr, plan.indices, (dummy, dummy, dummy, dummy), seq_len=seq_len,
             num_segments=plan.num_segments, num_tiles=num_tiles, segment=segment, block_tokens=block_tokens,
-            scale=scale, config=config, varlen=False)
+            scale=scale, config=config, varlen=False, q_offset=prefix_len)
     return out, lse
 
 

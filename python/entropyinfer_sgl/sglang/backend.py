@@ -33,6 +33,7 @@ from ..decode import compression_due
 from ..reference import compressed_decode_reference
 from . import compat
 from .attention import sparse_chunk_attention
+from .kernel_path import DecodeBatch, KernelDecodeTables, kernels_wanted, prefill_chunk
 from .state import STORE, ChunkPlan, StateStore, chunk_block_pairs, compress_layer, plan_chunk
 
 logger = logging.getLogger("entropyinfer_sgl.sglang")
@@ -78,12 +79,14 @@ class EntropyInferAttnBackend(_AttentionBackend):
         self.store = STORE if store is None else store
         self._batch: compat.BatchView | None = None
         self._infos: list[_RequestInfo] = []
+        self._decode_batch: DecodeBatch | None = None
         self._unsupported_logged: set[str] = set()
-        logger.info("EntropyInfer attention backend over %r (%s): %s", self.dense_backend_name, view.device,
-                    config.to_json())
-        if not view.device.startswith("cpu"):
-            logger.warning("EntropyInfer: this is the CPU reference path (a Python loop over requests, SDPA on "
-                           "gathered keys); it is correct on %s but slow and untested there", view.device)
+        self.use_kernels = kernels_wanted(view.device)
+        logger.info("EntropyInfer attention backend over %r (%s, %s path): %s", self.dense_backend_name, view.device,
+                    "kernel" if self.use_kernels else "reference", config.to_json())
+        if not view.device.startswith("cpu") and not self.use_kernels:
+            logger.warning("EntropyInfer: the reference path (a Python loop over requests, SDPA on gathered keys) "
+                           "is correct on %s but slow", view.device)
 
     # --- delegation ------------------------------------------------------------------------------------
     def __getattr__(self, name: str):  # attributes SGLang or a model reads from the dense backend
@@ -114,6 +117,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
         batch = compat.batch_view(forward_batch)
         self._batch = batch
         self._infos = []
+        self._decode_batch = None
         if not batch.has_rids:
             return  # no request identities (a dummy batch): everything stays dense
         if batch.mode == "extend":
@@ -150,6 +154,22 @@ class EntropyInferAttnBackend(_AttentionBackend):
                     and compression_due(generated, cfg)):
                 st.last_event_checked = generated
                 self._compress(info, in_cache)
+        if self.use_kernels:
+            self._decode_batch = self._stack_kernel_tables(batch)
+
+    def _stack_kernel_tables(self, batch: compat.BatchView) -> DecodeBatch | None:
+        """Append this step's token to every compressed request's tables, then stack them (once per step)."""
+        entries = []
+        table_rows = None
+        for info in self._infos:
+            tables = info.state.kernel_tables
+            if tables is None:
+                continue
+            if tables.end < info.seq_len:
+                table_rows = compat.req_to_token(self.req_to_token_pool) if table_rows is None else table_rows
+                tables.append_until(info.seq_len, table_rows[info.row, tables.end:info.seq_len])
+            entries.append((info.index, tables))
+        return DecodeBatch.stack(entries, len(batch.rids))
 
     def _compress(self, info: _RequestInfo, in_cache: int) -> None:
         st = info.state
@@ -168,6 +188,9 @@ class EntropyInferAttnBackend(_AttentionBackend):
             st.stats.entries_before += int(before.sum())
             st.stats.entries_kept += int(kept.sum())
             events += 1
+        if self.use_kernels:
+            st.kernel_tables = None if not st.tables else KernelDecodeTables(
+                st.tables, slots, self.num_layers, next(iter(st.tables.values())).positions.shape[0], in_cache)
         if self.config.decode_evict_interval_steps == 0:
             st.window.clear()  # no later event: the observation windows are not needed any more
             st.window_end.clear()
@@ -208,6 +231,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
 
         if save_kv_cache and k is not None and v is not None:
             compat.write_kv(self.inner, layer, forward_batch, k, v)
+        if self.use_kernels:
+            return self._forward_extend_kernels(q, k, v, layer, forward_batch, lv, q3, candidates, **kwargs)
         k_buf, v_buf = compat.kv_buffers(self.token_to_kv_pool, lv.layer_id)
         sparse: dict[int, tuple[ChunkPlan, torch.Tensor, torch.Tensor]] = {}
         for info in candidates:
@@ -256,6 +281,64 @@ class EntropyInferAttnBackend(_AttentionBackend):
                                                 scale=lv.scaling)
         return out3.view(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
 
+    def _forward_extend_kernels(self, q, k, v, layer, forward_batch, lv: compat.LayerView, q3: torch.Tensor,
+                                candidates: list[_RequestInfo], **kwargs):
+        """The kernel path of `forward_extend` (the chunk's K/V are already in the pool)."""
+        cfg = self.config
+        layer_id = lv.layer_id
+        k3 = None if k is None else k.reshape(-1, lv.num_kv_heads, lv.head_dim)
+        v3 = None if v is None else v.reshape(-1, lv.num_kv_heads, lv.v_head_dim)
+        attend = layer_id >= cfg.num_dense_layers
+        out3 = None
+        sparse_rows: set[int] = set()
+        for info in candidates:
+            st = info.state
+            rows = slice(info.q_start, info.q_start + info.extend_len)
+            if info.prefix_len == 0 and k3 is not None and k3.dtype == q3.dtype:
+                k_all, v_all = k3[rows], v3[rows]  # the whole sequence is this chunk: no gather
+            else:
+                k_buf, v_buf = compat.kv_buffers(self.token_to_kv_pool, layer_id)
+                slots = self._request_slots(info)
+                k_all, v_all = k_buf[slots].to(q3.dtype), v_buf[slots].to(q3.dtype)
+            result = prefill_chunk(q3[rows], k_all, v_all, cfg, prefix_len=info.prefix_len, layer_idx=layer_id,
+                                   typing=st.typing.get(layer_id), previous_block_scores=info.previous_scores,
+                                   scale=lv.scaling, attend=attend)
+            info.previous_scores = result.block_scores
+            if result.typing is None:
+                st.typing.pop(layer_id, None)
+            else:
+                st.typing[layer_id] = result.typing
+            if not attend:
+                continue
+            if result.reason is not None and info.prefix_len > 0 and result.typing is None:
+                st.prefill_dense_reason = result.reason
+            if result.rigid is not None:
+                st.stats.typed_heads += lv.num_kv_heads
+            st.add_device_stats(result.pairs_computed, result.rigid)
+            if result.out is None:
+                st.stats.dense_chunks += 1
+                dense = _dense_pairs(info, lv.num_kv_heads, cfg)
+                st.stats.prefill_pairs_computed += dense
+                st.stats.prefill_pairs_dense += dense
+                continue
+            st.stats.sparse_chunks += 1
+            st.stats.prefill_pairs_dense += result.pairs_dense
+            if out3 is None:
+                out3 = q3.new_empty(q3.shape[0], lv.num_q_heads, lv.v_head_dim)
+            out3[rows] = result.out
+            sparse_rows.add(info.index)
+        if out3 is None:
+            return self.inner.forward_extend(q, k, v, layer, forward_batch, save_kv_cache=False, **kwargs)
+        if len(sparse_rows) < len(self._infos):  # other requests of the batch run dense: the dense backend's
+            dense_out = self.inner.forward_extend(q, k, v, layer, forward_batch, save_kv_cache=False, **kwargs)
+            dense_out = dense_out.view_as(out3)  # own metadata covers the whole batch, so it computes every row
+            for info in self._infos:
+                if info.index in sparse_rows:
+                    rows = slice(info.q_start, info.q_start + info.extend_len)
+                    dense_out[rows] = out3[rows]
+            out3 = dense_out
+        return out3.view(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
+
     # --- decode ----------------------------------------------------------------------------------------
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
         cfg = self.config
@@ -269,6 +352,9 @@ class EntropyInferAttnBackend(_AttentionBackend):
                 if st.window_end.get(lv.layer_id) == info.seq_len - 1:  # keep the window contiguous
                     st.record_queries(lv.layer_id, q3[info.index:info.index + 1], info.seq_len,
                                       cfg.observation_window_tokens)
+        if self.use_kernels:
+            return self._forward_decode_kernels(q, k, v, layer, forward_batch, lv, q3, supported,
+                                                save_kv_cache=save_kv_cache, **kwargs)
         tabled = [info for info in self._infos if supported and lv.layer_id in info.state.tables]
         if not tabled:
             return self.inner.forward_decode(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
@@ -292,3 +378,32 @@ class EntropyInferAttnBackend(_AttentionBackend):
             out, _ = compressed_decode_reference(q3[info.index], k_buf, v_buf, slots, lengths, scale=lv.scaling)
             out3[info.index] = out.to(out3.dtype)
         return out3.view(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
+
+    def _forward_decode_kernels(self, q, k, v, layer, forward_batch, lv: compat.LayerView, q3: torch.Tensor,
+                                supported: bool, save_kv_cache=True, **kwargs):
+        """The kernel path of `forward_decode`: compressed requests read their tables with `compressed_decode`."""
+        decode_batch = self._decode_batch if supported else None
+        members = [] if decode_batch is None else decode_batch.rows_at(lv.layer_id)
+        if not members:
+            return self.inner.forward_decode(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
+        if len(members) < q3.shape[0]:  # some requests still read the whole cache: the dense backend for all
+            out = self.inner.forward_decode(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
+            out3 = out.view(q3.shape[0], lv.num_q_heads, lv.v_head_dim)
+        else:
+            if save_kv_cache and k is not None and v is not None:
+                compat.write_kv(self.inner, layer, forward_batch, k, v)
+            out3 = None
+        k_buf, v_buf = compat.kv_buffers(self.token_to_kv_pool, lv.layer_id)
+        tabled_out, rows = decode_batch.attend(q3, k_buf, v_buf, lv.layer_id, lv.scaling)
+        if out3 is None:
+            out3 = tabled_out
+        else:
+            out3[torch.tensor(rows, dtype=torch.int64, device=out3.device)] = tabled_out
+        return out3.reshape(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
+
+
+def _dense_pairs(info: _RequestInfo, num_kv_heads: int, config: EntropyInferConfig) -> float:
+    """Causal (query block, key block) pairs of a chunk run dense, over its segments and all kv heads."""
+    _, dense = chunk_block_pairs(None, info.prefix_len, info.seq_len, num_kv_heads, config.segment_size_tokens,
+                                 config.block_size_tokens)
+    return dense

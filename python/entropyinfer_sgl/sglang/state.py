@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -337,6 +338,26 @@ class RequestState:
     tables: dict[int, DecodeTable] = field(default_factory=dict)  # per layer
     last_event_checked: int = -1  # generated-token count whose compression check already ran
     stats: RequestStats = field(default_factory=RequestStats)
+    kernel_tables: Any = None  # kernel path: `kernel_path.KernelDecodeTables` after a compression event
+    device_pairs_computed: torch.Tensor | None = None  # kernel path: stats kept on the device until the request ends
+    device_rigid_heads: torch.Tensor | None = None
+
+    def add_device_stats(self, pairs_computed: torch.Tensor | None, rigid: torch.Tensor | None) -> None:
+        """Accumulate kernel-path stats on the device (read once, when the request ends: no per-layer sync)."""
+        if pairs_computed is not None:
+            self.device_pairs_computed = (pairs_computed if self.device_pairs_computed is None
+                                          else self.device_pairs_computed + pairs_computed)
+        if rigid is not None:
+            count = rigid.sum()
+            self.device_rigid_heads = count if self.device_rigid_heads is None else self.device_rigid_heads + count
+
+    def fold_device_stats(self) -> None:
+        if self.device_pairs_computed is not None:
+            self.stats.prefill_pairs_computed += float(self.device_pairs_computed)
+            self.device_pairs_computed = None
+        if self.device_rigid_heads is not None:
+            self.stats.rigid_heads += int(self.device_rigid_heads)
+            self.device_rigid_heads = None
 
     def record_queries(self, layer_id: int, q: torch.Tensor, end: int, window_tokens: int) -> None:
         """Append `q` (`[n, Hq, D]`, the queries of positions end-n .. end-1) to the layer's observation window."""
@@ -353,6 +374,8 @@ class RequestState:
         for t in self.typing.values():
             if t.partial_max is not None:
                 total += 2 * t.partial_max.numel() * t.partial_max.element_size()
+        if self.kernel_tables is not None:
+            total += self.kernel_tables.nbytes()
         return total
 
 
@@ -416,6 +439,7 @@ class StateStore:
         st = self._states.pop(rid, None)
         if st is None:
             return
+        st.fold_device_stats()
         self.totals.add(st.stats)
         self.finished += 1
         if logger.isEnabledFor(logging.DEBUG):

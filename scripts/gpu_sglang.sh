@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# SGLang end to end on the H200 (issue 5), from the repository root:
+#   bash scripts/gpu_sglang.sh [tests] [one_batch] [serving]      (default: all three)
+# - tests: the kernel path's GPU tests (tests/kernels, bf16);
+# - one_batch: `bench_one_batch` (batch 1, eager: --disable-cuda-graph) at $LENS tokens, dense FlashInfer vs
+#   --enable-entropyinfer with each config of $CONFIGS (name=JSON; default: the default config, budgets forced to
+#   β, forced to 3β);
+# - serving: `bench_serving` with a mixed-length random workload against a server, dense vs the default config.
+# Model: the Llama-3.1-8B-geometry dummy (../shared/device/llama8b_dummy copied to .carry/, --load-format dummy).
+# Results: $OUT/one_batch.log, $OUT/serving.log (full output), $OUT/summary.txt (the figures' lines).
+set -uo pipefail
+source scripts/gpu_setup.sh
+MODEL=${MODEL:-.carry/llama8b_dummy}
+LENS=${LENS:-131072 65536 32768}
+OUTPUT_LEN=${OUTPUT_LEN:-64}
+CONTEXT_LEN=${CONTEXT_LEN:-131328}
+DENSE_BACKEND=${DENSE_BACKEND:-flashinfer}
+read -r -a EXTRA <<< "${EXTRA_ARGS:-}"  # e.g. "--device cpu --dtype float32" for a CPU rehearsal of this script
+FORCE_BETA='{"rigid_entropy_threshold": 1e9}'
+FORCE_3BETA='{"rigid_entropy_threshold": 1e9, "base_budget_tokens": 6144, "max_budget_tokens": 6144}'
+CONFIGS=${CONFIGS:-"default={} beta=$FORCE_BETA 3beta=$FORCE_3BETA"}
+STAGES=${*:-tests one_batch serving}
+export ENTROPYINFER_LOG_LEVEL=debug  # per-request stats lines ("EntropyInfer request ... freed: ...")
+SUMMARY="$OUT/summary.txt"
+summarize() {  # $1: run name, $2: log file
+  { echo "== $1"; grep -E "Prefill\. latency|Decode\.  median|EntropyInfer request .* freed|Traceback|Error" "$2" | tail -12; } >> "$SUMMARY"
+}
+one_batch() {  # $1: run name, then extra args
+  local name=$1; shift
+  local log="$OUT/one_batch_$name.tmp"
+  timeout "${RUN_TIMEOUT:-400}" python3 -m entropyinfer_sgl.sglang.bench_one_batch --model-path "$MODEL" \
+    --load-format dummy --batch-size 1 --input-len $LENS --output-len "$OUTPUT_LEN" --disable-cuda-graph \
+    --context-length "$CONTEXT_LEN" --mem-fraction-static 0.85 --run-name "$name" "${EXTRA[@]}" "$@" > "$log" 2>&1
+  echo "exit $?" >> "$log"
+  summarize "one_batch $name" "$log"
+  { echo "=== $name: $*"; cat "$log"; } >> "$OUT/one_batch.log"
+  rm -f "$log"
+}
+for stage in $STAGES; do
+  case $stage in
+    tests)
+      timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider --maxfail=10 -rs \
+        tests/kernels/test_sglang_kernel_path.py tests/kernels/test_sparse_prefill.py -k "prefix or kernel_path or gpu" \
+        2>&1 | tee "$OUT/gpu_tests.log" | tail -5
+      tail -3 "$OUT/gpu_tests.log" | sed 's/^/tests: /' >> "$SUMMARY" ;;
+    one_batch)
+      one_batch dense --attention-backend "$DENSE_BACKEND"
+      python3 - "$CONFIGS" > "$OUT/configs.tmp" <<'PY'
+import re, sys
+for name, text in re.findall(r"(\w+)=(\{.*?\})(?=\s+\w+=|\s*$)", sys.argv[1]):
+    print(f"{name}\t{text}")
+PY
+      while IFS=$'\t' read -r name json; do
+        one_batch "ei_$name" --enable-entropyinfer --entropyinfer-config "$json"
+      done < "$OUT/configs.tmp"
+      rm -f "$OUT/configs.tmp" ;;
+    serving)
+      for variant in dense entropyinfer; do
+        port=$((30000 + RANDOM % 1000))
+        extra=(--attention-backend "$DENSE_BACKEND")
+        [ "$variant" = entropyinfer ] && extra=(--enable-entropyinfer)
+        python3 -m entropyinfer_sgl.sglang.launch_server --model-path "$MODEL" --load-format dummy \
+          --disable-cuda-graph --context-length "$CONTEXT_LEN" --mem-fraction-static 0.85 --port "$port" \
+          --host 127.0.0.1 "${EXTRA[@]}" "${extra[@]}" > "$OUT/server_$variant.tmp" 2>&1 &
+        pid=$!
+        for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 1; done
+        timeout "${SERVING_TIMEOUT:-300}" python3 -m sglang.bench_serving --backend sglang \
+          --base-url "http://127.0.0.1:$port" --tokenizer "$MODEL" --dataset-name random-ids \
+          --random-input-len "${SERVING_INPUT_LEN:-65536}" --random-range-ratio 0.125 \
+          --random-output-len "${SERVING_OUTPUT_LEN:-128}" --num-prompts "${SERVING_PROMPTS:-12}" \
+          --request-rate inf --disable-tqdm --seed 1 > "$OUT/serving_$variant.tmp" 2>&1
+        kill $pid; wait $pid 2>/dev/null
+        { echo "=== serving $variant"; cat "$OUT/serving_$variant.tmp"; echo "--- server log tail";
+          grep -v "server_args=" "$OUT/server_$variant.tmp" | tail -40; } >> "$OUT/serving.log"
+        { echo "== serving $variant"; grep -E "Successful|Mean TTFT|Median TTFT|Mean TPOT|Median TPOT|throughput" \
+          "$OUT/serving_$variant.tmp"; } >> "$SUMMARY"
+        rm -f "$OUT/serving_$variant.tmp" "$OUT/server_$variant.tmp"
+      done ;;
+  esac
+done
+cat "$SUMMARY"

@@ -1,0 +1,140 @@
+"""The SGLang backend's kernel path (`entropyinfer_sgl.sglang.kernel_path`) against the reference path and the
+float32 oracles: chunk planning + block-sparse attention with a cached prefix, achieved-pair counts, and decode
+over per-(layer, kv head) slot tables in a shuffled token-major pool. CPU: Triton interpreter, float32."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attention_inputs import structured_qk
+from entropyinfer_sgl import EntropyInferConfig, plan_prefill, profile_prefill, sparse_prefill_reference
+from entropyinfer_sgl.reference import compressed_decode_reference
+from entropyinfer_sgl.sglang.kernel_path import (DecodeBatch, KernelDecodeTables, kernels_wanted,
+                                                 plan_pair_counts, prefill_chunk)
+from entropyinfer_sgl.sglang.state import chunk_block_pairs, compress_layer, plan_chunk
+
+from .conftest import DEVICE
+
+CFG = EntropyInferConfig(segment_size_tokens=32, block_size_tokens=8, min_sparse_len_tokens=64, base_budget_tokens=16,
+                         max_budget_tokens=48, decode_budget_tokens=40, decode_delay_steps=4, sink_tokens=4,
+                         local_window_tokens=8, observation_window_tokens=8, decode_evict_interval_steps=8)
+SCALE = 1 / math.sqrt(16)
+
+
+def _qkv(seq_len, generator):
+    q, k = structured_qk(seq_len, 4, 2, 16, generator=generator)
+    v = torch.randn(seq_len, 2, 16, generator=generator)
+    return q.to(DEVICE), k.to(DEVICE), v.to(DEVICE)
+
+
+@pytest.mark.parametrize("seq_len", [224, 230])
+def test_whole_prompt_chunk_is_the_oracle(seq_len, generator):
+    q, k, v = _qkv(seq_len, generator)
+    result = prefill_chunk(q, k, v, CFG, prefix_len=0, layer_idx=1, typing=None, previous_block_scores=None,
+                           scale=SCALE, attend=True)
+    plan = plan_prefill(profile_prefill(q, k, CFG), CFG, layer_idx=1)
+    expected, _ = sparse_prefill_reference(q, k, v, plan)
+    assert result.sparse and result.reason is None
+    torch.testing.assert_close(result.out, expected, atol=2e-5, rtol=1e-5)
+    computed, dense = chunk_block_pairs(plan, 0, seq_len, 2, 32, 8)
+    assert float(result.pairs_computed) == computed and result.pairs_dense == dense and computed < dense
+    assert result.rigid.tolist() == [True, False]
+    assert (result.typing is not None) == (seq_len % 32 == 0)  # a partial last segment cannot be carried
+
+
+def test_chunks_after_a_prefix_match_the_reference_path(generator):
+    """Chunked prefill: the kernel path gives the reference path's rows and typing chunk by chunk."""
+    seq_len = 230
+    q, k, v = _qkv(seq_len, generator)
+    typing, prefix = None, 0
+    for end in (128, 192, seq_len):
+        result = prefill_chunk(q[prefix:end], k[:end], v[:end], CFG, prefix_len=prefix, layer_idx=1, typing=typing,
+                               previous_block_scores=None, scale=SCALE, attend=True)
+        reference = plan_chunk(q[prefix:end], k[:end], CFG, prefix_len=prefix, layer_idx=1, typing=typing)
+        assert result.sparse, f"chunk {prefix}..{end}"
+        expected, _ = sparse_prefill_reference(q[:end], k[:end], v[:end], reference.plan)
+        torch.testing.assert_close(result.out, expected[prefix:], atol=2e-5, rtol=1e-5)
+        computed, dense = chunk_block_pairs(reference.plan, prefix, end, 2, 32, 8)
+        assert float(result.pairs_computed) == computed and result.pairs_dense == dense
+        assert result.typing is not None
+        typing, prefix = result.typing, end
+    assert typing.state.segments_seen == seq_len // 32
+
+
+def test_profiling_only_and_below_the_gate(generator):
+    q, k, v = _qkv(96, generator)  # segments start at 0, 32, 64: the last one is never sparse, the gate is 64
+    short = prefill_chunk(q, k, v, CFG, prefix_len=0, layer_idx=1, typing=None, previous_block_scores=None,
+                          scale=SCALE, attend=True)
+    assert short.out is None and not short.sparse and short.typing is not None
+    q, k, v = _qkv(230, generator)
+    typed_only = prefill_chunk(q, k, v, CFG, prefix_len=0, layer_idx=1, typing=None, previous_block_scores=None,
+                               scale=SCALE, attend=False)
+    assert typed_only.out is None and typed_only.block_scores is not None
+
+
+def test_pair_counts_equal_the_host_count(generator):
+    q, k, _ = _qkv(230, generator)
+    plan = plan_prefill(profile_prefill(q.cpu(), k.cpu(), CFG), CFG, layer_idx=1)
+    for prefix in (0, 64, 100, 229):
+        computed, dense = plan_pair_counts(plan, prefix)
+        assert (float(computed), dense) == chunk_block_pairs(plan, prefix, 230, 2, 32, 8)
+
+
+def _pool(num_slots, generator):
+    k_pool = torch.randn(num_slots, 2, 16, generator=generator)
+    v_pool = torch.randn(num_slots, 2, 16, generator=generator)
+    return k_pool.to(DEVICE), v_pool.to(DEVICE)
+
+
+def test_decode_tables_read_the_kept_slots(generator):
+    """Two compressed requests in a shuffled pool; tokens appended after the event (capacity growth included)."""
+    k_pool, v_pool = _pool(700, generator)
+    perm = torch.randperm(700, generator=generator).to(DEVICE)
+    row_slots = {0: perm[:300], 1: perm[300:700]}  # each request's position -> pool slot
+    events = {0: 150, 1: 120}  # cache length at the compression event
+    final = {0: 160, 1: 120 + 260}  # request 1 appends more than the first capacity holds
+    num_layers = 3
+    tables, kernel = {}, {}
+    for r in (0, 1):
+        n = events[r]
+        keys = k_pool[row_slots[r][:n]]
+        per_layer = {}
+        for layer in (0, 2):  # layer 1 has no table (e.g. an unsupported layer): it runs dense
+            window = torch.randn(8, 4, 16, generator=generator).to(DEVICE)
+            per_layer[layer], _, _ = compress_layer(window, keys, None, CFG)
+        tables[r] = per_layer
+        kernel[r] = KernelDecodeTables(per_layer, row_slots[r][:n], num_layers, 2, n)
+    first_capacity = kernel[1].capacity
+    for r in (0, 1):
+        kernel[r].append_until(final[r], row_slots[r][events[r]:final[r]])
+        kernel[r].append_until(final[r], row_slots[r][:0])  # idempotent
+    assert kernel[1].capacity > first_capacity
+    batch = DecodeBatch.stack([(0, kernel[0]), (2, kernel[1])], batch_size=3)
+    assert batch.rows_at(1) == [] and batch.rows_at(2) == [0, 1]
+    q3 = torch.randn(3, 4, 16, generator=generator).to(DEVICE)
+    for layer in (0, 2):
+        out, rows = batch.attend(q3, k_pool, v_pool, layer, SCALE)
+        assert rows == [0, 2]
+        for j, r in enumerate((0, 1)):
+            positions, lengths = tables[r][layer].visible(final[r])
+            slots = row_slots[r][positions.to(DEVICE)]
+            expected, _ = compressed_decode_reference(q3[rows[j]], k_pool, v_pool, slots, lengths, scale=SCALE)
+            torch.testing.assert_close(out[j], expected, atol=2e-5, rtol=1e-5)
+    assert batch.attend(q3, k_pool, v_pool, 1, SCALE) == (None, [])
+
+
+def test_kernels_wanted(monkeypatch):
+    monkeypatch.delenv("ENTROPYINFER_USE_KERNELS", raising=False)
+    assert kernels_wanted("cuda:0") and not kernels_wanted("cpu")
+    monkeypatch.setenv("ENTROPYINFER_USE_KERNELS", "0")
+    assert not kernels_wanted("cuda:0")
+    monkeypatch.setenv("ENTROPYINFER_USE_KERNELS", "yes")
+    with pytest.raises(ValueError, match="0 or 1"):
+        kernels_wanted("cpu")
+    monkeypatch.setenv("ENTROPYINFER_USE_KERNELS", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        kernels_wanted("cpu")
