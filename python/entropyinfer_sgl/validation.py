@@ -12,8 +12,13 @@ def require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None) -> tuple[int, int, int, int]:
-    """Validate one sequence's q `[L, Hq, D]`, k (and v) `[L, Hkv, D]`; return (L, Hq, Hkv, D)."""
+def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None, *,
+                           token_stride_ok: bool = False) -> tuple[int, int, int, int]:
+    """Validate one sequence's q `[L, Hq, D]`, k (and v) `[L, Hkv, D]`; return (L, Hq, Hkv, D).
+
+    token_stride_ok: accept token rows at any stride as long as each row's `[H, D]` is packed (head slices of a
+    fused QKV projection, as SGLang hands them over).
+    """
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         if tensor is None:
             continue
@@ -21,7 +26,11 @@ def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | N
             raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
         require(tensor.dim() == 3, f"{name} must be [seq_len, num_heads, head_dim], got shape {tuple(tensor.shape)}")
         require(tensor.dtype in FLOAT_DTYPES, f"{name} must be float32, float16 or bfloat16, got {tensor.dtype}")
-        require(tensor.is_contiguous(), f"{name} must be contiguous (call .contiguous() first)")
+        if token_stride_ok and tensor.dim() == 3:
+            require(tensor.stride(2) == 1 and tensor.stride(1) == tensor.shape[2],
+                    f"{name} must have packed [heads, head_dim] rows, got strides {tensor.stride()}")
+        else:
+            require(tensor.is_contiguous(), f"{name} must be contiguous (call .contiguous() first)")
     seq_len, num_q_heads, head_dim = q.shape
     require(k.shape[0] == seq_len, f"q has {seq_len} tokens but k has {k.shape[0]}")
     require(k.shape[2] == head_dim, f"q head_dim {head_dim} != k head_dim {k.shape[2]}")

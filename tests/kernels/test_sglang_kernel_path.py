@@ -45,6 +45,18 @@ def test_whole_prompt_chunk_is_the_oracle(seq_len, generator):
     assert (result.typing is not None) == (seq_len % 32 == 0)  # a partial last segment cannot be carried
 
 
+def test_head_slices_of_a_fused_projection(generator):
+    """SGLang hands q/k/v over as strided head slices of one [L, Hq + 2 Hkv, D] projection."""
+    q, k, v = _qkv(230, generator)
+    fused = torch.cat([q, k, v], dim=1)
+    qs, ks, vs = fused.split([4, 2, 2], dim=1)
+    assert not qs.is_contiguous()
+    args = dict(prefix_len=0, layer_idx=1, typing=None, previous_block_scores=None, scale=SCALE, attend=True)
+    strided = prefill_chunk(qs, ks, vs, CFG, **args)
+    packed = prefill_chunk(q, k, v, CFG, **args)
+    assert torch.equal(strided.out, packed.out)
+
+
 def test_chunks_after_a_prefix_match_the_reference_path(generator):
     """Chunked prefill: the kernel path gives the reference path's rows and typing chunk by chunk."""
     seq_len = 230

@@ -113,10 +113,11 @@ def block_scores_and_entropy(q: torch.Tensor, k: torch.Tensor, config: EntropyIn
                              block_j: int = 64, rows_per_program: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused profiling of one layer of one sequence.
 
-    q: [L, Hq, D], k: [L, Hkv, D] (CUDA, or CPU under TRITON_INTERPRET=1). Returns the block distribution
+    q: [L, Hq, D], k: [L, Hkv, D] (CUDA, or CPU under TRITON_INTERPRET=1); token rows may be strided (head
+    slices of a fused QKV projection): only the representatives are read by the kernel. Returns the block distribution
     p [Hkv, nseg, num_blocks] in q's dtype and the entropy float32 [Hkv, nseg].
     """
-    seq_len, num_q_heads, num_kv_heads, head_dim = check_attention_inputs(q, k)
+    seq_len, num_q_heads, num_kv_heads, head_dim = check_attention_inputs(q, k, token_stride_ok=True)
     require(seq_len > config.segment_size_tokens,
             f"profiling needs more than one segment: seq_len={seq_len} <= {config.segment_size_tokens}")
     require(head_dim >= 16 and head_dim & (head_dim - 1) == 0, f"head_dim={head_dim} must be a power of two >= 16")
