@@ -5,6 +5,7 @@
 # - one_batch: `bench_one_batch` (batch 1, eager: --disable-cuda-graph) at $LENS tokens, dense FlashInfer vs
 #   --enable-entropyinfer with each config of $CONFIGS (name=JSON; default: the default config, budgets forced to
 #   β, forced to 3β);
+# - dense_graph: dense FlashInfer with CUDA graphs on (SGLang's default decode), for the decode baseline;
 # - serving: `bench_serving` with a mixed-length random workload against a server, dense vs the default config.
 # Model: the Llama-3.1-8B-geometry dummy (../shared/device/llama8b_dummy copied to .carry/, --load-format dummy).
 # Results: $OUT/one_batch.log, $OUT/serving.log (full output), $OUT/summary.txt (the figures' lines).
@@ -25,11 +26,13 @@ SUMMARY="$OUT/summary.txt"
 summarize() {  # $1: run name, $2: log file
   { echo "== $1"; grep -E "Prefill\. latency|Decode\.  median|EntropyInfer request .* freed|Traceback|Error" "$2" | tail -12; } >> "$SUMMARY"
 }
-one_batch() {  # $1: run name, then extra args
+one_batch() {  # $1: run name, then extra args (GRAPH=1: CUDA graphs on)
   local name=$1; shift
   local log="$OUT/one_batch_$name.tmp"
+  local graph=(--disable-cuda-graph)
+  [ "${GRAPH:-0}" = 1 ] && graph=()
   timeout "${RUN_TIMEOUT:-400}" python3 -m entropyinfer_sgl.sglang.bench_one_batch --model-path "$MODEL" \
-    --load-format dummy --batch-size 1 --input-len $LENS --output-len "$OUTPUT_LEN" --disable-cuda-graph \
+    --load-format dummy --batch-size 1 --input-len $LENS --output-len "$OUTPUT_LEN" "${graph[@]}" \
     --context-length "$CONTEXT_LEN" --mem-fraction-static 0.85 --run-name "$name" "${EXTRA[@]}" "$@" > "$log" 2>&1
   echo "exit $?" >> "$log"
   summarize "one_batch $name" "$log"
@@ -43,8 +46,10 @@ for stage in $STAGES; do
         tests/kernels/test_sglang_kernel_path.py tests/kernels/test_sparse_prefill.py -k "prefix or kernel_path or gpu" \
         2>&1 | tee "$OUT/gpu_tests.log" | tail -5
       tail -3 "$OUT/gpu_tests.log" | sed 's/^/tests: /' >> "$SUMMARY" ;;
+    dense_graph)
+      GRAPH=1 one_batch dense_graph --attention-backend "$DENSE_BACKEND" ;;
     one_batch)
-      one_batch dense --attention-backend "$DENSE_BACKEND"
+      [ "${SKIP_DENSE:-0}" = 1 ] || one_batch dense --attention-backend "$DENSE_BACKEND"
       python3 - "$CONFIGS" > "$OUT/configs.tmp" <<'PY'
 import re, sys
 for name, text in re.findall(r"(\w+)=(\{.*?\})(?=\s+\w+=|\s*$)", sys.argv[1]):

@@ -114,7 +114,7 @@ def test_decode_tables_read_the_kept_slots(generator):
         n = events[r]
         keys = k_pool[row_slots[r][:n]]
         per_layer = {}
-        for layer in (0, 2):  # layer 1 has no table (e.g. an unsupported layer): it runs dense
+        for layer in ((0, 1, 2) if r == 0 else (0, 2)):  # request 1 has no table at layer 1: it runs dense there
             window = torch.randn(8, 4, 16, generator=generator).to(DEVICE)
             per_layer[layer], _, _ = compress_layer(window, keys, None, CFG)
         tables[r] = per_layer
@@ -125,17 +125,19 @@ def test_decode_tables_read_the_kept_slots(generator):
         kernel[r].append_until(final[r], row_slots[r][:0])  # idempotent
     assert kernel[1].capacity > first_capacity
     batch = DecodeBatch.stack([(0, kernel[0]), (2, kernel[1])], batch_size=3)
-    assert batch.rows_at(1) == [] and batch.rows_at(2) == [0, 1]
+    assert batch.rows_at(1) == [0] and batch.rows_at(2) == [0, 1]
     q3 = torch.randn(3, 4, 16, generator=generator).to(DEVICE)
-    for layer in (0, 2):
+    for layer in (0, 1, 2):  # layer 0 plans the step's launch, layer 2 replays it, layer 1 is a partial batch
         out, rows = batch.attend(q3, k_pool, v_pool, layer, SCALE)
-        assert rows == [0, 2]
-        for j, r in enumerate((0, 1)):
+        requests = (0,) if layer == 1 else (0, 1)
+        assert rows == [(0, 2)[r] for r in requests]
+        for j, r in enumerate(requests):
             positions, lengths = tables[r][layer].visible(final[r])
             slots = row_slots[r][positions.to(DEVICE)]
             expected, _ = compressed_decode_reference(q3[rows[j]], k_pool, v_pool, slots, lengths, scale=SCALE)
             torch.testing.assert_close(out[j], expected, atol=2e-5, rtol=1e-5)
-    assert batch.attend(q3, k_pool, v_pool, 1, SCALE) == (None, [])
+    empty = DecodeBatch.stack([(2, kernel[1])], batch_size=3)
+    assert empty.attend(q3, k_pool, v_pool, 1, SCALE) == (None, [])
 
 
 def test_kernels_wanted(monkeypatch):

@@ -207,47 +207,76 @@ def compressed_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     out [B, Hq, D] in q's dtype; lse float32 [B, Hq], natural log. Matches
     `entropyinfer_sgl.reference.compressed_decode_reference` per request.
     """
-    batch, num_q_heads, num_kv_heads, head_dim, max_kept = _check_inputs(q, k_cache, v_cache, kept_indices,
-                                                                         kept_lengths)
-    device = check_kernel_device(q, k_cache, v_cache, kept_indices, kept_lengths, kernels=_KERNELS)
-    config = config or decode_launch_config(head_dim, q.dtype)
-    if num_splits is None:
-        num_splits = decode_num_splits(batch, num_kv_heads, max_kept, block_n=config.block_n, device=device)
-    if not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
-        raise ValueError(f"num_splits={num_splits!r} must be an integer in [1, {MAX_SPLITS}]")
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    out = torch.empty(batch, num_q_heads, head_dim, dtype=q.dtype, device=device)
-    lse = torch.empty(batch, num_q_heads, dtype=torch.float32, device=device)
-    if batch == 0 or num_q_heads == 0:
-        return out, lse
+    _check_inputs(q, k_cache, v_cache, kept_indices, kept_lengths)
+    check_kernel_device(q, k_cache, v_cache, kept_indices, kept_lengths, kernels=_KERNELS)
+    launch = DecodeLaunch(q, k_cache, v_cache, kept_indices, scale=scale, num_splits=num_splits, config=config)
+    return launch.run(q, k_cache, v_cache, kept_indices, kept_lengths)
 
-    group = num_q_heads // num_kv_heads
-    block_d = max(16, next_power_of_two(head_dim))
-    block_h = max(16, next_power_of_two(group))
-    chunk = max(1, -(-max_kept // num_splits))
-    chunk = -(-chunk // config.block_n) * config.block_n  # whole key tiles per split
-    direct = num_splits == 1
-    if direct:
-        part_out = part_lse = out  # never touched
-    else:
-        part_out = torch.empty(batch, num_q_heads, num_splits, head_dim, dtype=torch.float32, device=device)
-        part_lse = torch.empty(batch, num_q_heads, num_splits, dtype=torch.float32, device=device)
-    _compressed_decode_split_kernel[(batch * num_kv_heads, num_splits)](
-        q, k_cache, v_cache, kept_indices, kept_lengths, part_out, part_lse, out, lse,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
-        kept_indices.stride(0), kept_indices.stride(1), kept_lengths.stride(0), kept_lengths.stride(1),
-        out.stride(0), out.stride(1), lse.stride(0), lse.stride(1),
-        num_kv_heads, num_q_heads, max_kept, chunk, num_splits, scale * LOG2E,
-        GROUP=group, BLOCK_H=block_h, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=config.block_n,
-        DIRECT=direct, INT64=needs_int64(k_cache, v_cache), DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
-    if not direct:
-        _compressed_decode_reduce_kernel[(batch * num_q_heads,)](
-            part_out, part_lse, out, lse,
+
+class DecodeLaunch:
+    """A `compressed_decode` launch planned once for its shapes and run again for other tensors of the same
+    shapes (the serving decode path: every layer of a step has the same batch, heads and table width).
+
+    `__init__` does the heuristics and allocates the split buffers; `run` only launches (no validation: the
+    caller validated one call with `compressed_decode`'s checks or builds the tensors itself). Runs on one CUDA
+    stream reuse the split buffers safely (stream order).
+    """
+
+    def __init__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kept_indices: torch.Tensor, *,
+                 scale: float | None = None, num_splits: int | None = None, config: LaunchConfig | None = None):
+        batch, num_q_heads, head_dim = q.shape
+        num_kv_heads = k_cache.shape[1]
+        max_kept = kept_indices.shape[2]
+        device = q.device
+        config = config or decode_launch_config(head_dim, q.dtype)
+        if num_splits is None:
+            num_splits = decode_num_splits(batch, num_kv_heads, max_kept, block_n=config.block_n, device=device)
+        if not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
+            raise ValueError(f"num_splits={num_splits!r} must be an integer in [1, {MAX_SPLITS}]")
+        self.shape = (batch, num_q_heads, head_dim)
+        self.dtype, self.device = q.dtype, device
+        self.num_kv_heads, self.max_kept, self.num_splits = num_kv_heads, max_kept, num_splits
+        self.qk_scale = (1.0 / math.sqrt(head_dim) if scale is None else float(scale)) * LOG2E
+        chunk = max(1, -(-max_kept // num_splits))
+        self.chunk = -(-chunk // config.block_n) * config.block_n  # whole key tiles per split
+        self.direct = num_splits == 1
+        if self.direct or batch == 0:
+            self.part_out = self.part_lse = None
+        else:
+            self.part_out = torch.empty(batch, num_q_heads, num_splits, head_dim, dtype=torch.float32, device=device)
+            self.part_lse = torch.empty(batch, num_q_heads, num_splits, dtype=torch.float32, device=device)
+        block_d = max(16, next_power_of_two(head_dim))
+        self.split_constants = dict(
+            GROUP=num_q_heads // num_kv_heads, BLOCK_H=max(16, next_power_of_two(num_q_heads // num_kv_heads)),
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=config.block_n, DIRECT=self.direct,
+            INT64=needs_int64(k_cache, v_cache), DOT_PRECISION=dot_precision(q.dtype),
+            num_warps=config.num_warps, num_stages=config.num_stages)
+        self.reduce_constants = dict(HEAD_DIM=head_dim, BLOCK_D=block_d,
+                                     BLOCK_S=max(2, next_power_of_two(num_splits)),
+                                     num_warps=4 if block_d >= 128 else 2)
+
+    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kept_indices: torch.Tensor,
+            kept_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """out [B, Hq, D] in q's dtype, lse float32 [B, Hq] (see `compressed_decode`)."""
+        batch, num_q_heads, head_dim = self.shape
+        out = torch.empty(batch, num_q_heads, head_dim, dtype=self.dtype, device=self.device)
+        lse = torch.empty(batch, num_q_heads, dtype=torch.float32, device=self.device)
+        if batch == 0 or num_q_heads == 0:
+            return out, lse
+        part_out = out if self.direct else self.part_out  # never touched when direct
+        part_lse = out if self.direct else self.part_lse
+        _compressed_decode_split_kernel[(batch * self.num_kv_heads, self.num_splits)](
+            q, k_cache, v_cache, kept_indices, kept_lengths, part_out, part_lse, out, lse,
+            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+            kept_indices.stride(0), kept_indices.stride(1), kept_lengths.stride(0), kept_lengths.stride(1),
             out.stride(0), out.stride(1), lse.stride(0), lse.stride(1),
-            num_q_heads, num_splits,
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=max(2, next_power_of_two(num_splits)),
-            num_warps=4 if block_d >= 128 else 2,
+            self.num_kv_heads, num_q_heads, self.max_kept, self.chunk, self.num_splits, self.qk_scale,
+            **self.split_constants,
         )
-    return out, lse
+        if not self.direct:
+            _compressed_decode_reduce_kernel[(batch * num_q_heads,)](
+                self.part_out, self.part_lse, out, lse,
+                out.stride(0), out.stride(1), lse.stride(0), lse.stride(1),
+                num_q_heads, self.num_splits, **self.reduce_constants,
+            )
+        return out, lse

@@ -81,6 +81,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
         self._infos: list[_RequestInfo] = []
         self._decode_batch: DecodeBatch | None = None
         self._unsupported_logged: set[str] = set()
+        self._layer_views: dict[int, compat.LayerView] = {}
         self.use_kernels = kernels_wanted(view.device)
         logger.info("EntropyInfer attention backend over %r (%s, %s path): %s", self.dense_backend_name, view.device,
                     "kernel" if self.use_kernels else "reference", config.to_json())
@@ -205,6 +206,12 @@ class EntropyInferAttnBackend(_AttentionBackend):
             self.init_forward_metadata(forward_batch)  # defensive: SGLang always calls it first
         return self._batch
 
+    def _layer_view(self, layer) -> compat.LayerView:
+        view = self._layer_views.get(id(layer))
+        if view is None:  # one view per layer object for the backend's life: the decode hot path reads it per layer
+            view = self._layer_views[id(layer)] = compat.layer_view(layer)
+        return view
+
     def _layer_supported(self, layer_view: compat.LayerView) -> bool:
         if layer_view.unsupported is None:
             return True
@@ -216,7 +223,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
     # --- extend ----------------------------------------------------------------------------------------
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
         cfg = self.config
-        lv = compat.layer_view(layer)
+        lv = self._layer_view(layer)
         batch = self._current(forward_batch)
         supported = self._layer_supported(lv)
         q3 = q.reshape(-1, lv.num_q_heads, lv.head_dim)
@@ -342,7 +349,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
     # --- decode ----------------------------------------------------------------------------------------
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
         cfg = self.config
-        lv = compat.layer_view(layer)
+        lv = self._layer_view(layer)
         self._current(forward_batch)
         supported = self._layer_supported(lv)
         q3 = q.reshape(-1, lv.num_q_heads, lv.head_dim)

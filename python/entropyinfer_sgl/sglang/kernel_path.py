@@ -168,19 +168,22 @@ class KernelDecodeTables:
         self.end = seq_len
 
 
-@dataclass
 class DecodeBatch:
     """The compressed requests of one decode step, stacked once per step (layers only take views).
 
     rows: host batch rows of the requests with tables; slots `[Bt, layers, Hkv, cap]`, lengths `[Bt, layers, Hkv]`;
     covered: host `[Bt][layers]`, whether request j has a table at a layer (False: it runs dense there).
+    The first layer validates its inputs through `compressed_decode`'s checks and plans one `DecodeLaunch`; later
+    layers of the step with the same requests replay it (the per-layer cost is one or two kernel launches).
     """
 
-    rows: list[int]
-    slots: torch.Tensor
-    lengths: torch.Tensor
-    covered: list[list[bool]]
-    batch_size: int
+    def __init__(self, rows: list[int], slots: torch.Tensor, lengths: torch.Tensor, covered: list[list[bool]],
+                 batch_size: int):
+        self.rows, self.slots, self.lengths, self.covered = rows, slots, lengths, covered
+        self.all_covered = [all(c[layer] for c in covered) for layer in range(slots.shape[1])]
+        self.whole_batch = rows == list(range(batch_size))
+        self._launch = None
+        self._q_rows = None if self.whole_batch else torch.tensor(rows, dtype=torch.int64, device=slots.device)
 
     @classmethod
     def stack(cls, entries: list[tuple[int, KernelDecodeTables]], batch_size: int) -> "DecodeBatch | None":
@@ -193,6 +196,8 @@ class DecodeBatch:
 
     def rows_at(self, layer_id: int) -> list[int]:
         """Positions in `rows` of the requests that have a table at this layer."""
+        if self.all_covered[layer_id]:
+            return list(range(len(self.rows)))
         return [j for j, covered in enumerate(self.covered) if covered[layer_id]]
 
     def attend(self, q3: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, layer_id: int, scale: float
@@ -201,19 +206,23 @@ class DecodeBatch:
 
         Returns (out `[n, Hq, D]` in q's dtype, their batch rows), or (None, []) when none has a table.
         """
-        from ..kernels.compressed_decode import compressed_decode
+        from ..kernels.compressed_decode import DecodeLaunch, compressed_decode
 
+        slots, lengths = self.slots[:, layer_id], self.lengths[:, layer_id]
+        if self.all_covered[layer_id]:  # the common case: replay one planned launch
+            q = q3 if self.whole_batch else q3.index_select(0, self._q_rows)
+            if self._launch is None:
+                out, _ = compressed_decode(q, k_buf, v_buf, slots, lengths, scale=scale)  # validates once
+                self._launch = DecodeLaunch(q, k_buf, v_buf, slots, scale=scale)
+            else:
+                out, _ = self._launch.run(q, k_buf, v_buf, slots, lengths)
+            return out, self.rows
         members = self.rows_at(layer_id)
         if not members:
             return None, []
         rows = [self.rows[j] for j in members]
-        slots, lengths = self.slots[:, layer_id], self.lengths[:, layer_id]
-        if len(members) != len(self.rows):
-            pick = torch.tensor(members, dtype=torch.int64, device=slots.device)
-            slots, lengths = slots.index_select(0, pick), lengths.index_select(0, pick)
-        if rows == list(range(q3.shape[0])):
-            q = q3
-        else:
-            q = q3.index_select(0, torch.tensor(rows, dtype=torch.int64, device=q3.device))
-        out, _ = compressed_decode(q, k_buf, v_buf, slots, lengths, scale=scale)
+        pick = torch.tensor(members, dtype=torch.int64, device=slots.device)
+        q = q3.index_select(0, torch.tensor(rows, dtype=torch.int64, device=q3.device))
+        out, _ = compressed_decode(q, k_buf, v_buf, slots.index_select(0, pick), lengths.index_select(0, pick),
+                                   scale=scale)
         return out, rows
