@@ -6,6 +6,12 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=$PWD/python:$PWD/tests:/tmp/site
+# The package runs from source here (not pip-installed): give it the dist-info that carries its SGLang plugin entry
+# point, so that SGLang's own processes (the scheduler of `launch_server`) load the plugin too.
+EI_DIST=/tmp/site/entropyinfer_sgl-0.0.0+source.dist-info
+mkdir -p "$EI_DIST"
+printf 'Metadata-Version: 2.1\nName: entropyinfer-sgl\nVersion: 0.0.0+source\n' > "$EI_DIST/METADATA"
+printf '[sglang.srt.plugins]\nentropyinfer = entropyinfer_sgl.sglang.plugin:register\n' > "$EI_DIST/entry_points.txt"
 if [ -z "${NO_BUNDLE:-}" ] && [ -f .bundle/sglang-0.5.17-bundle.tar.xz ]; then  # NO_BUNDLE=1: a CPU rehearsal
   mkdir -p /tmp/sg && tar -xJf .bundle/sglang-0.5.17-bundle.tar.xz -C /tmp/sg && export PYTHONPATH=$PYTHONPATH:/tmp/sg/site
 fi
