@@ -17,9 +17,10 @@ from entropyinfer_sgl.sglang import compat, site_hooks
 
 SGLANG_VERSION = compat.sglang_version()
 requires_sglang = pytest.mark.skipif(
-    SGLANG_VERSION != compat.SUPPORTED_SGLANG_VERSION,
-    reason=(f"sglang=={compat.SUPPORTED_SGLANG_VERSION} is not installed (found {SGLANG_VERSION}); "
-            "install it with `bash scripts/install_sglang_cpu.sh`"))
+    SGLANG_VERSION not in compat.SUPPORTED_SGLANG_VERSIONS,
+    reason=(f"no supported sglang is installed (found {SGLANG_VERSION}; supported: "
+            f"{', '.join(compat.SUPPORTED_SGLANG_VERSIONS)}); install one with "
+            "`bash scripts/install_sglang_cpu.sh [VERSION]`"))
 
 _BASE_ENV = dict(os.environ)  # before any test changes os.environ (the plugin sets ENTROPYINFER_CONFIG)
 

@@ -20,6 +20,8 @@ import time
 
 import pytest
 
+from entropyinfer_sgl.sglang import compat
+
 import tiny_llama
 from sglang_helpers import (DISABLED, ENGAGED, Server, require_entry_point, requires_sglang, run, stop_all,
                             subprocess_env, tiny_model)  # noqa: F401
@@ -238,7 +240,7 @@ def test_frontend_program(servers, tmp_path):
 
 
 def test_bench_serving(servers, tiny_model, tmp_path):
-    result = run([sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang", "--base-url",
+    result = run([sys.executable, "-m", compat.upstream_command("serving"), "--backend", "sglang", "--base-url",
                   servers["engaged"].url, "--tokenizer", str(tiny_model), "--dataset-name", "random-ids",
                   "--random-input-len", "300", "--random-output-len", "16", "--random-range-ratio", "0.5",
                   "--num-prompts", "8", "--request-rate", "inf", "--disable-tqdm", "--seed", "1"],
@@ -265,12 +267,13 @@ def test_bench_one_batch_wrapper(tiny_model, tmp_path):
 
 @pytest.mark.slow
 def test_upstream_bench_one_batch_with_autoload(tiny_model, tmp_path):
-    """`python -m sglang.bench_one_batch --enable-entropyinfer` works unmodified with ENTROPYINFER_AUTOLOAD=1."""
+    """`python -m sglang.bench_one_batch --enable-entropyinfer` (0.5.23: `sglang.benchmark.one_batch`) works
+    unmodified with ENTROPYINFER_AUTOLOAD=1."""
     from entropyinfer_sgl.sglang import site_hooks
 
     if not site_hooks.installed(cpu_stub=True) and not site_hooks.installed():
         pytest.skip("the site hooks are not installed (bash scripts/install_sglang_cpu.sh)")
-    result = run([sys.executable, "-m", "sglang.bench_one_batch", "--model-path", str(tiny_model),
+    result = run([sys.executable, "-m", compat.upstream_command("one_batch"), "--model-path", str(tiny_model),
                   "--device", "cpu", "--dtype", "float32", "--max-total-tokens", "4096", "--enable-entropyinfer",
                   "--entropyinfer-config", json.dumps(ENGAGED), "--batch-size", "1", "--input-len", "128",
                   "--output-len", "4"],

@@ -189,12 +189,49 @@ def test_cpu_stub_raises_only_when_called():
 
 
 def test_version_check(monkeypatch):
-    monkeypatch.setattr(compat, "sglang_version", lambda: "0.5.23")
-    with pytest.raises(RuntimeError, match="sglang==0.5.17 exactly, found sglang==0.5.23"):
+    assert compat.SUPPORTED_SGLANG_VERSIONS == ("0.5.17", "0.5.23")
+    for version in compat.SUPPORTED_SGLANG_VERSIONS:
+        monkeypatch.setattr(compat, "sglang_version", lambda: version)
+        assert compat.check_sglang_version() == version
+    monkeypatch.setattr(compat, "sglang_version", lambda: "0.5.20")
+    with pytest.raises(RuntimeError, match=r"supports sglang==0\.5\.17 or sglang==0\.5\.23 exactly, found "
+                                           r"sglang==0\.5\.20"):
         compat.check_sglang_version()
     monkeypatch.setattr(compat, "sglang_version", lambda: None)
     with pytest.raises(RuntimeError, match="not installed"):
         compat.check_sglang_version()
+
+
+@pytest.mark.parametrize("version", ["0.5.17", "0.5.23"])
+def test_release_modules_are_chosen_from_metadata_without_importing_sglang(version):
+    """compat picks the release module from the installed version (a fake distribution here), imports no SGLang
+    module, and an unsupported version fails fast with the supported ones named."""
+    import subprocess
+
+    code = f"""
+import sys
+from importlib import metadata
+real = metadata.version
+metadata.version = lambda name: {version!r} if name == "sglang" else real(name)
+from entropyinfer_sgl.sglang import compat
+assert compat.SGLANG_VERSION == {version!r}, compat.SGLANG_VERSION
+assert compat._release.__name__.endswith("_compat_v" + {version!r}.replace(".", "_"))
+assert compat.benchmark_module("one_batch") == "sglang.benchmark.one_batch"
+assert not [m for m in sys.modules if m == "sglang" or m.startswith("sglang.")]
+metadata.version = lambda name: "0.5.20" if name == "sglang" else real(name)
+import importlib
+compat = importlib.reload(compat)
+assert compat.SGLANG_VERSION is None
+try:
+    compat.benchmark_module("one_batch")
+except RuntimeError as err:
+    assert "sglang==0.5.17 or sglang==0.5.23" in str(err), err
+else:
+    raise AssertionError("no error for an unsupported sglang")
+print("OK")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "OK", out.stderr[-2000:]
 
 
 def test_importing_the_subpackage_imports_no_sglang():

@@ -1,4 +1,4 @@
-"""EntropyInfer inside SGLang 0.5.17 (plugin, attention backend, per-request state); see docs/sglang.md.
+"""EntropyInfer inside SGLang 0.5.17 and 0.5.23 (plugin, attention backend, per-request state); see docs/sglang.md.
 
 Importing this subpackage imports no SGLang module and changes nothing: SGLang loads the plugin through the
 `sglang.srt.plugins` entry point (`entropyinfer_sgl.sglang.plugin:register`). `engine(...)` builds an

@@ -16,9 +16,11 @@ request, layer and step the method leaves dense. Per forward:
 - `forward_decode`: dense until a request's first compression event; then that request attends, per layer and
   kv head, only to its kept positions plus every token appended since (Phase 1: the KV stays in the pool).
 
-This is the CPU reference path (a Python loop over requests; SDPA on gathered keys). The CUDA path (Triton
-kernels over the paged pool, CUDA-graph decode) is a later increment; SGLang refuses the combinations this one
-does not support (plugin.py).
+Two paths with one behaviour: the reference path (a Python loop over requests, SDPA on gathered keys: the CPU
+default) and the kernel path (`kernel_path.py`: on-device planning, one `sparse_prefill` launch per request and
+layer, `compressed_decode` over per-(layer, kv head) slot tables: the CUDA default, or CPU under the Triton
+interpreter with ENTROPYINFER_USE_KERNELS=1). CUDA-graph decode is not supported yet: SGLang refuses it at startup
+(plugin.py).
 """
 
 from __future__ import annotations

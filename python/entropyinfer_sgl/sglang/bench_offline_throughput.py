@@ -9,13 +9,14 @@ hooks installed.
 
 from __future__ import annotations
 
-TARGET = "sglang.benchmark.offline_throughput"
+BENCHMARK = "offline_throughput"  # `sglang.benchmark.offline_throughput` in both supported releases (compat.benchmark_module)
 
 
 def main() -> None:
+    from . import compat
     from .plugin import run_upstream
 
-    run_upstream(TARGET)
+    run_upstream(compat.benchmark_module(BENCHMARK))
 
 
 if __name__ == "__main__":

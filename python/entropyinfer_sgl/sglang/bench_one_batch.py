@@ -9,13 +9,14 @@ site hooks installed (then the upstream command works as is).
 
 from __future__ import annotations
 
-TARGET = "sglang.benchmark.one_batch"
+BENCHMARK = "one_batch"  # `sglang.benchmark.one_batch` in both supported releases (compat.benchmark_module)
 
 
 def main() -> None:
+    from . import compat
     from .plugin import run_upstream
 
-    run_upstream(TARGET)
+    run_upstream(compat.benchmark_module(BENCHMARK))
 
 
 if __name__ == "__main__":

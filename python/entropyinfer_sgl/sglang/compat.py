@@ -1,35 +1,49 @@
-"""Every touch point of entropyinfer_sgl on SGLang internals, for exactly one SGLang release (0.5.17).
+"""Every touch point of entropyinfer_sgl on SGLang internals, for the supported SGLang releases (0.5.17, 0.5.23).
 
 Nothing else in `entropyinfer_sgl.sglang` names an SGLang module, class, method, field or environment variable:
-the plugin, the backend and the state only call the functions below. Porting to another SGLang release means
-editing this file (and its tests) alone. Importing this module imports no SGLang module; each function imports
-what it needs when called.
+the plugin, the backend and the state only call the functions below. This module is the façade: what both
+releases share is here, what differs lives in one module per release (`_compat_v0_5_17`, `_compat_v0_5_23`),
+picked once, at import, from the installed sglang distribution's version (read from its metadata:
+`importlib.metadata`, sglang is not imported). Porting to another release means adding such a module (and its
+tests). Importing this module imports no SGLang module; each function imports what it needs when called. With
+sglang missing or at another version, `check_sglang_version()` raises (naming the supported versions) and so
+does every function that needs the release-specific part; the plugin calls it first, so an unsupported release
+fails fast at registration.
 
-Touch points (0.5.17 source paths under `python/sglang/`):
+Touch points shared by both releases (paths under `python/sglang/`; 0.5.17 line numbers):
 
 - plugin entry point group `sglang.srt.plugins`, `load_plugins()`: `srt/plugins/__init__.py`;
 - `HookRegistry.register(target, fn, HookType)`, `apply_hooks()`: `srt/plugins/hook_registry.py`;
 - `register_attention_backend`, `ATTENTION_BACKENDS`: `srt/layers/attention/attention_registry.py`;
-- `add_attention_backend_choices`, `ATTENTION_BACKEND_CHOICES` (CLI choices): `srt/server_args.py:175, :386`;
-- `ServerArgs.add_cli_args` (AFTER), `from_cli_args` (AROUND), `__post_init__` (BEFORE and AFTER), and the
-  fields read in `server_args_conflicts` / `disable_graphs_before_resolution`: `srt/server_args.py`;
-- `support_triton(backend)`, a name blocklist (AROUND: `entropyinfer` over torch_native is not Triton-capable):
-  `srt/utils/common.py:1304`; `is_cpu()`: same module;
+- `add_attention_backend_choices`, `ATTENTION_BACKEND_CHOICES` (CLI choices), re-exported by
+  `srt/server_args.py` (0.5.17: `:175, :386`; 0.5.23: from `srt/arg_groups/choices.py`);
+- `ServerArgs.add_cli_args` (AFTER: the plugin's flags), `ServerArgs.from_cli_args` (AROUND: `--enable-entropyinfer`
+  selects the backend before the record is built), and the fields read in `server_args_conflicts`;
+- `support_triton(backend)` (AROUND: `entropyinfer` is Triton-capable exactly when its dense backend is):
+  `srt/utils/common.py:1304` (0.5.23 also asks the platform); `is_cpu()`: same module;
 - `ReqToTokenPool.free(req)` / `.clear()` (BEFORE: drop per-request state on finish, abort, retraction),
-  `req_to_token`: `srt/mem_cache/memory_pool.py:256-326`;
+  `req_to_token`: `srt/mem_cache/memory_pool.py`;
 - KV pool `get_key_buffer` / `get_value_buffer` / `set_kv_buffer(layer, KVWriteLoc, k, v)`: same module;
-- `AttentionBackend` (base class, `forward_extend` / `forward_decode` signatures):
-  `srt/layers/attention/base_attn_backend.py`;
+- `AttentionBackend` (base class, `forward_extend` / `forward_decode` signatures, the
+  `init_forward_metadata_out_graph` / `_in_graph` split): `srt/layers/attention/base_attn_backend.py`;
 - `TorchNativeAttnBackend._run_sdpa_forward_extend / _decode` (the dense backend's own per-request SDPA, run on a
-  subset of the batch): `srt/layers/attention/torch_native_backend.py`;
+  subset of the batch; identical in both releases): `srt/layers/attention/torch_native_backend.py`;
 - `ForwardBatch.forward_mode`, `rids`, `req_pool_indices`, `seq_lens(_cpu)`, `extend_prefix_lens(_cpu)`,
   `extend_seq_lens(_cpu)`, `out_cache_loc`: `srt/model_executor/forward_batch_info.py`;
 - `RadixAttention.layer_id`, `tp_q_head_num`, `tp_k_head_num`, `qk_head_dim`, `v_head_dim`, `scaling`,
   `sliding_window_size`, `is_cross_attention`, `attn_type`, `logit_cap`: `srt/layers/radix_attention.py`;
 - model runner `device`, `server_args`, `req_to_token_pool`, `token_to_kv_pool`, `model_config`,
-  `use_mla_backend`: `srt/model_executor/model_runner.py`;
-- `AutoConfig.register("qwen3_asr")` at import, which fails with transformers >= 5.17:
-  `srt/configs/qwen3_asr.py:167` (made tolerant by the site hooks).
+  `use_mla_backend`: `srt/model_executor/model_runner.py`.
+
+Per release (see those modules' docstrings): how ServerArgs resolves and is read (0.5.17: a dataclass resolved
+in `__post_init__`, hooked BEFORE/AFTER; 0.5.23: a msgspec struct resolved by `resolve_once()` through a pipeline
+of declarations, hooked with `register_resolution_hook`), where a request's `req_to_token` row is recorded, the
+benchmark module names, the `qwen3_asr` AutoConfig registration, and the rank fields refused.
+
+Not used, on purpose: 0.5.23's `ReqToTokenPool.attach_aux_cache`. An aux cache is told which *rows* are freed, and
+attaching one also replaces the scheduler's token capacity (`schedulable_token_capacity` returns the aux cache's
+`dense_capacity` for every caller) and takes the pool's single aux slot; the per-request state is keyed by request
+id and charges nothing to the pool, so the `ReqToTokenPool.free` / `.clear` hooks (same in both releases) stay.
 """
 
 from __future__ import annotations
@@ -38,11 +52,14 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Callable, Iterator
 
 logger = logging.getLogger("entropyinfer_sgl.sglang")
 
-SUPPORTED_SGLANG_VERSION = "0.5.17"
+# sglang version -> the module (in this package) holding what is particular to that release.
+_RELEASE_MODULES = {"0.5.17": "_compat_v0_5_17", "0.5.23": "_compat_v0_5_23"}
+SUPPORTED_SGLANG_VERSIONS = tuple(_RELEASE_MODULES)
 BACKEND_NAME = "entropyinfer"
 # Modules the `.pth` site hook watches (site_hooks.WATCHED_MODULES must list the same names).
 SITE_HOOK_MODULES = ("sglang.srt.configs.qwen3_asr", "sglang.srt.server_args")
@@ -51,13 +68,13 @@ ENV_CONFIG = "ENTROPYINFER_CONFIG"  # EntropyInferConfig.load() text: preset nam
 ENV_AUTOLOAD = "ENTROPYINFER_AUTOLOAD"
 ENV_DENSE_BACKEND = "ENTROPYINFER_DENSE_BACKEND"
 
-# HookRegistry targets.
+# HookRegistry targets (the same in both releases).
 TARGET_ADD_CLI_ARGS = "sglang.srt.server_args.ServerArgs.add_cli_args"
 TARGET_FROM_CLI_ARGS = "sglang.srt.server_args.ServerArgs.from_cli_args"
-TARGET_POST_INIT = "sglang.srt.server_args.ServerArgs.__post_init__"
 TARGET_SUPPORT_TRITON = "sglang.srt.utils.common.support_triton"
 TARGET_REQ_POOL_FREE = "sglang.srt.mem_cache.memory_pool.ReqToTokenPool.free"
 TARGET_REQ_POOL_CLEAR = "sglang.srt.mem_cache.memory_pool.ReqToTokenPool.clear"
+_BOOKKEEPING = "_entropyinfer"  # the ServerArgs attribute carrying the plugin's settings
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -73,18 +90,53 @@ def sglang_version() -> str | None:
         return None
 
 
+def _supported_text() -> str:
+    return " or ".join(f"sglang=={v}" for v in SUPPORTED_SGLANG_VERSIONS)
+
+
 def check_sglang_version() -> str:
-    """Return the sglang version, or raise RuntimeError unless it is exactly the supported release."""
+    """Return the sglang version, or raise RuntimeError unless it is one of the supported releases."""
     version = sglang_version()
     if version is None:
-        raise RuntimeError(f"entropyinfer_sgl.sglang needs sglang=={SUPPORTED_SGLANG_VERSION}; sglang is not "
-                           "installed (CPU: bash scripts/install_sglang_cpu.sh)")
-    if version != SUPPORTED_SGLANG_VERSION:
+        raise RuntimeError(f"entropyinfer_sgl.sglang needs {_supported_text()}; sglang is not installed "
+                           "(CPU: bash scripts/install_sglang_cpu.sh [VERSION])")
+    if version not in _RELEASE_MODULES:
         raise RuntimeError(
-            f"entropyinfer_sgl.sglang supports sglang=={SUPPORTED_SGLANG_VERSION} exactly, found sglang=={version}: "
-            "it patches SGLang internals that change between releases (see entropyinfer_sgl/sglang/compat.py). "
-            f"Install sglang=={SUPPORTED_SGLANG_VERSION}, or run without --enable-entropyinfer.")
+            f"entropyinfer_sgl.sglang supports {_supported_text()} exactly, found sglang=={version}: it patches "
+            "SGLang internals that change between releases (see entropyinfer_sgl/sglang/compat.py). Install one "
+            "of those, or run without --enable-entropyinfer.")
     return version
+
+
+def _load_release() -> ModuleType | None:
+    """The release module for the installed sglang (chosen once, at import), or None when it is unsupported."""
+    import importlib
+
+    name = _RELEASE_MODULES.get(sglang_version() or "")
+    return None if name is None else importlib.import_module(f"{__package__}.{name}")
+
+
+_release = _load_release()
+SGLANG_VERSION = None if _release is None else _release.VERSION  # the supported release in use, or None
+
+
+def _rel() -> ModuleType:
+    """The release module in use; raises (with the supported versions) when sglang is missing or unsupported."""
+    if _release is None:
+        check_sglang_version()  # raises with the reason
+        raise RuntimeError("sglang was installed after entropyinfer_sgl.sglang.compat was imported: restart the "
+                           "process")
+    return _release
+
+
+def benchmark_module(name: str) -> str:
+    """The module an SGLang benchmark (`one_batch`, `offline_throughput`, `serving`) lives in on this release."""
+    return _rel().BENCHMARK_MODULES[name]
+
+
+def upstream_command(name: str) -> str:
+    """The module users run upstream (`python -m ...`) for a benchmark on this release."""
+    return _rel().UPSTREAM_COMMANDS[name]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -93,7 +145,7 @@ def check_sglang_version() -> str:
 @contextlib.contextmanager
 def on_module_loading(name: str) -> Iterator[None]:
     """Context around the execution of a watched SGLang module."""
-    if name == "sglang.srt.configs.qwen3_asr":
+    if name == "sglang.srt.configs.qwen3_asr" and (_release is None or _release.TOLERANT_QWEN3_ASR):
         with _tolerant_autoconfig_register():
             yield
         return
@@ -159,6 +211,43 @@ def apply_hooks() -> None:
     HookRegistry.apply_hooks()
 
 
+def register_resolution_hooks(before: Callable[[Any], None], after: Callable[[Any], None]) -> None:
+    """Run `before(server_args)` before SGLang resolves a ServerArgs record (CUDA graphs not yet configured) and
+    `after(server_args)` once resolution has decided the backend, caches, parallelism and speculative decoding.
+    Either may raise ValueError to refuse the configuration."""
+    _rel().register_resolution_hooks(register_hook, before, after)
+
+
+def register_request_release_hooks(free: Callable[[Any], None], clear: Callable[[], None]) -> None:
+    """`free(req)` when SGLang frees a request's `req_to_token` row (finish, abort, retraction), `clear()` when
+    it drops them all."""
+
+    def before_free(self, req, *args, **kwargs):
+        free(req)
+        return None
+
+    def before_clear(self, *args, **kwargs):
+        clear()
+        return None
+
+    register_hook(TARGET_REQ_POOL_FREE, before_free, "before")
+    register_hook(TARGET_REQ_POOL_CLEAR, before_clear, "before")
+
+
+def hook_registrations() -> dict[str, int]:
+    """How many hooks this package registered, per HookRegistry target and resolution step (for tests)."""
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    ours = __package__.split(".")[0]
+    counts = {}
+    for target, hooks in HookRegistry._hooks.items():
+        mine = sum(1 for hook in hooks if getattr(hook[1], "__module__", "").startswith(ours))
+        if mine:
+            counts[target] = mine
+    counts.update(_rel().resolution_hook_counts(_rel().__name__))
+    return counts
+
+
 def register_attention_backend(name: str, factory: Callable[[Any], Any]) -> None:
     """Make `name` a valid `--attention-backend` choice and map it to `factory(model_runner)`."""
     from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS, register_attention_backend
@@ -177,7 +266,7 @@ def attention_backend_base() -> type:
 
 
 def is_cpu_engine() -> bool:
-    """SGLang's own CPU switch (`SGLANG_USE_CPU_ENGINE=1` makes `is_cpu()` true in 0.5.17)."""
+    """SGLang's own CPU switch (`SGLANG_USE_CPU_ENGINE=1` makes `is_cpu()` true)."""
     from sglang.srt.utils.common import is_cpu
 
     return bool(is_cpu())
@@ -186,12 +275,30 @@ def is_cpu_engine() -> bool:
 # ---------------------------------------------------------------------------------------------------------
 # ServerArgs
 # ---------------------------------------------------------------------------------------------------------
+def _view(sa: Any) -> Any:
+    """The settings in force: the record (0.5.17), or resolution's declarations over the raw input (0.5.23)."""
+    return _rel().server_args_view(sa)
+
+
 def server_args_backends(sa: Any) -> tuple[str | None, str | None, str | None]:
-    return sa.attention_backend, sa.prefill_attention_backend, sa.decode_attention_backend
+    view = _view(sa)
+    return view.attention_backend, view.prefill_attention_backend, view.decode_attention_backend
 
 
 def uses_backend(sa: Any, name: str = BACKEND_NAME) -> bool:
     return name in server_args_backends(sa)
+
+
+def resolve_server_args(sa: Any) -> Any:
+    """Resolve a ServerArgs record as SGLang's launchers do before starting anything (0.5.17: construction already
+    did); the plugin's checks run in it. Returns the record."""
+    _rel().resolve(sa)
+    return sa
+
+
+def resolved_field(sa: Any, name: str, default: Any = None) -> Any:
+    """A ServerArgs setting as resolution decided it (0.5.23 keeps decisions beside the raw input)."""
+    return _rel().resolved_field(sa, name, default)
 
 
 def cli_namespace_flags(ns: Any) -> tuple[bool, str | None, str | None]:
@@ -205,20 +312,22 @@ def set_cli_attention_backend(ns: Any, name: str) -> None:
 
 
 def disable_graphs_before_resolution(sa: Any) -> list[str]:
-    """Before `ServerArgs.__post_init__`: turn CUDA graphs and torch.compile graphs off unless explicitly asked for.
+    """Before resolution: turn CUDA graphs and torch.compile graphs off unless explicitly asked for.
 
-    Returns the explicit requests that conflict (the caller refuses them). In 0.5.17 `disable_cuda_graph`
-    (a field; the CLI flag is deprecated) disables the decode and prefill graphs during resolution.
+    Returns the explicit requests that conflict (the caller refuses them). Otherwise `disable_cuda_graph`
+    (a field; its CLI flag is deprecated) is set (0.5.17) or declared (0.5.23), which makes resolution disable the
+    decode and prefill graphs.
     """
+    view = _view(sa)
     conflicts = []
     for field in ("cuda_graph_backend_decode", "cuda_graph_backend_prefill"):
-        value = getattr(sa, field, None)
+        value = getattr(view, field, None)
         if value is not None and str(getattr(value, "value", value)).lower() != "disabled":
             conflicts.append(f"--{field.replace('_', '-')}={getattr(value, 'value', value)}")
-    for phase, backend in _graph_phase_backends(getattr(sa, "cuda_graph_config", None)):
+    for phase, backend in _graph_phase_backends(getattr(view, "cuda_graph_config", None)):
         conflicts.append(f"--cuda-graph-config ({phase} backend {backend!r})")
     if not conflicts:
-        sa.disable_cuda_graph = True
+        _rel().disable_graphs(sa)
     return conflicts
 
 
@@ -236,7 +345,9 @@ def _graph_phase_backends(graph: Any) -> list[tuple[str, str]]:
 
 
 def server_args_conflicts(sa: Any) -> list[str]:
-    """After resolution: every ServerArgs setting EntropyInfer (this increment) cannot serve correctly."""
+    """Every ServerArgs setting EntropyInfer (this increment) cannot serve correctly (before resolution: the
+    user's settings; after it: what resolution made of them)."""
+    view = _view(sa)
     problems = []
     attention, prefill, decode = server_args_backends(sa)
     for flag, value in (("--prefill-attention-backend", prefill), ("--decode-attention-backend", decode)):
@@ -245,29 +356,29 @@ def server_args_conflicts(sa: Any) -> list[str]:
                             f"--attention-backend {BACKEND_NAME} alone)")
     if attention != BACKEND_NAME and (prefill == BACKEND_NAME or decode == BACKEND_NAME):
         problems.append(f"--attention-backend={attention} with a split prefill/decode backend")
-    if getattr(sa, "speculative_algorithm", None):
-        problems.append(f"--speculative-algorithm={sa.speculative_algorithm} (speculative decoding)")
-    if getattr(sa, "enable_mixed_chunk", False):
+    if getattr(view, "speculative_algorithm", None):
+        problems.append(f"--speculative-algorithm={view.speculative_algorithm} (speculative decoding)")
+    if getattr(view, "enable_mixed_chunk", False):
         problems.append("--enable-mixed-chunk (decode tokens inside extend batches)")
-    for field in ("tp_size", "pp_size", "dp_size"):
-        if int(getattr(sa, field, 1) or 1) != 1:
-            problems.append(f"--{field.replace('_', '-')}={getattr(sa, field)} (only one rank is supported yet)")
-    if getattr(sa, "enable_dp_attention", False):
+    for field in _rel().RANK_FIELDS:
+        if int(getattr(view, field, 1) or 1) != 1:
+            problems.append(f"--{field.replace('_', '-')}={getattr(view, field)} (only one rank is supported yet)")
+    if getattr(view, "enable_dp_attention", False):
         problems.append("--enable-dp-attention")
-    if getattr(sa, "enable_torch_compile", False):
+    if getattr(view, "enable_torch_compile", False):
         problems.append("--enable-torch-compile (graph capture)")
-    for phase, backend in _graph_phase_backends(getattr(sa, "cuda_graph_config", None)):
+    for phase, backend in _graph_phase_backends(getattr(view, "cuda_graph_config", None)):
         problems.append(f"CUDA graph {phase} backend {backend!r} (CUDA graphs with the method enabled are not "
                         "supported yet: drop the --cuda-graph-* flags)")
-    if getattr(sa, "enable_hierarchical_cache", False):
+    if getattr(view, "enable_hierarchical_cache", False):
         problems.append("--enable-hierarchical-cache (HiCache)")
-    if getattr(sa, "enable_hisparse", False):
+    if getattr(view, "enable_hisparse", False):
         problems.append("--enable-hisparse")
-    if str(getattr(sa, "disaggregation_mode", "null")) != "null":
-        problems.append(f"--disaggregation-mode={sa.disaggregation_mode}")
-    if getattr(sa, "enable_two_batch_overlap", False) or getattr(sa, "enable_pdmux", False):
+    if str(getattr(view, "disaggregation_mode", "null")) != "null":
+        problems.append(f"--disaggregation-mode={view.disaggregation_mode}")
+    if getattr(view, "enable_two_batch_overlap", False) or getattr(view, "enable_pdmux", False):
         problems.append("--enable-two-batch-overlap / --enable-pdmux (several attention backend instances)")
-    kv_dtype = str(getattr(sa, "kv_cache_dtype", "auto"))
+    kv_dtype = str(getattr(view, "kv_cache_dtype", "auto"))
     if kv_dtype not in ("auto", "bfloat16", "float16", "float32", "bf16", "fp16"):
         problems.append(f"--kv-cache-dtype={kv_dtype} (quantized KV caches)")
     return problems
@@ -275,11 +386,16 @@ def server_args_conflicts(sa: Any) -> list[str]:
 
 def set_bookkeeping(sa: Any, value: dict) -> None:
     """Carry plugin settings on ServerArgs (a plain attribute: pickled with the object into scheduler processes)."""
-    object.__setattr__(sa, "_entropyinfer", value)
+    _rel().set_bookkeeping(sa, _BOOKKEEPING, value)
 
 
 def get_bookkeeping(sa: Any) -> dict | None:
-    return getattr(sa, "_entropyinfer", None)
+    return getattr(sa, _BOOKKEEPING, None)
+
+
+def request_identity(req: Any) -> tuple[str | None, int | None]:
+    """(rid, req_pool_idx) of a scheduler `Req` (the argument of `ReqToTokenPool.free`)."""
+    return _rel().request_identity(req)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -301,7 +417,7 @@ def runner_view(runner: Any) -> RunnerView:
     return RunnerView(device=str(runner.device), server_args=runner.server_args,
                       req_to_token_pool=runner.req_to_token_pool, token_to_kv_pool=runner.token_to_kv_pool,
                       num_layers=int(model_config.num_hidden_layers), use_mla=bool(runner.use_mla_backend),
-                      chunked_prefill_size=getattr(runner.server_args, "chunked_prefill_size", None))
+                      chunked_prefill_size=resolved_field(runner.server_args, "chunked_prefill_size"))
 
 
 def default_dense_backend(device: str) -> str:
@@ -475,7 +591,3 @@ def layer_view(layer: Any) -> LayerView:
                      num_kv_heads=int(layer.tp_k_head_num), head_dim=int(layer.qk_head_dim),
                      v_head_dim=int(layer.v_head_dim), scaling=float(layer.scaling), unsupported=reason)
 
-
-def request_identity(req: Any) -> tuple[str | None, int | None]:
-    """(rid, req_pool_idx) of a scheduler `Req` (the argument of `ReqToTokenPool.free`)."""
-    return getattr(req, "rid", None), getattr(req, "req_pool_idx", None)

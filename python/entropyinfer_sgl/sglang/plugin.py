@@ -47,11 +47,9 @@ def register() -> None:
         compat.register_attention_backend(compat.BACKEND_NAME, _create_backend)
         compat.register_hook(compat.TARGET_ADD_CLI_ARGS, _after_add_cli_args, "after")
         compat.register_hook(compat.TARGET_FROM_CLI_ARGS, _around_from_cli_args, "around")
-        compat.register_hook(compat.TARGET_POST_INIT, _before_post_init, "before")
-        compat.register_hook(compat.TARGET_POST_INIT, _after_post_init, "after")
+        compat.register_resolution_hooks(_before_resolution, _after_resolution)
         compat.register_hook(compat.TARGET_SUPPORT_TRITON, _around_support_triton, "around")
-        compat.register_hook(compat.TARGET_REQ_POOL_FREE, _before_req_pool_free, "before")
-        compat.register_hook(compat.TARGET_REQ_POOL_CLEAR, _before_req_pool_clear, "before")
+        compat.register_request_release_hooks(_on_request_freed, _on_requests_cleared)
         _REGISTERED = True
 
 
@@ -133,26 +131,24 @@ def _around_from_cli_args(original, cls, args, *rest, **kwargs):
     return server_args
 
 
-def _before_post_init(self, *args, **kwargs):
-    if not compat.uses_backend(self):
-        return None
-    _refuse(compat.server_args_conflicts(self))  # the user's own settings, before SGLang's resolution
-    explicit = compat.disable_graphs_before_resolution(self)
+def _before_resolution(server_args) -> None:
+    if not compat.uses_backend(server_args):
+        return
+    _refuse(compat.server_args_conflicts(server_args))  # the user's own settings, before SGLang's resolution
+    explicit = compat.disable_graphs_before_resolution(server_args)
     if explicit:
         raise ValueError("EntropyInfer does not support CUDA graphs yet; remove " + ", ".join(explicit))
-    return None
 
 
-def _after_post_init(result, self, *args, **kwargs):
-    if not compat.uses_backend(self):
-        return result
-    _refuse(compat.server_args_conflicts(self))  # and what resolution made of them
+def _after_resolution(server_args) -> None:
+    if not compat.uses_backend(server_args):
+        return
+    _refuse(compat.server_args_conflicts(server_args))  # and what resolution made of them
     compat.check_sglang_version()
-    if compat.get_bookkeeping(self) is None:  # sgl.Engine(attention_backend="entropyinfer"): env or default
+    if compat.get_bookkeeping(server_args) is None:  # sgl.Engine(attention_backend="entropyinfer"): env or default
         config = resolve_config(None)
         os.environ[compat.ENV_CONFIG] = config.to_json()
-        compat.set_bookkeeping(self, {"enabled": True, "config": config.to_json()})
-    return result
+        compat.set_bookkeeping(server_args, {"enabled": True, "config": config.to_json()})
 
 
 def _refuse(problems: list[str]) -> None:
@@ -170,19 +166,17 @@ def _around_support_triton(original, backend, *args, **kwargs):
     return original(backend, *args, **kwargs)
 
 
-def _before_req_pool_free(self, req, *args, **kwargs):
+def _on_request_freed(req) -> None:
     from .state import STORE
 
     rid, _ = compat.request_identity(req)
     STORE.free(rid)
-    return None
 
 
-def _before_req_pool_clear(self, *args, **kwargs):
+def _on_requests_cleared() -> None:
     from .state import STORE
 
     STORE.clear()
-    return None
 
 
 def _create_backend(model_runner):

