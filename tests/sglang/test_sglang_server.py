@@ -40,7 +40,8 @@ def servers(tiny_model, tmp_path_factory):
         "disabled": Server("disabled", tiny_model, logs,
                            ["--enable-entropyinfer", "--entropyinfer-config", json.dumps(DISABLED), *common]),
         "engaged": Server("engaged", tiny_model, logs,
-                          ["--enable-entropyinfer", "--entropyinfer-config", json.dumps(ENGAGED), *common]),
+                          ["--enable-entropyinfer", "--entropyinfer-config", json.dumps(ENGAGED), "--enable-metrics",
+                           *common]),
     }
     try:
         for server in started.values():
@@ -116,6 +117,35 @@ def test_method_engages_across_prefill_chunks(servers):
     assert _stat(line, "prefill_density") < 0.8
     assert _stat(line, "compression_events") >= 4  # after 4 tokens, then every 8
     assert _stat(line, "kv_kept_fraction") < 0.5
+
+
+def _metric(text: str, name: str) -> float:
+    """Sum of a Prometheus series over its label sets (0 when absent)."""
+    values = [float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)]
+    return sum(values)
+
+
+def test_prometheus_metrics(servers):
+    import requests
+
+    server = servers["engaged"]
+    before = requests.get(server.url + "/metrics", timeout=30).text
+    out = server.generate(tiny_llama.prompt(300, seed=21), max_new_tokens=24, rid="metrics-long")
+    assert out["meta_info"]["prompt_tokens"] > 2 * CHUNK
+    _freed_line(server, "metrics-long")
+    deadline = time.time() + 20
+    while True:  # the scheduler writes the series; /metrics (another process) reads them
+        after = requests.get(server.url + "/metrics", timeout=30).text
+        if _metric(after, "entropyinfer_requests_total") > _metric(before, "entropyinfer_requests_total"):
+            break
+        assert time.time() < deadline, after[-3000:]
+        time.sleep(0.5)
+    for name in ("entropyinfer_sparse_chunks_total", "entropyinfer_prefill_pairs_dense_total",
+                 "entropyinfer_compression_events_total", "entropyinfer_kv_entries_kept_total"):
+        assert _metric(after, name) > _metric(before, name), name
+    computed = _metric(after, "entropyinfer_prefill_pairs_computed_total")
+    assert 0 < computed < _metric(after, "entropyinfer_prefill_pairs_dense_total")
+    assert 'model_name="' in after and 'tp_rank="0"' in after
 
 
 def test_concurrent_requests(servers):

@@ -85,6 +85,11 @@ class EntropyInferAttnBackend(_AttentionBackend):
         self._unsupported_logged: set[str] = set()
         self._layer_views: dict[int, compat.LayerView] = {}
         self.use_kernels = kernels_wanted(view.device)
+        if view.metrics_enabled and self.store.metrics is None:
+            from .metrics import EntropyInferMetrics
+
+            self.store.metrics = EntropyInferMetrics(view.model_name, view.tp_rank)
+            logger.info("EntropyInfer metrics on (/metrics: entropyinfer_*, tp_rank %d)", view.tp_rank)
         logger.info("EntropyInfer attention backend over %r (%s, %s path): %s", self.dense_backend_name, view.device,
                     "kernel" if self.use_kernels else "reference", config.to_json())
         if not view.device.startswith("cpu") and not self.use_kernels:

@@ -410,6 +410,9 @@ class RunnerView:
     num_layers: int
     use_mla: bool
     chunked_prefill_size: int | None
+    metrics_enabled: bool
+    model_name: str
+    tp_rank: int
 
 
 def runner_view(runner: Any) -> RunnerView:
@@ -417,7 +420,11 @@ def runner_view(runner: Any) -> RunnerView:
     return RunnerView(device=str(runner.device), server_args=runner.server_args,
                       req_to_token_pool=runner.req_to_token_pool, token_to_kv_pool=runner.token_to_kv_pool,
                       num_layers=int(model_config.num_hidden_layers), use_mla=bool(runner.use_mla_backend),
-                      chunked_prefill_size=resolved_field(runner.server_args, "chunked_prefill_size"))
+                      chunked_prefill_size=resolved_field(runner.server_args, "chunked_prefill_size"),
+                      metrics_enabled=bool(resolved_field(runner.server_args, "enable_metrics", False)),
+                      model_name=str(resolved_field(runner.server_args, "served_model_name", None)
+                                     or resolved_field(runner.server_args, "model_path", "")),
+                      tp_rank=int(getattr(runner, "tp_rank", 0) or 0))
 
 
 def default_dense_backend(device: str) -> str:

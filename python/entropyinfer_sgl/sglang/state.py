@@ -387,6 +387,7 @@ class StateStore:
         self._lock = threading.Lock()
         self.totals = RequestStats()
         self.finished = 0
+        self.metrics = None  # metrics.EntropyInferMetrics when SGLang runs with --enable-metrics
 
     def __len__(self) -> int:
         return len(self._states)
@@ -442,6 +443,8 @@ class StateStore:
         st.fold_device_stats()
         self.totals.add(st.stats)
         self.finished += 1
+        if self.metrics is not None:
+            self.metrics.request_finished(st.stats, sum(s.side_table_bytes() for s in self._states.values()))
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("EntropyInfer request %s freed: %s%s", rid, st.stats.summary(),
                          f" dense_prefill_reason={st.prefill_dense_reason!r}" if st.prefill_dense_reason else "")
