@@ -14,7 +14,7 @@ from entropyinfer_sgl.reference import compressed_decode_reference
 from .conftest import DEVICE, requires_cuda
 from .kernel_testing import assert_attention_close
 
-from entropyinfer_sgl.kernels import LaunchConfig, compressed_decode, decode_num_splits  # noqa: E402
+from entropyinfer_sgl.kernels import FullRows, LaunchConfig, compressed_decode, decode_num_splits  # noqa: E402
 
 CPU_DTYPES = [torch.float32, torch.float16]
 
@@ -127,6 +127,46 @@ def test_plans_from_decode_compression_on_a_scattered_cache(adaptive, generator)
     args = [t.to(DEVICE) for t in (q, k_cache, v_cache, indices, lengths)]
     out, lse = compressed_decode(*args)
     assert_attention_close(out, lse, *reference(*args), torch.float32)
+
+
+@pytest.mark.parametrize("num_splits", [1, 3, None])
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=["fp32", "fp16"])
+def test_mixed_batch_of_kept_tables_and_whole_rows(num_splits, dtype, generator):
+    """Requests 0 and 2 read their kept tables, 1 and 3 their whole req_to_token row (0 .. seq_len-1)."""
+    batch, num_q_heads, num_kv_heads, head_dim, slots, max_kept = 4, 8, 2, 16, 400, 40
+    q, k_cache, v_cache, indices, lengths = random_case(batch, num_q_heads, num_kv_heads, head_dim, slots, max_kept,
+                                                        generator=generator, dtype=dtype)
+    max_context = 120
+    req_to_token = torch.stack([torch.randperm(slots, generator=generator)[:max_context] for _ in range(6)])
+    req_to_token = req_to_token.to(device=DEVICE, dtype=torch.int32)
+    row_indices = torch.tensor([5, 0, 3, 2], device=DEVICE)
+    seq_lens = torch.tensor([0, 97, 0, 120], dtype=torch.int32, device=DEVICE)
+    use_kept = torch.tensor([True, False, True, False], device=DEVICE)
+    rows = FullRows(req_to_token, row_indices, seq_lens, use_kept)
+    out, lse = compressed_decode(q, k_cache, v_cache, indices, lengths, num_splits=num_splits, full_rows=rows)
+    expected_indices = indices.clone()
+    expected_indices = torch.nn.functional.pad(expected_indices, (0, max_context - max_kept), value=-1)
+    expected_lengths = lengths.clone()
+    for b in (1, 3):
+        n = int(seq_lens[b])
+        expected_indices[b, :, :n] = req_to_token[row_indices[b], :n]
+        expected_lengths[b] = n
+    assert_attention_close(out, lse, *reference(q, k_cache, v_cache, expected_indices, expected_lengths), dtype)
+
+
+def test_full_rows_are_checked(generator):
+    q, k_cache, v_cache, indices, lengths = random_case(2, 4, 2, 16, 50, 8, generator=generator)
+    table = torch.zeros(3, 20, dtype=torch.int32, device=DEVICE)
+    good = dict(row_indices=torch.zeros(2, dtype=torch.int64, device=DEVICE),
+                seq_lens=torch.ones(2, dtype=torch.int32, device=DEVICE),
+                use_kept=torch.zeros(2, dtype=torch.bool, device=DEVICE))
+    with pytest.raises(ValueError, match="req_to_token must be int32"):
+        compressed_decode(q, k_cache, v_cache, indices, lengths, full_rows=FullRows(table.long(), **good))
+    with pytest.raises(ValueError, match="seq_lens must be"):
+        compressed_decode(q, k_cache, v_cache, indices, lengths,
+                          full_rows=FullRows(table, **{**good, "seq_lens": good["seq_lens"][:1]}))
+    with pytest.raises(ValueError, match="kept_indices must be int32"):
+        compressed_decode(q, k_cache, v_cache, indices.long(), lengths, full_rows=FullRows(table, **good))
 
 
 def test_num_splits_depend_on_shapes_only():

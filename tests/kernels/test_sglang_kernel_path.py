@@ -12,9 +12,8 @@ import torch
 from attention_inputs import structured_qk
 from entropyinfer_sgl import EntropyInferConfig, plan_prefill, profile_prefill, sparse_prefill_reference
 from entropyinfer_sgl.reference import compressed_decode_reference
-from entropyinfer_sgl.sglang.kernel_path import (DecodeBatch, KernelDecodeTables, kernels_wanted,
-                                                 plan_pair_counts, prefill_chunk)
-from entropyinfer_sgl.sglang.state import chunk_block_pairs, compress_layer, plan_chunk
+from entropyinfer_sgl.sglang.kernel_path import DecodeBatch, KernelDecodeTables, kernels_wanted, prefill_chunk
+from entropyinfer_sgl.sglang.state import compress_layer, dense_pair_count, plan_chunk, plan_pair_counts
 
 from .conftest import DEVICE
 
@@ -22,6 +21,20 @@ CFG = EntropyInferConfig(segment_size_tokens=32, block_size_tokens=8, min_sparse
                          max_budget_tokens=48, decode_budget_tokens=40, decode_delay_steps=4, sink_tokens=4,
                          local_window_tokens=8, observation_window_tokens=8, decode_evict_interval_steps=8)
 SCALE = 1 / math.sqrt(16)
+
+
+def chunk_block_pairs(plan, prefix_len, seq_len):
+    """Oracle: (computed, dense) causal block pairs from the segments of `prefix_len` on, counted row by row."""
+    bps, num_key_blocks, computed, dense = 32 // 8, -(-seq_len // 8), 0.0, 0.0
+    for s in range(prefix_len // 32, -(-seq_len // 32)):
+        own_start = s * bps
+        own = min((s + 1) * bps, num_key_blocks) - own_start
+        for h in range(plan.num_kv_heads):
+            dense += own_start * own + own * (own + 1) / 2
+            r = h * plan.num_segments + s
+            earlier = int(plan.indptr[r + 1]) - int(plan.indptr[r]) - own
+            computed += earlier * own + own * (own + 1) / 2
+    return computed, dense
 
 
 def _qkv(seq_len, generator):
@@ -39,7 +52,7 @@ def test_whole_prompt_chunk_is_the_oracle(seq_len, generator):
     expected, _ = sparse_prefill_reference(q, k, v, plan)
     assert result.sparse and result.reason is None
     torch.testing.assert_close(result.out, expected, atol=2e-5, rtol=1e-5)
-    computed, dense = chunk_block_pairs(plan, 0, seq_len, 2, 32, 8)
+    computed, dense = chunk_block_pairs(plan, 0, seq_len)
     assert float(result.pairs_computed) == computed and result.pairs_dense == dense and computed < dense
     assert result.rigid.tolist() == [True, False]
     assert (result.typing is not None) == (seq_len % 32 == 0)  # a partial last segment cannot be carried
@@ -69,7 +82,7 @@ def test_chunks_after_a_prefix_match_the_reference_path(generator):
         assert result.sparse, f"chunk {prefix}..{end}"
         expected, _ = sparse_prefill_reference(q[:end], k[:end], v[:end], reference.plan)
         torch.testing.assert_close(result.out, expected[prefix:], atol=2e-5, rtol=1e-5)
-        computed, dense = chunk_block_pairs(reference.plan, prefix, end, 2, 32, 8)
+        computed, dense = chunk_block_pairs(reference.plan, prefix, end)
         assert float(result.pairs_computed) == computed and result.pairs_dense == dense
         assert result.typing is not None
         typing, prefix = result.typing, end
@@ -92,7 +105,8 @@ def test_pair_counts_equal_the_host_count(generator):
     plan = plan_prefill(profile_prefill(q.cpu(), k.cpu(), CFG), CFG, layer_idx=1)
     for prefix in (0, 64, 100, 229):
         computed, dense = plan_pair_counts(plan, prefix)
-        assert (float(computed), dense) == chunk_block_pairs(plan, prefix, 230, 2, 32, 8)
+        assert (float(computed), dense) == chunk_block_pairs(plan, prefix, 230)
+        assert dense == dense_pair_count(prefix, 230, 2, 32, 8)
 
 
 def _pool(num_slots, generator):
@@ -101,43 +115,70 @@ def _pool(num_slots, generator):
     return k_pool.to(DEVICE), v_pool.to(DEVICE)
 
 
-def test_decode_tables_read_the_kept_slots(generator):
-    """Two compressed requests in a shuffled pool; tokens appended after the event (capacity growth included)."""
-    k_pool, v_pool = _pool(700, generator)
-    perm = torch.randperm(700, generator=generator).to(DEVICE)
-    row_slots = {0: perm[:300], 1: perm[300:700]}  # each request's position -> pool slot
-    events = {0: 150, 1: 120}  # cache length at the compression event
-    final = {0: 160, 1: 120 + 260}  # request 1 appends more than the first capacity holds
-    num_layers = 3
+def _compressed_requests(k_pool, row_slots, events, final, generator):
+    """Per request: its DecodeTables per layer and its KernelDecodeTables after appending up to `final`."""
     tables, kernel = {}, {}
-    for r in (0, 1):
-        n = events[r]
+    for r, n in events.items():
         keys = k_pool[row_slots[r][:n]]
         per_layer = {}
-        for layer in ((0, 1, 2) if r == 0 else (0, 2)):  # request 1 has no table at layer 1: it runs dense there
+        for layer in ((0, 1, 2) if r == 0 else (0, 2)):  # request 1 has no table at layer 1: it reads its whole row
             window = torch.randn(8, 4, 16, generator=generator).to(DEVICE)
             per_layer[layer], _, _ = compress_layer(window, keys, None, CFG)
         tables[r] = per_layer
-        kernel[r] = KernelDecodeTables(per_layer, row_slots[r][:n], num_layers, 2, n)
-    first_capacity = kernel[1].capacity
-    for r in (0, 1):
-        kernel[r].append_until(final[r], row_slots[r][events[r]:final[r]])
+        kernel[r] = KernelDecodeTables(per_layer, row_slots[r][:n], 3, 2, n)
+        first_capacity = kernel[r].capacity
+        kernel[r].append_until(final[r], row_slots[r][n:final[r]])
         kernel[r].append_until(final[r], row_slots[r][:0])  # idempotent
-    assert kernel[1].capacity > first_capacity
-    batch = DecodeBatch.stack([(0, kernel[0]), (2, kernel[1])], batch_size=3)
-    assert batch.rows_at(1) == [0] and batch.rows_at(2) == [0, 1]
+        assert (kernel[r].capacity > first_capacity) == (r == 1)  # request 1 outgrows its first capacity
+    return tables, kernel
+
+
+def test_decode_batch_mixes_kept_tables_and_whole_rows(generator):
+    """Batch rows: 0 = compressed request 0, 1 = a request not compressed yet, 2 = compressed request 1 (which has
+    no table at layer 1). Every row decodes in one launch per layer; the first layer plans, the others replay."""
+    k_pool, v_pool = _pool(900, generator)
+    perm = torch.randperm(900, generator=generator).to(DEVICE)
+    row_slots = {0: perm[:300], 1: perm[300:700], 2: perm[700:900]}  # each request's position -> pool slot
+    events, final = {0: 150, 1: 120}, {0: 160, 1: 120 + 260, 2: 190}
+    tables, kernel = _compressed_requests(k_pool, row_slots, events, final, generator)
+    req_to_token = torch.zeros(4, 400, dtype=torch.int32, device=DEVICE)
+    pool_rows = {0: 3, 1: 0, 2: 1}  # request -> its req_to_token row
+    for r, slots in row_slots.items():
+        req_to_token[pool_rows[r], :slots.numel()] = slots.to(torch.int32)
+    order = (0, 2, 1)  # batch row -> request
+    seq_lens = torch.tensor([final[r] for r in order], device=DEVICE)
+    row_indices = torch.tensor([pool_rows[r] for r in order], device=DEVICE)
+    batch = DecodeBatch.stack([kernel[0], None, kernel[1]], lambda: (req_to_token, row_indices, seq_lens))
+    assert batch.rows is not None
     q3 = torch.randn(3, 4, 16, generator=generator).to(DEVICE)
-    for layer in (0, 1, 2):  # layer 0 plans the step's launch, layer 2 replays it, layer 1 is a partial batch
-        out, rows = batch.attend(q3, k_pool, v_pool, layer, SCALE)
-        requests = (0,) if layer == 1 else (0, 1)
-        assert rows == [(0, 2)[r] for r in requests]
-        for j, r in enumerate(requests):
-            positions, lengths = tables[r][layer].visible(final[r])
-            slots = row_slots[r][positions.to(DEVICE)]
-            expected, _ = compressed_decode_reference(q3[rows[j]], k_pool, v_pool, slots, lengths, scale=SCALE)
-            torch.testing.assert_close(out[j], expected, atol=2e-5, rtol=1e-5)
-    empty = DecodeBatch.stack([(2, kernel[1])], batch_size=3)
-    assert empty.attend(q3, k_pool, v_pool, 1, SCALE) == (None, [])
+    for layer in (0, 1, 2):
+        out = batch.attend(q3, k_pool, v_pool, layer, SCALE)
+        for row, r in enumerate(order):
+            if r in tables and layer in tables[r]:
+                positions, lengths = tables[r][layer].visible(final[r])
+                slots = row_slots[r][positions.to(DEVICE)]
+            else:
+                slots = row_slots[r][:final[r]].expand(2, -1)
+                lengths = torch.full((2,), final[r])
+            expected, _ = compressed_decode_reference(q3[row], k_pool, v_pool, slots, lengths, scale=SCALE)
+            torch.testing.assert_close(out[row], expected, atol=2e-5, rtol=1e-5)
+
+
+def test_decode_batch_of_compressed_requests_only(generator):
+    k_pool, v_pool = _pool(700, generator)
+    perm = torch.randperm(700, generator=generator).to(DEVICE)
+    row_slots = {0: perm[:300], 1: perm[300:700]}
+    events, final = {0: 150}, {0: 170}
+    tables, kernel = _compressed_requests(k_pool, row_slots, events, final, generator)
+    batch = DecodeBatch.stack([kernel[0]], lambda: pytest.fail("a batch of compressed requests needs no rows"))
+    assert batch.rows is None and DecodeBatch.stack([None, None], lambda: None) is None
+    q3 = torch.randn(1, 4, 16, generator=generator).to(DEVICE)
+    for layer in (0, 1, 2):
+        positions, lengths = tables[0][layer].visible(final[0])
+        expected, _ = compressed_decode_reference(q3[0], k_pool, v_pool, row_slots[0][positions.to(DEVICE)], lengths,
+                                                  scale=SCALE)
+        torch.testing.assert_close(batch.attend(q3, k_pool, v_pool, layer, SCALE)[0], expected, atol=2e-5,
+                                   rtol=1e-5)
 
 
 def test_kernels_wanted(monkeypatch):

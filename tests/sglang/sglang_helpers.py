@@ -151,6 +151,16 @@ class Server:
         lines = [line for line in self.log.read_text().splitlines() if "server_args=ServerArgs(" not in line]
         return "\n".join(lines[-n:])
 
+    def freed_line(self, rid: str, timeout: float = 30) -> str:
+        """The debug line the backend logs when SGLang frees the request's state (finish, abort), with its stats."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for line in self.log_text().splitlines():
+                if f"EntropyInfer request {rid} freed" in line:
+                    return line
+            time.sleep(0.2)
+        raise AssertionError(f"no 'freed' line for {rid}:\n{self.tail()}")
+
     def log_text(self) -> str:
         self._out.flush()
         return self.log.read_text()

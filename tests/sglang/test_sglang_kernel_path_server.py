@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -19,16 +19,6 @@ import tiny_llama
 from sglang_helpers import ENGAGED, Server, require_entry_point, requires_sglang, stop_all, subprocess_env, tiny_model  # noqa: F401
 
 pytestmark = [requires_sglang, pytest.mark.slow]
-
-
-def _freed_stats(server: Server, rid: str, timeout: float = 30) -> str:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for line in server.log_text().splitlines():
-            if f"EntropyInfer request {rid} freed" in line:
-                return line.split("freed:", 1)[1].strip()
-        time.sleep(0.2)
-    raise AssertionError(f"no 'freed' line for {rid}:\n{server.tail()}")
 
 
 def test_kernel_path_serves_like_the_reference_path(tiny_model, tmp_path):
@@ -49,9 +39,21 @@ def test_kernel_path_serves_like_the_reference_path(tiny_model, tmp_path):
             outs = {name: s.generate(text, max_new_tokens=new_tokens, rid=f"{name}-{words}", timeout=300)
                     for name, s in servers.items()}
             assert outs["kernels"]["output_ids"] == outs["reference"]["output_ids"]
-            stats = {name: _freed_stats(s, f"{name}-{words}") for name, s in servers.items()}
+            stats = {name: s.freed_line(f"{name}-{words}").split("freed:", 1)[1].strip()
+                     for name, s in servers.items()}
             assert stats["kernels"] == stats["reference"]
             assert int(re.search(r"sparse_chunks=(\d+)", stats["kernels"]).group(1)) > 0
             assert int(re.search(r"compression_events=(\d+)", stats["kernels"]).group(1)) >= 2
+        # concurrently: the short request decodes in the same batches as the compressed long one, so those
+        # batches mix kept tables and whole req_to_token rows in one launch per layer
+        prompts = {"long": tiny_llama.prompt(300, seed=31), "short": tiny_llama.prompt(8, seed=32)}
+        concurrent = {}
+        for name, server in servers.items():
+            with ThreadPoolExecutor(2) as pool:
+                futures = {key: pool.submit(server.generate, text, max_new_tokens=30, rid=f"{name}-c-{key}",
+                                            timeout=300) for key, text in prompts.items()}
+                concurrent[name] = {key: f.result()["output_ids"] for key, f in futures.items()}
+        assert concurrent["kernels"] == concurrent["reference"]
+        assert "compression_events=0" not in servers["kernels"].freed_line("kernels-c-long")
     finally:
         stop_all(servers.values())

@@ -51,17 +51,6 @@ def servers(tiny_model, tmp_path_factory):
         stop_all(started.values())
 
 
-def _freed_line(server: Server, rid: str, timeout: float = 20) -> str:
-    """The debug line the backend logs when SGLang frees the request's state (finish, abort)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for line in server.log_text().splitlines():
-            if f"EntropyInfer request {rid} freed" in line:
-                return line
-        time.sleep(0.2)
-    raise AssertionError(f"no 'freed' line for {rid}:\n{server.tail()}")
-
-
 def _stat(line: str, name: str) -> float:
     value = re.search(rf"{name}=(\S+)", line).group(1)
     return float("nan") if value == "n/a" else float(value)
@@ -93,7 +82,7 @@ def test_method_disabled_equals_dense(servers, num_words):
     dense = servers["dense"].generate(text, max_new_tokens=32)
     disabled = servers["disabled"].generate(text, max_new_tokens=32, rid=f"disabled-{num_words}")
     assert disabled["output_ids"] == dense["output_ids"]
-    line = _freed_line(servers["disabled"], f"disabled-{num_words}")
+    line = servers["disabled"].freed_line(f"disabled-{num_words}")
     if dense["meta_info"]["prompt_tokens"] > 2 * ENGAGED["min_sparse_len_tokens"]:
         assert "dense_chunks=" in line and _stat(line, "prefill_density") == 1.0  # profiled, nothing skipped
 
@@ -111,7 +100,7 @@ def test_method_engages_across_prefill_chunks(servers):
     out = servers["engaged"].generate(text, max_new_tokens=40, rid="engaged-long")
     prompt_tokens = out["meta_info"]["prompt_tokens"]
     assert prompt_tokens > 4 * CHUNK and len(out["output_ids"]) == 40
-    line = _freed_line(servers["engaged"], "engaged-long")
+    line = servers["engaged"].freed_line("engaged-long")
     layers = 2
     assert _stat(line, "sparse_chunks") >= layers * (prompt_tokens // CHUNK)  # every 128-token chunk ran sparse
     assert _stat(line, "prefill_density") < 0.8
@@ -132,7 +121,7 @@ def test_prometheus_metrics(servers):
     before = requests.get(server.url + "/metrics", timeout=30).text
     out = server.generate(tiny_llama.prompt(300, seed=21), max_new_tokens=24, rid="metrics-long")
     assert out["meta_info"]["prompt_tokens"] > 2 * CHUNK
-    _freed_line(server, "metrics-long")
+    server.freed_line("metrics-long")
     deadline = time.time() + 20
     while True:  # the scheduler writes the series; /metrics (another process) reads them
         after = requests.get(server.url + "/metrics", timeout=30).text
@@ -166,7 +155,7 @@ def test_concurrent_requests(servers):
     assert not errors, errors
     for i in range(8):
         assert len(results[i]["output_ids"]) == 12 + i
-        _freed_line(servers["engaged"], f"concurrent-{i}")
+        servers["engaged"].freed_line(f"concurrent-{i}")
 
 
 def _generate_in_background(server, text, max_new_tokens, rid):
@@ -202,7 +191,7 @@ def test_abort_mid_decode_frees_the_state(servers):
     assert "error" not in box, box
     meta = box["result"]["meta_info"]
     assert meta["finish_reason"]["type"] == "abort" and 0 < meta["completion_tokens"] < 3000
-    line = _freed_line(server, "abort-decode")
+    line = server.freed_line("abort-decode")
     assert _stat(line, "compression_events") >= 1
     assert len(server.generate("still serving", max_new_tokens=3)["output_ids"]) == 3
 
@@ -222,7 +211,7 @@ def test_abort_mid_prefill_frees_the_state(servers):
     meta = box["result"]["meta_info"]
     assert meta["finish_reason"]["type"] == "abort"
     assert meta["completion_tokens"] == 0, "the prefill finished before the abort arrived"
-    line = _freed_line(server, "abort-prefill")
+    line = server.freed_line("abort-prefill")
     assert _stat(line, "compression_events") == 0
     assert len(server.generate("still serving", max_new_tokens=3)["output_ids"]) == 3
 
@@ -233,7 +222,7 @@ def test_radix_cache_prefix_reuse(servers):
     second = servers["engaged"].generate(text, max_new_tokens=16, rid="radix-2")
     assert second["meta_info"]["cached_tokens"] > 0 and len(second["output_ids"]) == 16
     assert first["meta_info"]["cached_tokens"] == 0
-    assert "prefix-cache hit" in _freed_line(servers["engaged"], "radix-2")  # its own chunk ran dense
+    assert "prefix-cache hit" in servers["engaged"].freed_line("radix-2")  # its own chunk ran dense
     # with the method disabled, reusing a cached prefix gives exactly the dense result
     dense = servers["dense"].generate(text, max_new_tokens=16)
     servers["disabled"].generate(text, max_new_tokens=16)

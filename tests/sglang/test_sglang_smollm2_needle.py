@@ -6,7 +6,6 @@ with chunked prefill. The passkey in ~3k tokens of essays must still be retrieve
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
@@ -40,16 +39,6 @@ def smollm2_checkpoint(tmp_path_factory):
     return out, tokenizer
 
 
-def _stats(server: Server, rid: str, timeout: float = 30) -> str:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for line in server.log_text().splitlines():
-            if f"EntropyInfer request {rid} freed" in line:
-                return line
-        time.sleep(0.2)
-    raise AssertionError(f"no stats line for {rid}:\n{server.tail()}")
-
-
 def test_passkey_is_retrieved_through_the_server(smollm2_checkpoint, tmp_path):
     from entropyinfer_sgl.haystack import build_passkey_prompt
 
@@ -70,7 +59,7 @@ def test_passkey_is_retrieved_through_the_server(smollm2_checkpoint, tmp_path):
                 out = server.generate(input_ids=ids, max_new_tokens=24, rid=f"{name}-{seed}", timeout=600)
                 text = tokenizer.decode(out["output_ids"], skip_special_tokens=True)
                 assert prompt.retrieved(text), f"{name} seed {seed}: expected {prompt.key}, got {text!r}"
-            line = _stats(servers["entropyinfer"], f"entropyinfer-{seed}")
+            line = servers["entropyinfer"].freed_line(f"entropyinfer-{seed}")
             assert int(re.search(r"sparse_chunks=(\d+)", line).group(1)) > 0, line
             assert int(re.search(r"compression_events=(\d+)", line).group(1)) >= 1, line
             assert float(re.search(r"prefill_density=(\S+)", line).group(1)) < 1.0, line

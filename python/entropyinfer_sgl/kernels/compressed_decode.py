@@ -11,6 +11,7 @@ captured in a CUDA graph and replayed with new indices and lengths in the same b
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -31,15 +32,34 @@ from ._online_softmax import LN2, LOG2E, attend_tile, load_rows
 MAX_SPLITS = 64
 
 
+@dataclass(frozen=True)
+class FullRows:
+    """Requests of a decode batch that attend to their whole cache rather than to kept slots (not compressed yet),
+    read through SGLang's request-to-slot table, so one launch serves a batch that mixes both (CUDA-graph safe:
+    every shape is static, `use_kept` / `seq_lens` / `row_indices` change in place).
+
+    req_to_token: int32 `[rows, max_context]` slot of each position of each request row;
+    row_indices: int `[B]` each request's row; seq_lens: int `[B]` positions it attends to (0 .. seq_len-1);
+    use_kept: bool/int `[B]` nonzero: the request reads its kept table (`kept_indices` / `kept_lengths`) instead.
+    """
+
+    req_to_token: torch.Tensor
+    row_indices: torch.Tensor
+    seq_lens: torch.Tensor
+    use_kept: torch.Tensor
+
+
 @triton.jit
 def _compressed_decode_split_kernel(
     Q, K, V, KeptIdx, KeptLen, PartOut, PartLse, Out, Lse,
+    RowTable, RowIdx, SeqLen, UseKept,  # MIXED only: the requests that read their whole req_to_token row
     stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_ib, stride_ih, stride_nb, stride_nh,
-    stride_ob, stride_oh, stride_lb, stride_lh,
+    stride_ob, stride_oh, stride_lb, stride_lh, stride_rt,
     num_kv_heads, num_q_heads, max_kept, chunk, num_splits, qk_scale,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, INT64: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    MIXED: tl.constexpr,
 ):
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
     pid = tl.program_id(0)
@@ -47,6 +67,12 @@ def _compressed_decode_split_kernel(
     b = pid // num_kv_heads
     h = pid % num_kv_heads
     n = tl.load(KeptLen + b.to(tl.int64) * stride_nb + h * stride_nh).to(tl.int32)
+    idx_base = KeptIdx + b.to(tl.int64) * stride_ib + h * stride_ih
+    if MIXED:  # a request not compressed yet reads the slots of positions 0 .. seq_len-1 from its row
+        use_kept = tl.load(UseKept + b) != 0
+        row_base = RowTable + tl.load(RowIdx + b).to(tl.int64) * stride_rt
+        n = tl.where(use_kept, n, tl.load(SeqLen + b).to(tl.int32))
+        idx_base = tl.where(use_kept, idx_base, row_base)
     n = tl.minimum(tl.maximum(n, 0), max_kept)
     lo = split * chunk
     hi = tl.minimum(lo + chunk, n)
@@ -63,7 +89,6 @@ def _compressed_decode_split_kernel(
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    idx_base = KeptIdx + b.to(tl.int64) * stride_ib + h * stride_ih
     k_base = K + h * stride_kh
     v_base = V + h * stride_vh
     for start in range(lo, hi, BLOCK_N):
@@ -186,7 +211,8 @@ def _check_inputs(q, k_cache, v_cache, kept_indices, kept_lengths) -> tuple[int,
 
 def compressed_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kept_indices: torch.Tensor,
                       kept_lengths: torch.Tensor, *, scale: float | None = None, num_splits: int | None = None,
-                      config: LaunchConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      config: LaunchConfig | None = None, full_rows: FullRows | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step of B requests over a compressed, token-major cache.
 
     Parameters
@@ -201,6 +227,8 @@ def compressed_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     scale: softmax scale, default 1/sqrt(D).
     num_splits: split-K factor, default `decode_num_splits(...)` (a function of shapes only).
     config: launch override (block_n, num_warps, num_stages; block_m is ignored).
+    full_rows: requests that attend to their whole cache (`FullRows`); the grid then covers
+        max(max_kept, req_to_token.shape[1]) entries per (request, kv head).
 
     Returns
     -------
@@ -208,9 +236,27 @@ def compressed_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     `entropyinfer_sgl.reference.compressed_decode_reference` per request.
     """
     _check_inputs(q, k_cache, v_cache, kept_indices, kept_lengths)
-    check_kernel_device(q, k_cache, v_cache, kept_indices, kept_lengths, kernels=_KERNELS)
-    launch = DecodeLaunch(q, k_cache, v_cache, kept_indices, scale=scale, num_splits=num_splits, config=config)
-    return launch.run(q, k_cache, v_cache, kept_indices, kept_lengths)
+    extra = () if full_rows is None else _check_full_rows(full_rows, q.shape[0], kept_indices)
+    check_kernel_device(q, k_cache, v_cache, kept_indices, kept_lengths, *extra, kernels=_KERNELS)
+    launch = DecodeLaunch(q, k_cache, v_cache, kept_indices, scale=scale, num_splits=num_splits, config=config,
+                          full_rows=full_rows)
+    return launch.run(q, k_cache, v_cache, kept_indices, kept_lengths, full_rows=full_rows)
+
+
+def _check_full_rows(rows: FullRows, batch: int, kept_indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    if not isinstance(rows, FullRows):
+        raise TypeError(f"full_rows must be a FullRows, got {type(rows).__name__}")
+    table = rows.req_to_token
+    if table.dim() != 2 or table.dtype != torch.int32 or table.stride(-1) != 1:
+        raise ValueError(f"full_rows.req_to_token must be int32 [rows, max_context] with contiguous rows, got "
+                         f"{table.dtype} {tuple(table.shape)}")
+    if kept_indices.dtype != torch.int32:
+        raise ValueError(f"with full_rows, kept_indices must be int32 like req_to_token, got {kept_indices.dtype}")
+    for name in ("row_indices", "seq_lens", "use_kept"):
+        tensor = getattr(rows, name)
+        if tensor.shape != (batch,) or not tensor.is_contiguous():
+            raise ValueError(f"full_rows.{name} must be a contiguous [{batch}] tensor, got {tuple(tensor.shape)}")
+    return table, rows.row_indices, rows.seq_lens, rows.use_kept
 
 
 class DecodeLaunch:
@@ -223,10 +269,14 @@ class DecodeLaunch:
     """
 
     def __init__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kept_indices: torch.Tensor, *,
-                 scale: float | None = None, num_splits: int | None = None, config: LaunchConfig | None = None):
+                 scale: float | None = None, num_splits: int | None = None, config: LaunchConfig | None = None,
+                 full_rows: FullRows | None = None):
         batch, num_q_heads, head_dim = q.shape
         num_kv_heads = k_cache.shape[1]
         max_kept = kept_indices.shape[2]
+        self.mixed = full_rows is not None
+        if self.mixed:
+            max_kept = max(max_kept, full_rows.req_to_token.shape[1])
         device = q.device
         config = config or decode_launch_config(head_dim, q.dtype)
         if num_splits is None:
@@ -249,15 +299,17 @@ class DecodeLaunch:
         self.split_constants = dict(
             GROUP=num_q_heads // num_kv_heads, BLOCK_H=max(16, next_power_of_two(num_q_heads // num_kv_heads)),
             HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=config.block_n, DIRECT=self.direct,
-            INT64=needs_int64(k_cache, v_cache), DOT_PRECISION=dot_precision(q.dtype),
+            INT64=needs_int64(k_cache, v_cache), DOT_PRECISION=dot_precision(q.dtype), MIXED=self.mixed,
             num_warps=config.num_warps, num_stages=config.num_stages)
         self.reduce_constants = dict(HEAD_DIM=head_dim, BLOCK_D=block_d,
                                      BLOCK_S=max(2, next_power_of_two(num_splits)),
                                      num_warps=4 if block_d >= 128 else 2)
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kept_indices: torch.Tensor,
-            kept_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            kept_lengths: torch.Tensor, full_rows: FullRows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """out [B, Hq, D] in q's dtype, lse float32 [B, Hq] (see `compressed_decode`)."""
+        if (full_rows is not None) != self.mixed:
+            raise ValueError("full_rows must be given exactly when the launch was planned with them")
         batch, num_q_heads, head_dim = self.shape
         out = torch.empty(batch, num_q_heads, head_dim, dtype=self.dtype, device=self.device)
         lse = torch.empty(batch, num_q_heads, dtype=torch.float32, device=self.device)
@@ -265,11 +317,14 @@ class DecodeLaunch:
             return out, lse
         part_out = out if self.direct else self.part_out  # never touched when direct
         part_lse = out if self.direct else self.part_lse
+        rows = (kept_lengths,) * 4 if full_rows is None else (  # never read when not MIXED
+            full_rows.req_to_token, full_rows.row_indices, full_rows.seq_lens, full_rows.use_kept)
+        row_stride = 0 if full_rows is None else full_rows.req_to_token.stride(0)
         _compressed_decode_split_kernel[(batch * self.num_kv_heads, self.num_splits)](
-            q, k_cache, v_cache, kept_indices, kept_lengths, part_out, part_lse, out, lse,
+            q, k_cache, v_cache, kept_indices, kept_lengths, part_out, part_lse, out, lse, *rows,
             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
             kept_indices.stride(0), kept_indices.stride(1), kept_lengths.stride(0), kept_lengths.stride(1),
-            out.stride(0), out.stride(1), lse.stride(0), lse.stride(1),
+            out.stride(0), out.stride(1), lse.stride(0), lse.stride(1), row_stride,
             self.num_kv_heads, num_q_heads, self.max_kept, self.chunk, self.num_splits, self.qk_scale,
             **self.split_constants,
         )

@@ -36,7 +36,7 @@ from ..reference import compressed_decode_reference
 from . import compat
 from .attention import sparse_chunk_attention
 from .kernel_path import DecodeBatch, KernelDecodeTables, kernels_wanted, prefill_chunk
-from .state import STORE, ChunkPlan, StateStore, chunk_block_pairs, compress_layer, plan_chunk
+from .state import STORE, ChunkPlan, StateStore, compress_layer, dense_pair_count, plan_chunk, plan_pair_counts
 
 logger = logging.getLogger("entropyinfer_sgl.sglang")
 
@@ -167,17 +167,14 @@ class EntropyInferAttnBackend(_AttentionBackend):
 
     def _stack_kernel_tables(self, batch: compat.BatchView) -> DecodeBatch | None:
         """Append this step's token to every compressed request's tables, then stack them (once per step)."""
-        entries = []
-        table_rows = None
+        table_rows = compat.req_to_token(self.req_to_token_pool)
+        tables = []
         for info in self._infos:
-            tables = info.state.kernel_tables
-            if tables is None:
-                continue
-            if tables.end < info.seq_len:
-                table_rows = compat.req_to_token(self.req_to_token_pool) if table_rows is None else table_rows
-                tables.append_until(info.seq_len, table_rows[info.row, tables.end:info.seq_len])
-            entries.append((info.index, tables))
-        return DecodeBatch.stack(entries, len(batch.rids))
+            kernel_tables = info.state.kernel_tables
+            if kernel_tables is not None and kernel_tables.end < info.seq_len:
+                kernel_tables.append_until(info.seq_len, table_rows[info.row, kernel_tables.end:info.seq_len])
+            tables.append(kernel_tables)
+        return DecodeBatch.stack(tables, lambda: (table_rows, *compat.batch_row_tensors(batch)))
 
     def _compress(self, info: _RequestInfo, in_cache: int) -> None:
         st = info.state
@@ -269,8 +266,12 @@ class EntropyInferAttnBackend(_AttentionBackend):
             if result.rigid is not None:
                 st.stats.rigid_heads += int(result.rigid.sum())
                 st.stats.typed_heads += int(result.rigid.numel())
-            computed, dense = chunk_block_pairs(result.plan if is_sparse else None, info.prefix_len, info.seq_len,
-                                                lv.num_kv_heads, cfg.segment_size_tokens, cfg.block_size_tokens)
+            if is_sparse:
+                computed_t, dense = plan_pair_counts(result.plan, info.prefix_len)
+                computed = float(computed_t)
+            else:
+                computed = dense = dense_pair_count(info.prefix_len, info.seq_len, lv.num_kv_heads,
+                                                    cfg.segment_size_tokens, cfg.block_size_tokens)
             st.stats.prefill_pairs_computed += computed
             st.stats.prefill_pairs_dense += dense
             if is_sparse:
@@ -331,7 +332,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
             st.add_device_stats(result.pairs_computed, result.rigid)
             if result.out is None:
                 st.stats.dense_chunks += 1
-                dense = _dense_pairs(info, lv.num_kv_heads, cfg)
+                dense = dense_pair_count(info.prefix_len, info.seq_len, lv.num_kv_heads, cfg.segment_size_tokens,
+                                         cfg.block_size_tokens)
                 st.stats.prefill_pairs_computed += dense
                 st.stats.prefill_pairs_dense += dense
                 continue
@@ -395,29 +397,13 @@ class EntropyInferAttnBackend(_AttentionBackend):
 
     def _forward_decode_kernels(self, q, k, v, layer, forward_batch, lv: compat.LayerView, q3: torch.Tensor,
                                 supported: bool, save_kv_cache=True, **kwargs):
-        """The kernel path of `forward_decode`: compressed requests read their tables with `compressed_decode`."""
+        """The kernel path of `forward_decode`: once a request of the batch is compressed, the whole batch decodes
+        through `compressed_decode` (kept slots, or the whole row for requests not compressed yet)."""
         decode_batch = self._decode_batch if supported else None
-        members = [] if decode_batch is None else decode_batch.rows_at(lv.layer_id)
-        if not members:
+        if decode_batch is None:  # no compressed request in the batch (or a layer the method does not support)
             return self.inner.forward_decode(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
-        if len(members) < q3.shape[0]:  # some requests still read the whole cache: the dense backend for all
-            out = self.inner.forward_decode(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
-            out3 = out.view(q3.shape[0], lv.num_q_heads, lv.v_head_dim)
-        else:
-            if save_kv_cache and k is not None and v is not None:
-                compat.write_kv(self.inner, layer, forward_batch, k, v)
-            out3 = None
+        if save_kv_cache and k is not None and v is not None:
+            compat.write_kv(self.inner, layer, forward_batch, k, v)
         k_buf, v_buf = compat.kv_buffers(self.token_to_kv_pool, lv.layer_id)
-        tabled_out, rows = decode_batch.attend(q3, k_buf, v_buf, lv.layer_id, lv.scaling)
-        if out3 is None:
-            out3 = tabled_out
-        else:
-            out3[torch.tensor(rows, dtype=torch.int64, device=out3.device)] = tabled_out
+        out3 = decode_batch.attend(q3, k_buf, v_buf, lv.layer_id, lv.scaling)
         return out3.reshape(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
-
-
-def _dense_pairs(info: _RequestInfo, num_kv_heads: int, config: EntropyInferConfig) -> float:
-    """Causal (query block, key block) pairs of a chunk run dense, over its segments and all kv heads."""
-    _, dense = chunk_block_pairs(None, info.prefix_len, info.seq_len, num_kv_heads, config.segment_size_tokens,
-                                 config.block_size_tokens)
-    return dense

@@ -536,6 +536,12 @@ class BatchView:
     has_rids: bool  # False for batches SGLang builds without requests (the backend then stays dense)
 
 
+def batch_row_tensors(batch: BatchView):
+    """(req_pool_indices, seq_lens) of the batch as device tensors (`[B]` each; seq_lens count the new token)."""
+    fb = batch.forward_batch
+    return fb.req_pool_indices, fb.seq_lens
+
+
 def batch_view(forward_batch: Any) -> BatchView:
     mode_obj = forward_batch.forward_mode
     if mode_obj.is_idle():

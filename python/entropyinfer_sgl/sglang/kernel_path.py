@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..config import EntropyInferConfig
 from ..device_plan import plan_prefill_device
 from ..plan import PrefillPlan, sparse_segment_mask
-from .state import ChunkTyping, DecodeTable, plan_chunk
+from .state import ChunkTyping, DecodeTable, plan_chunk, plan_pair_counts
 
 ENV_USE_KERNELS = "ENTROPYINFER_USE_KERNELS"
 TABLE_GRANULE_TOKENS = 256  # decode table capacities are rounded up to this (fewer re-allocations and shapes)
@@ -55,27 +55,6 @@ class ChunkResult:
     pairs_dense: float  # the same for dense attention (host arithmetic)
     sparse: bool  # some segment of the chunk runs sparse (host-known from the length gate and the chunk's end)
     reason: str | None  # why there is no plan
-
-
-def plan_pair_counts(plan: PrefillPlan, prefix_len: int) -> tuple[torch.Tensor, float]:
-    """(computed, dense) causal (query block, key block) pairs of the segments from `prefix_len` on, all kv heads.
-
-    computed is a float64 device scalar (read from `plan.indptr`, no host sync); dense is host arithmetic.
-    """
-    segment, block = plan.segment_size_tokens, plan.block_size_tokens
-    bps = segment // block
-    num_key_blocks = -(-plan.seq_len_tokens // block)
-    seg = torch.arange(prefix_len // segment, plan.num_segments, dtype=torch.float64)
-    own_start = seg * bps
-    own = torch.clamp((seg + 1) * bps, max=num_key_blocks) - own_start
-    diagonal = own * (own + 1) / 2
-    dense = float((own_start * own + diagonal).sum()) * plan.num_kv_heads
-    rows = (torch.arange(plan.num_kv_heads)[:, None] * plan.num_segments + seg.to(torch.int64)[None, :]).flatten()
-    rows = rows.to(plan.indptr.device)
-    row_len = (plan.indptr[rows + 1] - plan.indptr[rows]).to(torch.float64).view(plan.num_kv_heads, -1)
-    own_d, diagonal_d = own.to(row_len.device), diagonal.to(row_len.device)
-    computed = ((row_len - own_d[None, :]) * own_d[None, :] + diagonal_d[None, :]).sum()
-    return computed, dense
 
 
 def chunk_has_sparse_segment(prefix_len: int, seq_len: int, config: EntropyInferConfig, layer_idx: int) -> bool:
@@ -169,60 +148,50 @@ class KernelDecodeTables:
 
 
 class DecodeBatch:
-    """The compressed requests of one decode step, stacked once per step (layers only take views).
+    """The decode tables of one step's batch, stacked once per step (layers only take views), when at least one
+    request of the batch is compressed. Every request then decodes through `compressed_decode`, in one launch per
+    layer: a request with a table at that layer reads its kept slots, any other reads its whole `req_to_token` row
+    (`FullRows`; skipped when every request has a table at every layer).
 
-    rows: host batch rows of the requests with tables; slots `[Bt, layers, Hkv, cap]`, lengths `[Bt, layers, Hkv]`;
-    covered: host `[Bt][layers]`, whether request j has a table at a layer (False: it runs dense there).
-    The first layer validates its inputs through `compressed_decode`'s checks and plans one `DecodeLaunch`; later
-    layers of the step with the same requests replay it (the per-layer cost is one or two kernel launches).
+    slots `[B, layers, Hkv, cap]`, lengths `[B, layers, Hkv]` (zeros for requests without tables); use_kept
+    `[layers, B]` bool. The first layer validates its inputs through `compressed_decode`'s checks and plans one
+    `DecodeLaunch`; the other layers replay it.
     """
 
-    def __init__(self, rows: list[int], slots: torch.Tensor, lengths: torch.Tensor, covered: list[list[bool]],
-                 batch_size: int):
-        self.rows, self.slots, self.lengths, self.covered = rows, slots, lengths, covered
-        self.all_covered = [all(c[layer] for c in covered) for layer in range(slots.shape[1])]
-        self.whole_batch = rows == list(range(batch_size))
+    def __init__(self, slots: torch.Tensor, lengths: torch.Tensor, use_kept: torch.Tensor | None,
+                 rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None):
+        self.slots, self.lengths, self.use_kept, self.rows = slots, lengths, use_kept, rows
         self._launch = None
-        self._q_rows = None if self.whole_batch else torch.tensor(rows, dtype=torch.int64, device=slots.device)
 
     @classmethod
-    def stack(cls, entries: list[tuple[int, KernelDecodeTables]], batch_size: int) -> "DecodeBatch | None":
-        if not entries:
+    def stack(cls, tables: list[KernelDecodeTables | None], row_tensors) -> "DecodeBatch | None":
+        """tables: per batch row, its tables or None (not compressed); row_tensors: a callable returning
+        (req_to_token int32 `[rows, max_context]`, req_pool_indices `[B]`, seq_lens `[B]`), called only for a
+        mixed batch."""
+        present = [t for t in tables if t is not None]
+        if not present:
             return None
-        capacity = max(t.capacity for _, t in entries)
-        slots = torch.stack([F.pad(t.slots, (0, capacity - t.capacity)) for _, t in entries])
-        lengths = torch.stack([t.lengths for _, t in entries])
-        return cls([row for row, _ in entries], slots, lengths, [t.covered for _, t in entries], batch_size)
+        template = present[0]
+        capacity = max(t.capacity for t in present)
+        slots = torch.stack([F.pad(t.slots, (0, capacity - t.capacity)) if t is not None
+                             else template.slots.new_zeros(template.slots.shape[:2] + (capacity,)) for t in tables])
+        lengths = torch.stack([t.lengths if t is not None else torch.zeros_like(template.lengths) for t in tables])
+        num_layers = template.slots.shape[0]
+        covered = [[t is not None and t.covered[layer] for t in tables] for layer in range(num_layers)]
+        if all(all(row) for row in covered):
+            return cls(slots, lengths, None, None)
+        use_kept = torch.tensor(covered, dtype=torch.bool).to(slots.device, non_blocking=True)
+        return cls(slots, lengths, use_kept, row_tensors())
 
-    def rows_at(self, layer_id: int) -> list[int]:
-        """Positions in `rows` of the requests that have a table at this layer."""
-        if self.all_covered[layer_id]:
-            return list(range(len(self.rows)))
-        return [j for j, covered in enumerate(self.covered) if covered[layer_id]]
-
-    def attend(self, q3: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, layer_id: int, scale: float
-               ) -> tuple[torch.Tensor | None, list[int]]:
-        """Decode attention at one layer for the requests with a table there.
-
-        Returns (out `[n, Hq, D]` in q's dtype, their batch rows), or (None, []) when none has a table.
-        """
-        from ..kernels.compressed_decode import DecodeLaunch, compressed_decode
+    def attend(self, q3: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, layer_id: int,
+               scale: float) -> torch.Tensor:
+        """Decode attention of every request of the batch at one layer: `[B, Hq, D]` in q's dtype."""
+        from ..kernels.compressed_decode import DecodeLaunch, FullRows, compressed_decode
 
         slots, lengths = self.slots[:, layer_id], self.lengths[:, layer_id]
-        if self.all_covered[layer_id]:  # the common case: replay one planned launch
-            q = q3 if self.whole_batch else q3.index_select(0, self._q_rows)
-            if self._launch is None:
-                out, _ = compressed_decode(q, k_buf, v_buf, slots, lengths, scale=scale)  # validates once
-                self._launch = DecodeLaunch(q, k_buf, v_buf, slots, scale=scale)
-            else:
-                out, _ = self._launch.run(q, k_buf, v_buf, slots, lengths)
-            return out, self.rows
-        members = self.rows_at(layer_id)
-        if not members:
-            return None, []
-        rows = [self.rows[j] for j in members]
-        pick = torch.tensor(members, dtype=torch.int64, device=slots.device)
-        q = q3.index_select(0, torch.tensor(rows, dtype=torch.int64, device=q3.device))
-        out, _ = compressed_decode(q, k_buf, v_buf, slots.index_select(0, pick), lengths.index_select(0, pick),
-                                   scale=scale)
-        return out, rows
+        full_rows = None if self.rows is None else FullRows(*self.rows, self.use_kept[layer_id])
+        if self._launch is None:
+            out, _ = compressed_decode(q3, k_buf, v_buf, slots, lengths, scale=scale, full_rows=full_rows)
+            self._launch = DecodeLaunch(q3, k_buf, v_buf, slots, scale=scale, full_rows=full_rows)
+            return out
+        return self._launch.run(q3, k_buf, v_buf, slots, lengths, full_rows=full_rows)[0]

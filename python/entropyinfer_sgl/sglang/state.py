@@ -176,24 +176,34 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
     return ChunkPlan(plan, carried, p, rigid, None)
 
 
-def chunk_block_pairs(plan: PrefillPlan | None, prefix_len: int, seq_len: int, num_kv_heads: int,
-                      segment: int, block: int) -> tuple[float, float]:
-    """(computed, dense) causal (query block, key block) pairs of a chunk's segments, over all kv heads."""
+def dense_pair_count(prefix_len: int, seq_len: int, num_kv_heads: int, segment: int, block: int) -> float:
+    """Causal (query block, key block) pairs dense attention computes for the segments from `prefix_len` on."""
     bps = segment // block
     num_key_blocks = -(-seq_len // block)
-    computed = dense = 0.0
-    for s in range(prefix_len // segment, -(-seq_len // segment)):
-        own_start = s * bps
-        own = min((s + 1) * bps, num_key_blocks) - own_start
-        full = own_start * own + own * (own + 1) / 2
-        dense += full * num_kv_heads
-        if plan is None:
-            computed += full * num_kv_heads
-            continue
-        for h in range(num_kv_heads):
-            r = h * plan.num_segments + s
-            row_len = int(plan.indptr[r + 1]) - int(plan.indptr[r])
-            computed += (row_len - own) * own + own * (own + 1) / 2
+    seg = torch.arange(prefix_len // segment, -(-seq_len // segment), dtype=torch.float64)
+    own_start = seg * bps
+    own = torch.clamp((seg + 1) * bps, max=num_key_blocks) - own_start
+    return float((own_start * own + own * (own + 1) / 2).sum()) * num_kv_heads
+
+
+def plan_pair_counts(plan: PrefillPlan, prefix_len: int) -> tuple[torch.Tensor, float]:
+    """(computed, dense) causal block pairs of the plan's segments from `prefix_len` on, over all kv heads.
+
+    computed is a float64 scalar on the plan's device (read from `plan.indptr`: no host sync); dense is host
+    arithmetic. A row of `n` blocks whose last `own` are the segment's own computes `(n - own) * own` pairs with
+    earlier blocks plus the causal triangle of its own blocks.
+    """
+    segment, block = plan.segment_size_tokens, plan.block_size_tokens
+    bps = segment // block
+    num_key_blocks = -(-plan.seq_len_tokens // block)
+    seg = torch.arange(prefix_len // segment, plan.num_segments)
+    own = (torch.clamp((seg + 1) * bps, max=num_key_blocks) - seg * bps).to(torch.float64)
+    rows = (torch.arange(plan.num_kv_heads)[:, None] * plan.num_segments + seg[None, :]).flatten()
+    rows = rows.to(plan.indptr.device)
+    row_len = (plan.indptr[rows + 1] - plan.indptr[rows]).to(torch.float64).view(plan.num_kv_heads, -1)
+    own = own.to(row_len.device)[None, :]
+    computed = ((row_len - own) * own + own * (own + 1) / 2).sum()
+    dense = dense_pair_count(prefix_len, plan.seq_len_tokens, plan.num_kv_heads, segment, block)
     return computed, dense
 
 
