@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..config import EntropyInferConfig
 from ..device_plan import plan_prefill_device
-from ..plan import PrefillPlan, sparse_segment_mask
+from ..plan import sparse_segment_mask
 from .state import ChunkTyping, DecodeTable, plan_chunk, plan_pair_counts
 
 ENV_USE_KERNELS = "ENTROPYINFER_USE_KERNELS"
