@@ -125,7 +125,7 @@ def _compressed_requests(k_pool, row_slots, events, final, generator):
             window = torch.randn(8, 4, 16, generator=generator).to(DEVICE)
             per_layer[layer], _, _ = compress_layer(window, keys, None, CFG)
         tables[r] = per_layer
-        kernel[r] = KernelDecodeTables(per_layer, row_slots[r][:n], 3, 2, n)
+        kernel[r] = KernelDecodeTables(per_layer, row_slots[r][:n], 3, n)
         first_capacity = kernel[r].capacity
         kernel[r].append_until(final[r], row_slots[r][n:final[r]])
         kernel[r].append_until(final[r], row_slots[r][:0])  # idempotent

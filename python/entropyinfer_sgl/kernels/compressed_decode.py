@@ -235,12 +235,19 @@ def compressed_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     out [B, Hq, D] in q's dtype; lse float32 [B, Hq], natural log. Matches
     `entropyinfer_sgl.reference.compressed_decode_reference` per request.
     """
-    _check_inputs(q, k_cache, v_cache, kept_indices, kept_lengths)
-    extra = () if full_rows is None else _check_full_rows(full_rows, q.shape[0], kept_indices)
-    check_kernel_device(q, k_cache, v_cache, kept_indices, kept_lengths, *extra, kernels=_KERNELS)
+    check_decode_inputs(q, k_cache, v_cache, kept_indices, kept_lengths, full_rows=full_rows)
     launch = DecodeLaunch(q, k_cache, v_cache, kept_indices, scale=scale, num_splits=num_splits, config=config,
                           full_rows=full_rows)
     return launch.run(q, k_cache, v_cache, kept_indices, kept_lengths, full_rows=full_rows)
+
+
+def check_decode_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kept_indices: torch.Tensor,
+                        kept_lengths: torch.Tensor, *, full_rows: FullRows | None = None) -> None:
+    """`compressed_decode`'s input checks (shapes, dtypes, devices, the kernels' mode), for callers that plan a
+    `DecodeLaunch` themselves."""
+    _check_inputs(q, k_cache, v_cache, kept_indices, kept_lengths)
+    extra = () if full_rows is None else _check_full_rows(full_rows, q.shape[0], kept_indices)
+    check_kernel_device(q, k_cache, v_cache, kept_indices, kept_lengths, *extra, kernels=_KERNELS)
 
 
 def _check_full_rows(rows: FullRows, batch: int, kept_indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -264,7 +271,7 @@ class DecodeLaunch:
     shapes (the serving decode path: every layer of a step has the same batch, heads and table width).
 
     `__init__` does the heuristics and allocates the split buffers; `run` only launches (no validation: the
-    caller validated one call with `compressed_decode`'s checks or builds the tensors itself). Runs on one CUDA
+    caller ran `check_decode_inputs` on one set of tensors or builds the tensors itself). Runs on one CUDA
     stream reuse the split buffers safely (stream order).
     """
 

@@ -194,8 +194,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
             st.stats.entries_kept += int(kept.sum())
             events += 1
         if self.use_kernels:
-            st.kernel_tables = None if not st.tables else KernelDecodeTables(
-                st.tables, slots, self.num_layers, next(iter(st.tables.values())).positions.shape[0], in_cache)
+            st.kernel_tables = KernelDecodeTables(st.tables, slots, self.num_layers, in_cache) if st.tables else None
         if self.config.decode_evict_interval_steps == 0:
             st.window.clear()  # no later event: the observation windows are not needed any more
             st.window_end.clear()
@@ -267,18 +266,11 @@ class EntropyInferAttnBackend(_AttentionBackend):
                 st.stats.rigid_heads += int(result.rigid.sum())
                 st.stats.typed_heads += int(result.rigid.numel())
             if is_sparse:
-                computed_t, dense = plan_pair_counts(result.plan, info.prefix_len)
-                computed = float(computed_t)
-            else:
-                computed = dense = dense_pair_count(info.prefix_len, info.seq_len, lv.num_kv_heads,
-                                                    cfg.segment_size_tokens, cfg.block_size_tokens)
-            st.stats.prefill_pairs_computed += computed
-            st.stats.prefill_pairs_dense += dense
-            if is_sparse:
-                st.stats.sparse_chunks += 1
+                computed, dense = plan_pair_counts(result.plan, info.prefix_len)
+                st.stats.add_chunk(sparse=True, pairs_computed=float(computed), pairs_dense=dense)
                 sparse[info.index] = (result, k_all, v_buf[slots].to(q3.dtype))
             else:
-                st.stats.dense_chunks += 1
+                self._add_dense_chunk(info, lv)
         if not sparse:
             return self.inner.forward_extend(q, k, v, layer, forward_batch, save_kv_cache=False, **kwargs)
 
@@ -295,6 +287,11 @@ class EntropyInferAttnBackend(_AttentionBackend):
             out3[rows] = sparse_chunk_attention(q3[rows], k_all, v_all, result.plan, prefix_len=info.prefix_len,
                                                 scale=lv.scaling)
         return out3.view(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
+
+    def _add_dense_chunk(self, info: _RequestInfo, lv: compat.LayerView) -> None:
+        dense = dense_pair_count(info.prefix_len, info.seq_len, lv.num_kv_heads, self.config.segment_size_tokens,
+                                 self.config.block_size_tokens)
+        info.state.stats.add_chunk(sparse=False, pairs_computed=dense, pairs_dense=dense)
 
     def _forward_extend_kernels(self, q, k, v, layer, forward_batch, lv: compat.LayerView, q3: torch.Tensor,
                                 candidates: list[_RequestInfo], **kwargs):
@@ -331,14 +328,9 @@ class EntropyInferAttnBackend(_AttentionBackend):
                 st.stats.typed_heads += lv.num_kv_heads
             st.add_device_stats(result.pairs_computed, result.rigid)
             if result.out is None:
-                st.stats.dense_chunks += 1
-                dense = dense_pair_count(info.prefix_len, info.seq_len, lv.num_kv_heads, cfg.segment_size_tokens,
-                                         cfg.block_size_tokens)
-                st.stats.prefill_pairs_computed += dense
-                st.stats.prefill_pairs_dense += dense
+                self._add_dense_chunk(info, lv)
                 continue
-            st.stats.sparse_chunks += 1
-            st.stats.prefill_pairs_dense += result.pairs_dense
+            st.stats.add_chunk(sparse=True, pairs_computed=0.0, pairs_dense=result.pairs_dense)  # computed: on device
             if out3 is None:
                 out3 = q3.new_empty(q3.shape[0], lv.num_q_heads, lv.v_head_dim)
             out3[rows] = result.out

@@ -108,9 +108,11 @@ class KernelDecodeTables:
     covered: host bool per layer (False: that layer has no table and runs dense).
     """
 
-    def __init__(self, tables: dict[int, DecodeTable], row_slots: torch.Tensor, num_layers: int,
-                 num_kv_heads: int, end: int):
+    def __init__(self, tables: dict[int, DecodeTable], row_slots: torch.Tensor, num_layers: int, end: int):
+        if not tables:
+            raise ValueError("KernelDecodeTables needs at least one layer's DecodeTable")
         device = row_slots.device
+        num_kv_heads = next(iter(tables.values())).positions.shape[0]
         longest = max((int(t.lengths.max()) for t in tables.values()), default=0)
         capacity = _round_up(longest + 1)
         self.slots = torch.zeros(num_layers, num_kv_heads, capacity, dtype=torch.int32, device=device)
@@ -154,8 +156,8 @@ class DecodeBatch:
     (`FullRows`; skipped when every request has a table at every layer).
 
     slots `[B, layers, Hkv, cap]`, lengths `[B, layers, Hkv]` (zeros for requests without tables); use_kept
-    `[layers, B]` bool. The first layer validates its inputs through `compressed_decode`'s checks and plans one
-    `DecodeLaunch`; the other layers replay it.
+    `[layers, B]` bool. The first layer checks its inputs (`check_decode_inputs`) and plans one `DecodeLaunch`;
+    every layer runs it.
     """
 
     def __init__(self, slots: torch.Tensor, lengths: torch.Tensor, use_kept: torch.Tensor | None,
@@ -186,12 +188,11 @@ class DecodeBatch:
     def attend(self, q3: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, layer_id: int,
                scale: float) -> torch.Tensor:
         """Decode attention of every request of the batch at one layer: `[B, Hq, D]` in q's dtype."""
-        from ..kernels.compressed_decode import DecodeLaunch, FullRows, compressed_decode
+        from ..kernels.compressed_decode import DecodeLaunch, FullRows, check_decode_inputs
 
         slots, lengths = self.slots[:, layer_id], self.lengths[:, layer_id]
         full_rows = None if self.rows is None else FullRows(*self.rows, self.use_kept[layer_id])
         if self._launch is None:
-            out, _ = compressed_decode(q3, k_buf, v_buf, slots, lengths, scale=scale, full_rows=full_rows)
+            check_decode_inputs(q3, k_buf, v_buf, slots, lengths, full_rows=full_rows)
             self._launch = DecodeLaunch(q3, k_buf, v_buf, slots, scale=scale, full_rows=full_rows)
-            return out
         return self._launch.run(q3, k_buf, v_buf, slots, lengths, full_rows=full_rows)[0]

@@ -320,6 +320,15 @@ class RequestStats:
     def kv_kept_fraction(self) -> float | None:
         return self.entries_kept / self.entries_before if self.entries_before else None
 
+    def add_chunk(self, *, sparse: bool, pairs_computed: float, pairs_dense: float) -> None:
+        """One prefill chunk x layer: run block-sparse or dense, with its causal block pairs (computed / dense)."""
+        if sparse:
+            self.sparse_chunks += 1
+        else:
+            self.dense_chunks += 1
+        self.prefill_pairs_computed += pairs_computed
+        self.prefill_pairs_dense += pairs_dense
+
     def add(self, other: "RequestStats") -> None:
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
