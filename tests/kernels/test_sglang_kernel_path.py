@@ -70,6 +70,16 @@ def test_head_slices_of_a_fused_projection(generator):
     assert torch.equal(strided.out, packed.out)
 
 
+def test_unpacked_head_rows_and_empty_tables_are_refused(generator):
+    from entropyinfer_sgl.kernels.entropy_profile import block_scores_and_entropy
+
+    q, k, _ = _qkv(96, generator)
+    with pytest.raises(ValueError, match="packed \\[heads, head_dim\\] rows"):
+        block_scores_and_entropy(q.transpose(0, 1).contiguous().transpose(0, 1), k, CFG)  # heads not packed
+    with pytest.raises(ValueError, match="at least one layer"):
+        KernelDecodeTables({}, torch.arange(10, device=DEVICE), 2, 10)
+
+
 def test_chunks_after_a_prefix_match_the_reference_path(generator):
     """Chunked prefill: the kernel path gives the reference path's rows and typing chunk by chunk."""
     seq_len = 230
