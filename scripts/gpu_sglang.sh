@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # SGLang end to end on the H200 (issue 5), from the repository root:
-#   bash scripts/gpu_sglang.sh [tests] [one_batch] [serving]      (default: all three)
+#   bash scripts/gpu_sglang.sh [tests] [one_batch] [dense_graph] [ei_graph] [serving]  (default: tests one_batch serving)
 # - tests: the kernel path's GPU tests (tests/kernels, bf16);
 # - one_batch: `bench_one_batch` (batch 1, eager: --disable-cuda-graph) at $LENS tokens, dense FlashInfer vs
 #   --enable-entropyinfer with each config of $CONFIGS (name=JSON; default: the default config, budgets forced to
 #   β, forced to 3β);
 # - dense_graph: dense FlashInfer with CUDA graphs on (SGLang's default decode), for the decode baseline;
-# - serving: `bench_serving` with a mixed-length random workload against a server, dense vs the default config.
+# - ei_graph: --enable-entropyinfer (default config) with CUDA-graph decode (SGLang's default decode);
+# - serving: `bench_serving` with a mixed-length random workload against a server, dense vs the default config,
+#   both with SGLang's default decode CUDA graphs (SERVING_EAGER=1: both eager).
 # Model: the Llama-3.1-8B-geometry dummy (../shared/device/llama8b_dummy copied to .carry/, --load-format dummy).
 # Results: $OUT/one_batch.log, $OUT/serving.log (full output), $OUT/summary.txt (the figures' lines).
 set -uo pipefail
@@ -43,11 +45,14 @@ for stage in $STAGES; do
   case $stage in
     tests)
       timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider --maxfail=10 -rs \
-        tests/kernels/test_sglang_kernel_path.py tests/kernels/test_sparse_prefill.py -k "prefix or kernel_path or gpu" \
+        tests/kernels/test_sglang_kernel_path.py tests/kernels/test_sparse_prefill.py tests/kernels/test_compressed_decode.py \
+        -k "prefix or kernel_path or gpu or arena or pool_rows or max_kept" \
         2>&1 | tee "$OUT/gpu_tests.log" | tail -5
       tail -3 "$OUT/gpu_tests.log" | sed 's/^/tests: /' >> "$SUMMARY" ;;
     dense_graph)
       GRAPH=1 one_batch dense_graph --attention-backend "$DENSE_BACKEND" ;;
+    ei_graph)
+      GRAPH=1 one_batch ei_graph --enable-entropyinfer ;;
     one_batch)
       [ "${SKIP_DENSE:-0}" = 1 ] || one_batch dense --attention-backend "$DENSE_BACKEND"
       python3 - "$CONFIGS" > "$OUT/configs.tmp" <<'PY'
@@ -60,12 +65,14 @@ PY
       done < "$OUT/configs.tmp"
       rm -f "$OUT/configs.tmp" ;;
     serving)
+      serving_graph=()
+      [ "${SERVING_EAGER:-0}" = 1 ] && serving_graph=(--disable-cuda-graph)
       for variant in dense entropyinfer; do
         port=$((30000 + RANDOM % 1000))
         extra=(--attention-backend "$DENSE_BACKEND")
         [ "$variant" = entropyinfer ] && extra=(--enable-entropyinfer)
         python3 -m entropyinfer_sgl.sglang.launch_server --model-path "$MODEL" --load-format dummy \
-          --disable-cuda-graph --context-length "$CONTEXT_LEN" --mem-fraction-static 0.85 --port "$port" \
+          "${serving_graph[@]}" --context-length "$CONTEXT_LEN" --mem-fraction-static 0.85 --port "$port" \
           --host 127.0.0.1 "${EXTRA[@]}" "${extra[@]}" > "$OUT/server_$variant.tmp" 2>&1 &
         pid=$!
         for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 1; done

@@ -131,6 +131,17 @@ class DecodeCompressionPlan:
         return 1.0 - self.kv_kept_fraction
 
 
+def max_kept_per_head_tokens(config: EntropyInferConfig, num_kv_heads: int) -> int:
+    """The most entries one kv head can keep after a compression event (`plan_decode_compression`): the decode
+    budget, or with AdaKV budgets what is left when every other head of the layer keeps only its floor."""
+    protected = config.sink_tokens + config.local_window_tokens
+    if not config.adaptive_decode_budgets:
+        return config.decode_budget_tokens
+    per_head = config.decode_budget_tokens - protected
+    floor = math.floor(config.head_budget_floor_fraction * per_head)
+    return protected + num_kv_heads * per_head - (num_kv_heads - 1) * floor
+
+
 def plan_decode_compression(scores: torch.Tensor, config: EntropyInferConfig, *,
                             backend: PlannerBackend = "torch") -> DecodeCompressionPlan:
     """Turn observation scores `[Hkv, T]` into per-kv-head kept indices (uniform or AdaKV budgets)."""

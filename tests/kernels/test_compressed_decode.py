@@ -14,7 +14,7 @@ from entropyinfer_sgl.reference import compressed_decode_reference
 from .conftest import DEVICE, requires_cuda
 from .kernel_testing import assert_attention_close
 
-from entropyinfer_sgl.kernels import FullRows, LaunchConfig, compressed_decode, decode_num_splits  # noqa: E402
+from entropyinfer_sgl.kernels import PoolRows, LaunchConfig, compressed_decode, decode_num_splits  # noqa: E402
 
 CPU_DTYPES = [torch.float32, torch.float16]
 
@@ -131,42 +131,66 @@ def test_plans_from_decode_compression_on_a_scattered_cache(adaptive, generator)
 
 @pytest.mark.parametrize("num_splits", [1, 3, None])
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=["fp32", "fp16"])
-def test_mixed_batch_of_kept_tables_and_whole_rows(num_splits, dtype, generator):
-    """Requests 0 and 2 read their kept tables, 1 and 3 their whole req_to_token row (0 .. seq_len-1)."""
-    batch, num_q_heads, num_kv_heads, head_dim, slots, max_kept = 4, 8, 2, 16, 400, 40
-    q, k_cache, v_cache, indices, lengths = random_case(batch, num_q_heads, num_kv_heads, head_dim, slots, max_kept,
-                                                        generator=generator, dtype=dtype)
+def test_pool_rows_read_kept_tables_then_row_tails(num_splits, dtype, generator):
+    """Serving mode: request 0 reads table 2 then its row from the table's tail, 1 has no table (whole row), 2 reads
+    table 0 with nothing appended since, 3 reads table 1, which keeps nothing at this layer (tail 0: whole row)."""
+    num_tables, num_q_heads, num_kv_heads, head_dim, slots, max_kept = 3, 8, 2, 16, 400, 40
+    q, k_cache, v_cache, indices, lengths = random_case(num_tables, num_q_heads, num_kv_heads, head_dim, slots,
+                                                        max_kept, generator=generator, dtype=dtype)
+    q = torch.randn(4, num_q_heads, head_dim, generator=generator).to(device=DEVICE, dtype=dtype)
+    lengths[1] = 0
+    nan_row = torch.full((1, num_kv_heads, head_dim), float("nan"), dtype=dtype, device=DEVICE)
+    k_cache, v_cache = torch.cat([k_cache, nan_row]), torch.cat([v_cache, nan_row])  # slot `slots`: NaN K/V
     max_context = 120
     req_to_token = torch.stack([torch.randperm(slots, generator=generator)[:max_context] for _ in range(6)])
-    req_to_token = req_to_token.to(device=DEVICE, dtype=torch.int32)
     row_indices = torch.tensor([5, 0, 3, 2], device=DEVICE)
-    seq_lens = torch.tensor([0, 97, 0, 120], dtype=torch.int32, device=DEVICE)
-    use_kept = torch.tensor([True, False, True, False], device=DEVICE)
-    rows = FullRows(req_to_token, row_indices, seq_lens, use_kept)
-    out, lse = compressed_decode(q, k_cache, v_cache, indices, lengths, num_splits=num_splits, full_rows=rows)
-    expected_indices = indices.clone()
-    expected_indices = torch.nn.functional.pad(expected_indices, (0, max_context - max_kept), value=-1)
-    expected_lengths = lengths.clone()
-    for b in (1, 3):
-        n = int(seq_lens[b])
-        expected_indices[b, :, :n] = req_to_token[row_indices[b], :n]
-        expected_lengths[b] = n
+    seq_lens = torch.tensor([110, 97, 64, 120], dtype=torch.int32, device=DEVICE)
+    req_to_token[0, 97:] = slots  # past seq_len, and below the tails of rows with tables: never read
+    req_to_token[5, :100] = slots
+    req_to_token[3, :] = slots
+    req_to_token = req_to_token.to(device=DEVICE, dtype=torch.int32)
+    table_of_row = torch.full((6,), -1, dtype=torch.int32, device=DEVICE)
+    table_of_row[5], table_of_row[3], table_of_row[2] = 2, 0, 1
+    tail_starts = torch.tensor([[64, 7], [0, 7], [100, 7]], dtype=torch.int32, device=DEVICE)[:, 0]  # strided view
+    rows = PoolRows(req_to_token, row_indices, seq_lens, table_of_row, tail_starts)
+    out, lse = compressed_decode(q, k_cache, v_cache, indices, lengths, num_splits=num_splits, pool_rows=rows)
+
+    expected_indices = torch.full((4, num_kv_heads, max_kept + max_context), -1, dtype=torch.int32, device=DEVICE)
+    expected_lengths = torch.zeros(4, num_kv_heads, dtype=torch.int32, device=DEVICE)
+    for b, table in ((0, 2), (1, -1), (2, 0), (3, 1)):
+        row = req_to_token[row_indices[b]]
+        for h in range(num_kv_heads):
+            kept = indices[table, h, :int(lengths[table, h])] if table >= 0 else row[:0]
+            tail = int(tail_starts[table]) if table >= 0 else 0
+            entries = torch.cat([kept, row[tail:int(seq_lens[b])]])
+            expected_indices[b, h, :entries.numel()] = entries
+            expected_lengths[b, h] = entries.numel()
+    assert int(expected_lengths[2].max()) == int(lengths[0].max()) and int(expected_lengths[1, 0]) == 97
     assert_attention_close(out, lse, *reference(q, k_cache, v_cache, expected_indices, expected_lengths), dtype)
 
 
-def test_full_rows_are_checked(generator):
+def test_pool_rows_are_checked(generator):
     q, k_cache, v_cache, indices, lengths = random_case(2, 4, 2, 16, 50, 8, generator=generator)
     table = torch.zeros(3, 20, dtype=torch.int32, device=DEVICE)
     good = dict(row_indices=torch.zeros(2, dtype=torch.int64, device=DEVICE),
                 seq_lens=torch.ones(2, dtype=torch.int32, device=DEVICE),
-                use_kept=torch.zeros(2, dtype=torch.bool, device=DEVICE))
+                table_of_row=torch.full((3,), -1, dtype=torch.int32, device=DEVICE),
+                tail_starts=torch.zeros(2, dtype=torch.int32, device=DEVICE))
     with pytest.raises(ValueError, match="req_to_token must be int32"):
-        compressed_decode(q, k_cache, v_cache, indices, lengths, full_rows=FullRows(table.long(), **good))
+        compressed_decode(q, k_cache, v_cache, indices, lengths, pool_rows=PoolRows(table.long(), **good))
     with pytest.raises(ValueError, match="seq_lens must be"):
         compressed_decode(q, k_cache, v_cache, indices, lengths,
-                          full_rows=FullRows(table, **{**good, "seq_lens": good["seq_lens"][:1]}))
+                          pool_rows=PoolRows(table, **{**good, "seq_lens": good["seq_lens"][:1]}))
     with pytest.raises(ValueError, match="kept_indices must be int32"):
-        compressed_decode(q, k_cache, v_cache, indices.long(), lengths, full_rows=FullRows(table, **good))
+        compressed_decode(q, k_cache, v_cache, indices.long(), lengths, pool_rows=PoolRows(table, **good))
+    with pytest.raises(ValueError, match="table_of_row must be"):
+        compressed_decode(q, k_cache, v_cache, indices, lengths,
+                          pool_rows=PoolRows(table, **{**good, "table_of_row": good["table_of_row"][:2]}))
+    with pytest.raises(ValueError, match="tail_starts must be"):
+        compressed_decode(q, k_cache, v_cache, indices, lengths,
+                          pool_rows=PoolRows(table, **{**good, "tail_starts": good["tail_starts"][:1]}))
+    with pytest.raises(ValueError, match="kept_lengths must be"):
+        compressed_decode(q, k_cache, v_cache, indices, lengths[:1], pool_rows=PoolRows(table, **good))
 
 
 def test_num_splits_depend_on_shapes_only():

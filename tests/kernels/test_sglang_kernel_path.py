@@ -12,7 +12,8 @@ import torch
 from attention_inputs import structured_qk
 from entropyinfer_sgl import EntropyInferConfig, plan_prefill, profile_prefill, sparse_prefill_reference
 from entropyinfer_sgl.reference import compressed_decode_reference
-from entropyinfer_sgl.sglang.kernel_path import DecodeBatch, KernelDecodeTables, kernels_wanted, prefill_chunk
+from entropyinfer_sgl.decode import max_kept_per_head_tokens
+from entropyinfer_sgl.sglang.kernel_path import ArenaDecode, DecodeTableArena, kernels_wanted, prefill_chunk
 from entropyinfer_sgl.sglang.state import compress_layer, dense_pair_count, plan_chunk, plan_pair_counts
 
 from .conftest import DEVICE
@@ -76,8 +77,8 @@ def test_unpacked_head_rows_and_empty_tables_are_refused(generator):
     q, k, _ = _qkv(96, generator)
     with pytest.raises(ValueError, match="packed \\[heads, head_dim\\] rows"):
         block_scores_and_entropy(q.transpose(0, 1).contiguous().transpose(0, 1), k, CFG)  # heads not packed
-    with pytest.raises(ValueError, match="at least one layer"):
-        KernelDecodeTables({}, torch.arange(10, device=DEVICE), 2, 10)
+    with pytest.raises(ValueError, match="positive sizes"):
+        DecodeTableArena(0, 3, 2, 40, 4, DEVICE)
 
 
 def test_chunks_after_a_prefix_match_the_reference_path(generator):
@@ -125,70 +126,89 @@ def _pool(num_slots, generator):
     return k_pool.to(DEVICE), v_pool.to(DEVICE)
 
 
-def _compressed_requests(k_pool, row_slots, events, final, generator):
-    """Per request: its DecodeTables per layer and its KernelDecodeTables after appending up to `final`."""
-    tables, kernel = {}, {}
-    for r, n in events.items():
-        keys = k_pool[row_slots[r][:n]]
-        per_layer = {}
-        for layer in ((0, 1, 2) if r == 0 else (0, 2)):  # request 1 has no table at layer 1: it reads its whole row
-            window = torch.randn(8, 4, 16, generator=generator).to(DEVICE)
-            per_layer[layer], _, _ = compress_layer(window, keys, None, CFG)
-        tables[r] = per_layer
-        kernel[r] = KernelDecodeTables(per_layer, row_slots[r][:n], 3, n)
-        first_capacity = kernel[r].capacity
-        kernel[r].append_until(final[r], row_slots[r][n:final[r]])
-        kernel[r].append_until(final[r], row_slots[r][:0])  # idempotent
-        assert (kernel[r].capacity > first_capacity) == (r == 1)  # request 1 outgrows its first capacity
-    return tables, kernel
+def _compress(k_pool, slots, layers, generator, table=None):
+    """One compression event per layer over a request's first `slots.numel()` positions."""
+    per_layer = {}
+    for layer in layers:
+        window = torch.randn(8, 4, 16, generator=generator).to(DEVICE)
+        per_layer[layer], _, _ = compress_layer(window, k_pool[slots], None if table is None else table[layer], CFG)
+    return per_layer
 
 
-def test_decode_batch_mixes_kept_tables_and_whole_rows(generator):
-    """Batch rows: 0 = compressed request 0, 1 = a request not compressed yet, 2 = compressed request 1 (which has
-    no table at layer 1). Every row decodes in one launch per layer; the first layer plans, the others replay."""
+def _expected(q, k_pool, v_pool, tables, row_slots, seq_len, layer):
+    if tables is not None and layer in tables:
+        positions, lengths = tables[layer].visible(seq_len)
+        slots = row_slots[positions.to(DEVICE)]
+    else:
+        slots, lengths = row_slots[:seq_len].expand(2, -1), torch.full((2,), seq_len)
+    return compressed_decode_reference(q, k_pool, v_pool, slots, lengths, scale=SCALE)[0]
+
+
+def test_arena_decode_mixes_compressed_and_whole_rows(generator):
+    """Batch rows: 0 = request 0 (compressed, then re-compressed), 1 = a request not compressed yet, 2 = request
+    1 (compressed, no table at layer 1: it reads its whole row there). Every row decodes in one launch per layer
+    through the arena; appended tokens are read from the rows (nothing is appended to the tables)."""
     k_pool, v_pool = _pool(900, generator)
     perm = torch.randperm(900, generator=generator).to(DEVICE)
     row_slots = {0: perm[:300], 1: perm[300:700], 2: perm[700:900]}  # each request's position -> pool slot
-    events, final = {0: 150, 1: 120}, {0: 160, 1: 120 + 260, 2: 190}
-    tables, kernel = _compressed_requests(k_pool, row_slots, events, final, generator)
     req_to_token = torch.zeros(4, 400, dtype=torch.int32, device=DEVICE)
-    pool_rows = {0: 3, 1: 0, 2: 1}  # request -> its req_to_token row
+    rows = {0: 3, 1: 0, 2: 1}  # request -> its req_to_token row
     for r, slots in row_slots.items():
-        req_to_token[pool_rows[r], :slots.numel()] = slots.to(torch.int32)
+        req_to_token[rows[r], :slots.numel()] = slots.to(torch.int32)
+    cap = max_kept_per_head_tokens(CFG, 2)
+    arena = DecodeTableArena(2, 3, 2, cap, 4, DEVICE)
+    tables = {0: _compress(k_pool, row_slots[0][:150], (0, 1, 2), generator),
+              1: _compress(k_pool, row_slots[1][:120], (0, 2), generator)}
+    assert arena.assign(rows[0], None, tables[0], row_slots[0][:150], 150) == 0
+    assert arena.assign(rows[1], None, tables[1], row_slots[1][:120], 120) == 1
+    assert not arena.has_free_table and arena.assign(rows[2], None, tables[1], row_slots[1][:120], 120) is None
+    tables[0] = {layer: t for layer, t in zip((0, 1, 2), [_compress(k_pool, row_slots[0][:158], (layer,), generator,
+                                                                    {layer: tables[0][layer]})[layer]
+                                                          for layer in (0, 1, 2)])}
+    assert arena.assign(rows[0], 0, tables[0], row_slots[0][:158], 158) == 0  # re-compression: same table
+    final = {0: 170, 1: 120 + 260, 2: 190}
     order = (0, 2, 1)  # batch row -> request
     seq_lens = torch.tensor([final[r] for r in order], device=DEVICE)
-    row_indices = torch.tensor([pool_rows[r] for r in order], device=DEVICE)
-    batch = DecodeBatch.stack([kernel[0], None, kernel[1]], lambda: (req_to_token, row_indices, seq_lens))
-    assert batch.rows is not None
+    row_indices = torch.tensor([rows[r] for r in order], device=DEVICE)
+    decode = ArenaDecode(arena, req_to_token, row_indices, seq_lens)
     q3 = torch.randn(3, 4, 16, generator=generator).to(DEVICE)
     for layer in (0, 1, 2):
-        out = batch.attend(q3, k_pool, v_pool, layer, SCALE)
-        for row, r in enumerate(order):
-            if r in tables and layer in tables[r]:
-                positions, lengths = tables[r][layer].visible(final[r])
-                slots = row_slots[r][positions.to(DEVICE)]
-            else:
-                slots = row_slots[r][:final[r]].expand(2, -1)
-                lengths = torch.full((2,), final[r])
-            expected, _ = compressed_decode_reference(q3[row], k_pool, v_pool, slots, lengths, scale=SCALE)
-            torch.testing.assert_close(out[row], expected, atol=2e-5, rtol=1e-5)
+        out = decode.attend(q3, k_pool, v_pool, layer, SCALE)
+        for b, r in enumerate(order):
+            expected = _expected(q3[b], k_pool, v_pool, tables.get(r), row_slots[r], final[r], layer)
+            torch.testing.assert_close(out[b], expected, atol=2e-5, rtol=1e-5)
+    arena.release(rows[0], 0)  # request 0 finished: its row reads whole again, its table is free
+    arena.release(rows[0], 0)  # idempotent
+    assert arena.has_free_table and arena.tables_in_use == 1 and int(arena.table_of_row[rows[0]]) == -1
+    out = ArenaDecode(arena, req_to_token, row_indices[:1], seq_lens[:1]).attend(q3[:1], k_pool, v_pool, 0, SCALE)
+    expected = _expected(q3[0], k_pool, v_pool, None, row_slots[0], final[0], 0)
+    torch.testing.assert_close(out[0], expected, atol=2e-5, rtol=1e-5)
 
 
-def test_decode_batch_of_compressed_requests_only(generator):
-    k_pool, v_pool = _pool(700, generator)
-    perm = torch.randperm(700, generator=generator).to(DEVICE)
-    row_slots = {0: perm[:300], 1: perm[300:700]}
-    events, final = {0: 150}, {0: 170}
-    tables, kernel = _compressed_requests(k_pool, row_slots, events, final, generator)
-    batch = DecodeBatch.stack([kernel[0]], lambda: pytest.fail("a batch of compressed requests needs no rows"))
-    assert batch.rows is None and DecodeBatch.stack([None, None], lambda: None) is None
-    q3 = torch.randn(1, 4, 16, generator=generator).to(DEVICE)
-    for layer in (0, 1, 2):
-        positions, lengths = tables[0][layer].visible(final[0])
-        expected, _ = compressed_decode_reference(q3[0], k_pool, v_pool, row_slots[0][positions.to(DEVICE)], lengths,
-                                                  scale=SCALE)
-        torch.testing.assert_close(batch.attend(q3, k_pool, v_pool, layer, SCALE)[0], expected, atol=2e-5,
-                                   rtol=1e-5)
+def test_arena_refuses_foreign_tables_and_oversized_heads(generator):
+    k_pool, _ = _pool(300, generator)
+    slots = torch.randperm(300, generator=generator).to(DEVICE)[:150]
+    tables = _compress(k_pool, slots, (0,), generator)
+    arena = DecodeTableArena(2, 1, 2, max_kept_per_head_tokens(CFG, 2), 3, DEVICE)
+    table = arena.assign(2, None, tables, slots, 150)
+    with pytest.raises(RuntimeError, match="does not belong"):
+        arena.assign(1, table, tables, slots, 150)
+    small = DecodeTableArena(1, 1, 2, 8, 3, DEVICE)
+    with pytest.raises(RuntimeError, match="more than the arena's capacity"):
+        small.assign(0, None, tables, slots, 150)
+
+
+def test_max_kept_per_head_bounds_adaptive_budgets(generator):
+    adaptive = EntropyInferConfig(**{**CFG.__dict__, "adaptive_decode_budgets": True,
+                                     "head_budget_floor_fraction": 0.1})
+    bound = max_kept_per_head_tokens(adaptive, 2)
+    assert max_kept_per_head_tokens(CFG, 2) == CFG.decode_budget_tokens < bound
+    k_pool, _ = _pool(300, generator)
+    keys = k_pool[:200]
+    for _ in range(5):
+        window = torch.randn(8, 4, 16, generator=generator).to(DEVICE)
+        table, _, kept = compress_layer(window, keys, None, adaptive)
+        assert int(kept.max()) <= bound and table.positions.shape[1] <= bound
 
 
 def test_kernels_wanted(monkeypatch):

@@ -61,7 +61,8 @@ def test_registered_once(sglang_args):
     assert compat.hook_registrations() == ours
     assert ATTENTION_BACKEND_CHOICES.count("entropyinfer") == 1 and "entropyinfer" in ATTENTION_BACKENDS
     expected = {compat.TARGET_ADD_CLI_ARGS: 1, compat.TARGET_FROM_CLI_ARGS: 1, compat.TARGET_SUPPORT_TRITON: 1,
-                compat.TARGET_REQ_POOL_FREE: 1, compat.TARGET_REQ_POOL_CLEAR: 1}
+                compat.TARGET_REQ_POOL_FREE: 1, compat.TARGET_REQ_POOL_CLEAR: 1,
+                compat.TARGET_DECODE_GRAPH_CAN_RUN: 1, compat.TARGET_CELL_SIZE: 1}
     if compat.SGLANG_VERSION == "0.5.17":  # resolution is ServerArgs.__post_init__: BEFORE and AFTER hooks
         expected["sglang.srt.server_args.ServerArgs.__post_init__"] = 2
     else:  # 0.5.23: SGLang's resolution hooks, no hook on ServerArgs' methods beyond the CLI pair
@@ -124,6 +125,23 @@ def test_bad_cli_input_is_refused(sglang_args, tiny_model, argv, message):
 def test_unsupported_combinations_are_refused_at_startup(sglang_args, tiny_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         _build(sglang_args, model_path=str(tiny_model), device="cpu", attention_backend="entropyinfer", **kwargs)
+
+
+def test_decode_graphs_stay_where_the_method_captures_them(sglang_args, tiny_model, monkeypatch):
+    """Where EntropyInfer can capture its decode (CUDA, kernel path, 0.5.17): prefill graphs off, decode graphs
+    left to SGLang (full allowed, other backends and prefill graphs refused). Elsewhere every graph is off."""
+    from entropyinfer_sgl.sglang import compat
+
+    assert not compat.decode_graphs_supported(_build(sglang_args, model_path=str(tiny_model), device="cpu"))
+    monkeypatch.setattr(compat, "decode_graphs_supported", lambda sa: True)
+    sa = _build(sglang_args, model_path=str(tiny_model), device="cpu", attention_backend="entropyinfer")
+    assert compat.resolved_field(sa, "disable_prefill_cuda_graph") or compat.SGLANG_VERSION != "0.5.17"
+    assert not compat.resolved_field(sa, "disable_cuda_graph")
+    _build(sglang_args, model_path=str(tiny_model), device="cpu", attention_backend="entropyinfer",
+           cuda_graph_backend_decode="full")
+    for kwargs in ({"cuda_graph_backend_prefill": "full"}, {"cuda_graph_backend_decode": "breakable"}):
+        with pytest.raises(ValueError, match="captures only the decode phase"):
+            _build(sglang_args, model_path=str(tiny_model), device="cpu", attention_backend="entropyinfer", **kwargs)
 
 
 def test_support_triton_is_false_for_the_cpu_path(sglang_args):

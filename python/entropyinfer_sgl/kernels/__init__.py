@@ -24,13 +24,13 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     ) from err
 
 from ._common import LaunchConfig, interpret_mode
-from .compressed_decode import DecodeLaunch, FullRows, compressed_decode, decode_launch_config, decode_num_splits
+from .compressed_decode import DecodeLaunch, PoolRows, compressed_decode, decode_launch_config, decode_num_splits
 from .sparse_prefill import prefill_launch_config, sparse_prefill, sparse_prefill_varlen
 
 __all__ = [
     "LaunchConfig",
     "DecodeLaunch",
-    "FullRows",
+    "PoolRows",
     "compressed_decode",
     "decode_launch_config",
     "decode_num_splits",

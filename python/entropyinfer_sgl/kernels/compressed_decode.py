@@ -4,7 +4,7 @@ Split-K (flash-decoding): program (request b, kv head h, split s) walks a fixed 
 and writes a partial output and LSE for all the q heads of the group (each kept K/V row is loaded once per
 group); a second kernel merges the splits. With one split the first kernel writes the result directly.
 
-The grid depends only on tensor shapes (B, Hkv, max_kept) and never on `kept_lengths` values, so a launch can be
+The grid depends only on tensor shapes (B, Hkv, max_kept; `PoolRows`: + max_context) and never on `kept_lengths` values, so a launch can be
 captured in a CUDA graph and replayed with new indices and lengths in the same buffers.
 """
 
@@ -33,47 +33,62 @@ MAX_SPLITS = 64
 
 
 @dataclass(frozen=True)
-class FullRows:
-    """Requests of a decode batch that attend to their whole cache rather than to kept slots (not compressed yet),
-    read through SGLang's request-to-slot table, so one launch serves a batch that mixes both (CUDA-graph safe:
-    every shape is static, `use_kept` / `seq_lens` / `row_indices` change in place).
+class PoolRows:
+    """Serving mode: every request of the batch is read through SGLang's request-to-slot rows and the per-request
+    tables of a table arena, so one launch serves a batch that mixes compressed and uncompressed requests and
+    nothing is restacked per step (CUDA-graph safe: every shape is static; the values change in place).
+
+    A request (kv head h) attends to `kept[t, h, :kept_lengths[t, h]]` followed by the row's positions
+    `tail_starts[t] .. seq_len-1`, where t = table_of_row[row]; a row without a table (t = -1) attends to its whole
+    row (positions 0 .. seq_len-1). `kept_indices` / `kept_lengths` are then indexed by table, not by request.
 
     req_to_token: int32 `[rows, max_context]` slot of each position of each request row;
-    row_indices: int `[B]` each request's row; seq_lens: int `[B]` positions it attends to (0 .. seq_len-1);
-    use_kept: bool/int `[B]` nonzero: the request reads its kept table (`kept_indices` / `kept_lengths`) instead.
+    row_indices: int `[B]` each request's row; seq_lens: int `[B]` positions in its cache (incl. the new token);
+    table_of_row: int32 `[rows]` the row's table or -1; tail_starts: int32 `[tables]` (any stride) first position
+    read from the row after the kept entries (the compression event's cache length).
     """
 
     req_to_token: torch.Tensor
     row_indices: torch.Tensor
     seq_lens: torch.Tensor
-    use_kept: torch.Tensor
+    table_of_row: torch.Tensor
+    tail_starts: torch.Tensor
 
 
 @triton.jit
 def _compressed_decode_split_kernel(
     Q, K, V, KeptIdx, KeptLen, PartOut, PartLse, Out, Lse,
-    RowTable, RowIdx, SeqLen, UseKept,  # MIXED only: the requests that read their whole req_to_token row
+    RowTable, RowIdx, SeqLen, TableOfRow, TailStart,  # POOL_ROWS only (`PoolRows`)
     stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_ib, stride_ih, stride_nb, stride_nh,
-    stride_ob, stride_oh, stride_lb, stride_lh, stride_rt,
-    num_kv_heads, num_q_heads, max_kept, chunk, num_splits, qk_scale,
+    stride_ob, stride_oh, stride_lb, stride_lh, stride_rt, stride_tail,
+    num_kv_heads, num_q_heads, max_kept, max_entries, chunk, num_splits, qk_scale,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, INT64: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    MIXED: tl.constexpr,
+    POOL_ROWS: tl.constexpr,
 ):
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
     pid = tl.program_id(0)
     split = tl.program_id(1)
     b = pid // num_kv_heads
     h = pid % num_kv_heads
-    n = tl.load(KeptLen + b.to(tl.int64) * stride_nb + h * stride_nh).to(tl.int32)
-    idx_base = KeptIdx + b.to(tl.int64) * stride_ib + h * stride_ih
-    if MIXED:  # a request not compressed yet reads the slots of positions 0 .. seq_len-1 from its row
-        use_kept = tl.load(UseKept + b) != 0
-        row_base = RowTable + tl.load(RowIdx + b).to(tl.int64) * stride_rt
-        n = tl.where(use_kept, n, tl.load(SeqLen + b).to(tl.int32))
-        idx_base = tl.where(use_kept, idx_base, row_base)
-    n = tl.minimum(tl.maximum(n, 0), max_kept)
+    if POOL_ROWS:  # kept entries of the row's table (none without one), then the row from the table's tail on
+        row = tl.load(RowIdx + b).to(tl.int64)
+        table = tl.load(TableOfRow + row)
+        has_table = table >= 0
+        t = tl.maximum(table, 0).to(tl.int64)
+        n_kept = tl.where(has_table, tl.load(KeptLen + t * stride_nb + h * stride_nh).to(tl.int32), 0)
+        tail = tl.where(has_table, tl.load(TailStart + t * stride_tail).to(tl.int32), 0)
+        n_kept = tl.minimum(tl.maximum(n_kept, 0), max_kept)
+        n = n_kept + tl.maximum(tl.load(SeqLen + b).to(tl.int32) - tail, 0)
+        idx_base = KeptIdx + t * stride_ib + h * stride_ih
+        row_base = RowTable + row * stride_rt + (tail - n_kept)  # row_base + pos: position tail + (pos - n_kept)
+    else:
+        n = tl.load(KeptLen + b.to(tl.int64) * stride_nb + h * stride_nh).to(tl.int32)
+        n_kept = n
+        idx_base = KeptIdx + b.to(tl.int64) * stride_ib + h * stride_ih
+        row_base = idx_base
+    n = tl.minimum(tl.maximum(n, 0), max_entries)
     lo = split * chunk
     hi = tl.minimum(lo + chunk, n)
 
@@ -94,7 +109,12 @@ def _compressed_decode_split_kernel(
     for start in range(lo, hi, BLOCK_N):
         pos = start + offs_n
         ok = pos < hi
-        slot = tl.load(idx_base + pos, mask=ok, other=0)
+        if POOL_ROWS:
+            in_kept = pos < n_kept
+            slot = tl.where(in_kept, tl.load(idx_base + pos, mask=ok & in_kept, other=0),
+                            tl.load(row_base + pos, mask=ok & (pos >= n_kept), other=0))
+        else:
+            slot = tl.load(idx_base + pos, mask=ok, other=0)
         if INT64:
             slot = slot.to(tl.int64)
         else:
@@ -173,7 +193,8 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_kept: int, *, block_n: 
     return -(-tiles // chunk_tiles)  # drop splits that would always be empty
 
 
-def _check_inputs(q, k_cache, v_cache, kept_indices, kept_lengths) -> tuple[int, int, int, int, int]:
+def _check_inputs(q, k_cache, v_cache, kept_indices, kept_lengths, *, by_table: bool = False
+                  ) -> tuple[int, int, int, int, int]:
     for name, tensor in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache),
                          ("kept_indices", kept_indices), ("kept_lengths", kept_lengths)):
         if not isinstance(tensor, torch.Tensor):
@@ -197,10 +218,12 @@ def _check_inputs(q, k_cache, v_cache, kept_indices, kept_lengths) -> tuple[int,
         raise ValueError(f"num_q_heads={num_q_heads} is not a multiple of num_kv_heads={num_kv_heads}")
     if head_dim < 1 or head_dim > 256:
         raise ValueError(f"head_dim={head_dim} is not supported (1..256)")
-    if kept_indices.dim() != 3 or kept_indices.shape[:2] != (batch, num_kv_heads):
-        raise ValueError(f"kept_indices must be [{batch}, {num_kv_heads}, max_kept], got {tuple(kept_indices.shape)}")
-    if kept_lengths.shape != (batch, num_kv_heads):
-        raise ValueError(f"kept_lengths must be [{batch}, {num_kv_heads}], got {tuple(kept_lengths.shape)}")
+    lead = kept_indices.shape[0] if by_table and kept_indices.dim() == 3 else batch  # by table: any count >= 1
+    if kept_indices.dim() != 3 or kept_indices.shape[:2] != (lead, num_kv_heads) or (by_table and lead < 1):
+        raise ValueError(f"kept_indices must be [{'tables' if by_table else batch}, {num_kv_heads}, max_kept], got "
+                         f"{tuple(kept_indices.shape)}")
+    if kept_lengths.shape != (lead, num_kv_heads):
+        raise ValueError(f"kept_lengths must be [{lead}, {num_kv_heads}], got {tuple(kept_lengths.shape)}")
     for name, tensor in (("kept_indices", kept_indices), ("kept_lengths", kept_lengths)):
         if tensor.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"{name} must be int32 (or int64), got {tensor.dtype}")
@@ -211,7 +234,7 @@ def _check_inputs(q, k_cache, v_cache, kept_indices, kept_lengths) -> tuple[int,
 
 def compressed_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kept_indices: torch.Tensor,
                       kept_lengths: torch.Tensor, *, scale: float | None = None, num_splits: int | None = None,
-                      config: LaunchConfig | None = None, full_rows: FullRows | None = None
+                      config: LaunchConfig | None = None, pool_rows: PoolRows | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step of B requests over a compressed, token-major cache.
 
@@ -221,49 +244,57 @@ def compressed_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     k_cache, v_cache: [slots, Hkv, D] token-major cache (SGLang's layout), same dtype as q.
     kept_indices: int32 [B, Hkv, max_kept] cache slot ids each (request, kv head) attends to; entries at and past
         `kept_lengths[b, h]` are never read (pad with -1). Slot ids below the length must lie in [0, slots):
-        they are not checked (no host sync).
-    kept_lengths: int32 [B, Hkv], clamped to [0, max_kept]. A length of 0 gives out = 0 and lse = -inf for the
-        group's q heads (an empty softmax; merging such a part with others is then a no-op).
+        they are not checked (no host sync). With `pool_rows`: [tables, Hkv, max_kept], indexed by table.
+    kept_lengths: int32 [B, Hkv] (with `pool_rows`: [tables, Hkv]), clamped to [0, max_kept]. A length of 0 gives
+        out = 0 and lse = -inf for the group's q heads (an empty softmax; merging such a part with others is then a
+        no-op).
     scale: softmax scale, default 1/sqrt(D).
     num_splits: split-K factor, default `decode_num_splits(...)` (a function of shapes only).
     config: launch override (block_n, num_warps, num_stages; block_m is ignored).
-    full_rows: requests that attend to their whole cache (`FullRows`); the grid then covers
-        max(max_kept, req_to_token.shape[1]) entries per (request, kv head).
+    pool_rows: the serving mode (`PoolRows`): kept entries of each request's table, then its row's tail; the grid
+        then covers max_kept + req_to_token.shape[1] entries per (request, kv head).
 
     Returns
     -------
     out [B, Hq, D] in q's dtype; lse float32 [B, Hq], natural log. Matches
     `entropyinfer_sgl.reference.compressed_decode_reference` per request.
     """
-    check_decode_inputs(q, k_cache, v_cache, kept_indices, kept_lengths, full_rows=full_rows)
+    check_decode_inputs(q, k_cache, v_cache, kept_indices, kept_lengths, pool_rows=pool_rows)
     launch = DecodeLaunch(q, k_cache, v_cache, kept_indices, scale=scale, num_splits=num_splits, config=config,
-                          full_rows=full_rows)
-    return launch.run(q, k_cache, v_cache, kept_indices, kept_lengths, full_rows=full_rows)
+                          pool_rows=pool_rows)
+    return launch.run(q, k_cache, v_cache, kept_indices, kept_lengths, pool_rows=pool_rows)
 
 
 def check_decode_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kept_indices: torch.Tensor,
-                        kept_lengths: torch.Tensor, *, full_rows: FullRows | None = None) -> None:
+                        kept_lengths: torch.Tensor, *, pool_rows: PoolRows | None = None) -> None:
     """`compressed_decode`'s input checks (shapes, dtypes, devices, the kernels' mode), for callers that plan a
     `DecodeLaunch` themselves."""
-    _check_inputs(q, k_cache, v_cache, kept_indices, kept_lengths)
-    extra = () if full_rows is None else _check_full_rows(full_rows, q.shape[0], kept_indices)
+    _check_inputs(q, k_cache, v_cache, kept_indices, kept_lengths, by_table=pool_rows is not None)
+    extra = () if pool_rows is None else _check_pool_rows(pool_rows, q.shape[0], kept_indices)
     check_kernel_device(q, k_cache, v_cache, kept_indices, kept_lengths, *extra, kernels=_KERNELS)
 
 
-def _check_full_rows(rows: FullRows, batch: int, kept_indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    if not isinstance(rows, FullRows):
-        raise TypeError(f"full_rows must be a FullRows, got {type(rows).__name__}")
+def _check_pool_rows(rows: PoolRows, batch: int, kept_indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    if not isinstance(rows, PoolRows):
+        raise TypeError(f"pool_rows must be a PoolRows, got {type(rows).__name__}")
     table = rows.req_to_token
     if table.dim() != 2 or table.dtype != torch.int32 or table.stride(-1) != 1:
-        raise ValueError(f"full_rows.req_to_token must be int32 [rows, max_context] with contiguous rows, got "
+        raise ValueError(f"pool_rows.req_to_token must be int32 [rows, max_context] with contiguous rows, got "
                          f"{table.dtype} {tuple(table.shape)}")
     if kept_indices.dtype != torch.int32:
-        raise ValueError(f"with full_rows, kept_indices must be int32 like req_to_token, got {kept_indices.dtype}")
-    for name in ("row_indices", "seq_lens", "use_kept"):
+        raise ValueError(f"with pool_rows, kept_indices must be int32 like req_to_token, got {kept_indices.dtype}")
+    for name in ("row_indices", "seq_lens"):
         tensor = getattr(rows, name)
         if tensor.shape != (batch,) or not tensor.is_contiguous():
-            raise ValueError(f"full_rows.{name} must be a contiguous [{batch}] tensor, got {tuple(tensor.shape)}")
-    return table, rows.row_indices, rows.seq_lens, rows.use_kept
+            raise ValueError(f"pool_rows.{name} must be a contiguous [{batch}] tensor, got {tuple(tensor.shape)}")
+    if rows.table_of_row.shape != (table.shape[0],) or rows.table_of_row.dtype != torch.int32 \
+            or not rows.table_of_row.is_contiguous():
+        raise ValueError(f"pool_rows.table_of_row must be a contiguous int32 [{table.shape[0]}] tensor, got "
+                         f"{rows.table_of_row.dtype} {tuple(rows.table_of_row.shape)}")
+    if rows.tail_starts.shape != (kept_indices.shape[0],) or rows.tail_starts.dtype != torch.int32:
+        raise ValueError(f"pool_rows.tail_starts must be int32 [{kept_indices.shape[0]}] (one per table), got "
+                         f"{rows.tail_starts.dtype} {tuple(rows.tail_starts.shape)}")
+    return table, rows.row_indices, rows.seq_lens, rows.table_of_row, rows.tail_starts
 
 
 class DecodeLaunch:
@@ -277,24 +308,24 @@ class DecodeLaunch:
 
     def __init__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kept_indices: torch.Tensor, *,
                  scale: float | None = None, num_splits: int | None = None, config: LaunchConfig | None = None,
-                 full_rows: FullRows | None = None):
+                 pool_rows: PoolRows | None = None):
         batch, num_q_heads, head_dim = q.shape
         num_kv_heads = k_cache.shape[1]
         max_kept = kept_indices.shape[2]
-        self.mixed = full_rows is not None
-        if self.mixed:
-            max_kept = max(max_kept, full_rows.req_to_token.shape[1])
+        self.pool_rows = pool_rows is not None
+        max_entries = max_kept + (pool_rows.req_to_token.shape[1] if self.pool_rows else 0)
         device = q.device
         config = config or decode_launch_config(head_dim, q.dtype)
         if num_splits is None:
-            num_splits = decode_num_splits(batch, num_kv_heads, max_kept, block_n=config.block_n, device=device)
+            num_splits = decode_num_splits(batch, num_kv_heads, max_entries, block_n=config.block_n, device=device)
         if not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
             raise ValueError(f"num_splits={num_splits!r} must be an integer in [1, {MAX_SPLITS}]")
         self.shape = (batch, num_q_heads, head_dim)
         self.dtype, self.device = q.dtype, device
-        self.num_kv_heads, self.max_kept, self.num_splits = num_kv_heads, max_kept, num_splits
+        self.num_kv_heads, self.max_kept, self.max_entries = num_kv_heads, max_kept, max_entries
+        self.num_splits = num_splits
         self.qk_scale = (1.0 / math.sqrt(head_dim) if scale is None else float(scale)) * LOG2E
-        chunk = max(1, -(-max_kept // num_splits))
+        chunk = max(1, -(-max_entries // num_splits))
         self.chunk = -(-chunk // config.block_n) * config.block_n  # whole key tiles per split
         self.direct = num_splits == 1
         if self.direct or batch == 0:
@@ -306,17 +337,17 @@ class DecodeLaunch:
         self.split_constants = dict(
             GROUP=num_q_heads // num_kv_heads, BLOCK_H=max(16, next_power_of_two(num_q_heads // num_kv_heads)),
             HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=config.block_n, DIRECT=self.direct,
-            INT64=needs_int64(k_cache, v_cache), DOT_PRECISION=dot_precision(q.dtype), MIXED=self.mixed,
+            INT64=needs_int64(k_cache, v_cache), DOT_PRECISION=dot_precision(q.dtype), POOL_ROWS=self.pool_rows,
             num_warps=config.num_warps, num_stages=config.num_stages)
         self.reduce_constants = dict(HEAD_DIM=head_dim, BLOCK_D=block_d,
                                      BLOCK_S=max(2, next_power_of_two(num_splits)),
                                      num_warps=4 if block_d >= 128 else 2)
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kept_indices: torch.Tensor,
-            kept_lengths: torch.Tensor, full_rows: FullRows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            kept_lengths: torch.Tensor, pool_rows: PoolRows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """out [B, Hq, D] in q's dtype, lse float32 [B, Hq] (see `compressed_decode`)."""
-        if (full_rows is not None) != self.mixed:
-            raise ValueError("full_rows must be given exactly when the launch was planned with them")
+        if (pool_rows is not None) != self.pool_rows:
+            raise ValueError("pool_rows must be given exactly when the launch was planned with them")
         batch, num_q_heads, head_dim = self.shape
         out = torch.empty(batch, num_q_heads, head_dim, dtype=self.dtype, device=self.device)
         lse = torch.empty(batch, num_q_heads, dtype=torch.float32, device=self.device)
@@ -324,16 +355,19 @@ class DecodeLaunch:
             return out, lse
         part_out = out if self.direct else self.part_out  # never touched when direct
         part_lse = out if self.direct else self.part_lse
-        rows = (kept_lengths,) * 4 if full_rows is None else (  # never read when not MIXED
-            full_rows.req_to_token, full_rows.row_indices, full_rows.seq_lens, full_rows.use_kept)
-        row_stride = 0 if full_rows is None else full_rows.req_to_token.stride(0)
+        if pool_rows is None:
+            rows, row_stride, tail_stride = (kept_lengths,) * 5, 0, 0  # never read without POOL_ROWS
+        else:
+            rows = (pool_rows.req_to_token, pool_rows.row_indices, pool_rows.seq_lens, pool_rows.table_of_row,
+                    pool_rows.tail_starts)
+            row_stride, tail_stride = pool_rows.req_to_token.stride(0), pool_rows.tail_starts.stride(0)
         _compressed_decode_split_kernel[(batch * self.num_kv_heads, self.num_splits)](
             q, k_cache, v_cache, kept_indices, kept_lengths, part_out, part_lse, out, lse, *rows,
             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
             kept_indices.stride(0), kept_indices.stride(1), kept_lengths.stride(0), kept_lengths.stride(1),
-            out.stride(0), out.stride(1), lse.stride(0), lse.stride(1), row_stride,
-            self.num_kv_heads, num_q_heads, self.max_kept, self.chunk, self.num_splits, self.qk_scale,
-            **self.split_constants,
+            out.stride(0), out.stride(1), lse.stride(0), lse.stride(1), row_stride, tail_stride,
+            self.num_kv_heads, num_q_heads, self.max_kept, self.max_entries, self.chunk, self.num_splits,
+            self.qk_scale, **self.split_constants,
         )
         if not self.direct:
             _compressed_decode_reduce_kernel[(batch * num_q_heads,)](

@@ -29,6 +29,7 @@ UPSTREAM_COMMANDS = {"one_batch": "sglang.bench_one_batch",
                      "offline_throughput": "sglang.bench_offline_throughput",
                      "serving": "sglang.bench_serving"}
 TOLERANT_QWEN3_ASR = True  # AutoConfig.register("qwen3_asr") must be made tolerant (transformers >= 5.17)
+GRAPH_DECODE = True  # EntropyInfer's decode CUDA graph (measured on the H200 with this release only)
 RANK_FIELDS = ("tp_size", "pp_size", "dp_size")  # each must be 1
 
 
@@ -60,6 +61,10 @@ def server_args_view(sa: Any) -> Any:
 
 def disable_graphs(sa: Any) -> None:
     sa.disable_cuda_graph = True
+
+
+def disable_prefill_graphs(sa: Any) -> None:
+    sa.disable_prefill_cuda_graph = True
 
 
 def resolve(sa: Any) -> None:

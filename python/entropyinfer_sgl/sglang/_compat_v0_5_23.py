@@ -37,6 +37,7 @@ BENCHMARK_MODULES = {"one_batch": "sglang.benchmark.one_batch",
                      "serving": "sglang.benchmark.serving"}
 UPSTREAM_COMMANDS = dict(BENCHMARK_MODULES)
 TOLERANT_QWEN3_ASR = False
+GRAPH_DECODE = False  # EntropyInfer's decode CUDA graph: not run on a GPU with this release yet (graphs stay off)
 RANK_FIELDS = ("tp_size", "pp_size", "dp_size", "attn_dp_size")
 
 

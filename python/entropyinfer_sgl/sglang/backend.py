@@ -18,9 +18,13 @@ request, layer and step the method leaves dense. Per forward:
 
 Two paths with one behaviour: the reference path (a Python loop over requests, SDPA on gathered keys: the CPU
 default) and the kernel path (`kernel_path.py`: on-device planning, one `sparse_prefill` launch per request and
-layer, `compressed_decode` over per-(layer, kv head) slot tables: the CUDA default, or CPU under the Triton
-interpreter with ENTROPYINFER_USE_KERNELS=1). CUDA-graph decode is not supported yet: SGLang refuses it at startup
-(plugin.py).
+layer, `compressed_decode` over the `DecodeTableArena`: the CUDA default, or CPU under the Triton interpreter with
+ENTROPYINFER_USE_KERNELS=1).
+
+CUDA-graph decode (kernel path): the captured graph runs `compressed_decode` over the arena for the whole batch
+(a request without a table reads its whole row), so replays need no per-step preparation: tables change only at
+compression events. Steps that must run Python (a compression event, or recording the observation window's
+queries before one) run eagerly: `graph_step_allowed` tells SGLang's decode graph runner (compat hook).
 """
 
 from __future__ import annotations
@@ -31,12 +35,13 @@ from typing import Any
 import torch
 
 from ..config import EntropyInferConfig
-from ..decode import compression_due
+from ..decode import compression_due, max_kept_per_head_tokens
 from ..reference import compressed_decode_reference
 from . import compat
 from .attention import sparse_chunk_attention
-from .kernel_path import DecodeBatch, KernelDecodeTables, kernels_wanted, prefill_chunk
-from .state import STORE, ChunkPlan, StateStore, compress_layer, dense_pair_count, plan_chunk, plan_pair_counts
+from .kernel_path import ArenaDecode, DecodeTableArena, kernels_wanted, prefill_chunk
+from .state import (STORE, ChunkPlan, RequestState, StateStore, compress_layer, dense_pair_count, plan_chunk,
+                    plan_pair_counts)
 
 logger = logging.getLogger("entropyinfer_sgl.sglang")
 
@@ -50,7 +55,7 @@ class _RequestInfo:
     """Per request of the current forward batch."""
 
     __slots__ = ("index", "rid", "row", "prefix_len", "extend_len", "seq_len", "q_start", "state", "profile",
-                 "slots", "previous_scores")
+                 "slots", "previous_scores", "record_fresh")
 
     def __init__(self, index, rid, row, prefix_len, extend_len, seq_len, q_start, state, profile):
         self.index, self.rid, self.row = index, rid, row
@@ -58,6 +63,7 @@ class _RequestInfo:
         self.state, self.profile = state, profile
         self.slots: torch.Tensor | None = None
         self.previous_scores: torch.Tensor | None = None
+        self.record_fresh = False  # decode: start a new observation window for the next compression event
 
 
 class EntropyInferAttnBackend(_AttentionBackend):
@@ -81,10 +87,13 @@ class EntropyInferAttnBackend(_AttentionBackend):
         self.store = STORE if store is None else store
         self._batch: compat.BatchView | None = None
         self._infos: list[_RequestInfo] = []
-        self._decode_batch: DecodeBatch | None = None
+        self._arena_decode: ArenaDecode | None = None
+        self._graph_decodes: dict[int, ArenaDecode] = {}  # per captured batch size: its buffers live with the graph
         self._unsupported_logged: set[str] = set()
         self._layer_views: dict[int, compat.LayerView] = {}
         self.use_kernels = kernels_wanted(view.device)
+        self.arena = self._create_arena(view) if self.use_kernels and config.decode_compression else None
+        self.store.on_release = self._release_table
         if view.metrics_enabled and self.store.metrics is None:
             from .metrics import EntropyInferMetrics
 
@@ -103,15 +112,53 @@ class EntropyInferAttnBackend(_AttentionBackend):
             raise AttributeError(name)
         return getattr(inner, name)
 
-    def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
-        self.inner.init_forward_metadata_out_graph(forward_batch, in_capture)
-
     def init_forward_metadata_in_graph(self, forward_batch):
         self.inner.init_forward_metadata_in_graph(forward_batch)
 
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
-        raise RuntimeError("EntropyInfer does not support CUDA graphs yet (SGLang should have refused this "
-                           "configuration at startup: run with CUDA graphs disabled)")
+        if self.config.decode_compression and self.arena is None:
+            raise RuntimeError("EntropyInfer: CUDA-graph decode needs the kernel path (ENTROPYINFER_USE_KERNELS=0 "
+                               "was set): disable CUDA graphs with --cuda-graph-backend-decode disabled")
+        self.inner.init_cuda_graph_state(max_bs, max_num_tokens)
+
+    def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
+        self.inner.init_forward_metadata_out_graph(forward_batch, in_capture)
+        if in_capture:  # warm-up and capture of one batch size (replays run no Python of ours)
+            self._batch = compat.batch_view(forward_batch)
+            self._infos = []
+            self._arena_decode = None
+            if self.arena is not None:
+                table_rows = compat.req_to_token(self.req_to_token_pool)
+                self._arena_decode = ArenaDecode(self.arena, table_rows, forward_batch.req_pool_indices,
+                                                 forward_batch.seq_lens)
+                self._graph_decodes[len(self._batch.seq_lens)] = self._arena_decode
+
+    def graph_step_allowed(self, forward_batch) -> bool:
+        """Whether this decode step may replay a CUDA graph: no request of the batch has a compression event
+        due or an observation window to record at this step (those run Python: the step runs eagerly)."""
+        if self.arena is None:
+            return True
+        rids = forward_batch.rids
+        seq_lens = forward_batch.seq_lens_cpu
+        if rids is None or seq_lens is None or len(rids) != len(seq_lens):
+            return False
+        for rid, seq_len in zip(rids, seq_lens.tolist()):
+            st = self.store.get(rid)
+            if st is None or st.prompt_len is None or self._needs_python(st, int(seq_len) - 1 - st.prompt_len):
+                return False
+        return True
+
+    def _needs_python(self, st: RequestState, generated: int) -> bool:
+        """At a decode step with `generated` generated tokens in the cache: a compression event is due or the
+        step's query belongs to the observation window of the next event."""
+        cfg = self.config
+        if generated <= cfg.decode_delay_steps:
+            return True
+        interval = cfg.decode_evict_interval_steps
+        if interval == 0:
+            return False
+        next_event = cfg.decode_delay_steps + -(-(generated - cfg.decode_delay_steps) // interval) * interval
+        return next_event - generated <= cfg.observation_window_tokens
 
     def get_cuda_graph_seq_len_fill_value(self):
         return self.inner.get_cuda_graph_seq_len_fill_value()
@@ -125,7 +172,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
         batch = compat.batch_view(forward_batch)
         self._batch = batch
         self._infos = []
-        self._decode_batch = None
+        self._arena_decode = None
         if not batch.has_rids:
             return  # no request identities (a dummy batch): everything stays dense
         if batch.mode == "extend":
@@ -158,26 +205,40 @@ class EntropyInferAttnBackend(_AttentionBackend):
             self._infos.append(info)
             in_cache = seq_len - 1  # the new token's KV is written during this step
             generated = in_cache - st.prompt_len
+            if cfg.decode_compression and generated > cfg.decode_delay_steps:
+                info.record_fresh = self._needs_python(st, generated)
             if (cfg.decode_compression and generated > st.last_event_checked and generated >= 0
                     and compression_due(generated, cfg)):
                 st.last_event_checked = generated
                 self._compress(info, in_cache)
-        if self.use_kernels:
-            self._decode_batch = self._stack_kernel_tables(batch)
+        if self.arena is not None and any(info.state.table_id is not None for info in self._infos):
+            self._arena_decode = ArenaDecode(self.arena, compat.req_to_token(self.req_to_token_pool),
+                                             *compat.batch_row_tensors(batch))
 
-    def _stack_kernel_tables(self, batch: compat.BatchView) -> DecodeBatch | None:
-        """Append this step's token to every compressed request's tables, then stack them (once per step)."""
-        table_rows = compat.req_to_token(self.req_to_token_pool)
-        tables = []
-        for info in self._infos:
-            kernel_tables = info.state.kernel_tables
-            if kernel_tables is not None and kernel_tables.end < info.seq_len:
-                kernel_tables.append_until(info.seq_len, table_rows[info.row, kernel_tables.end:info.seq_len])
-            tables.append(kernel_tables)
-        return DecodeBatch.stack(tables, lambda: (table_rows, *compat.batch_row_tensors(batch)))
+    def _create_arena(self, view: compat.RunnerView) -> DecodeTableArena:
+        """The decode tables of this process: a compressed request holds more than `decode_budget_tokens`
+        entries of the KV pool (phase 1), so the pool bounds how many can be compressed at once."""
+        pool_tokens, num_kv_heads = compat.kv_pool_geometry(self.token_to_kv_pool)
+        rows = compat.req_to_token(self.req_to_token_pool).shape[0]
+        tables = max(1, min(rows, pool_tokens // (self.config.decode_budget_tokens + 1)))
+        capacity = max_kept_per_head_tokens(self.config, num_kv_heads)
+        arena = DecodeTableArena(tables, self.num_layers, num_kv_heads, capacity, rows, view.device)
+        logger.info("EntropyInfer decode table arena: %d tables x %d layers x %d kv heads x %d entries (%.1f MiB)",
+                    tables, self.num_layers, num_kv_heads, capacity, arena.nbytes() / 2 ** 20)
+        return arena
+
+    def _release_table(self, st: RequestState) -> None:
+        if self.arena is not None and st.table_id is not None:
+            self.arena.release(st.req_pool_idx, st.table_id)
+        st.table_id = None
 
     def _compress(self, info: _RequestInfo, in_cache: int) -> None:
         st = info.state
+        if self.arena is not None and st.table_id is None and not self.arena.has_free_table:
+            if "arena" not in self._unsupported_logged:
+                self._unsupported_logged.add("arena")
+                logger.warning("EntropyInfer: every decode table is in use; request %s stays uncompressed", info.rid)
+            return
         slots = compat.req_to_token(self.req_to_token_pool)[info.row, :in_cache].to(torch.int64)
         events = 0
         for layer_id, window in list(st.window.items()):
@@ -193,8 +254,11 @@ class EntropyInferAttnBackend(_AttentionBackend):
             st.stats.entries_before += int(before.sum())
             st.stats.entries_kept += int(kept.sum())
             events += 1
-        if self.use_kernels:
-            st.kernel_tables = KernelDecodeTables(st.tables, slots, self.num_layers, in_cache) if st.tables else None
+        if self.arena is not None:
+            if st.tables:
+                st.table_id = self.arena.assign(info.row, st.table_id, st.tables, slots, in_cache)
+            else:
+                self._release_table(st)
         if self.config.decode_evict_interval_steps == 0:
             st.window.clear()  # no later event: the observation windows are not needed any more
             st.window_end.clear()
@@ -357,7 +421,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
         if cfg.decode_compression and supported:
             for info in self._infos:
                 st = info.state
-                if st.window_end.get(lv.layer_id) == info.seq_len - 1:  # keep the window contiguous
+                if info.record_fresh or st.window_end.get(lv.layer_id) == info.seq_len - 1:  # contiguous window
                     st.record_queries(lv.layer_id, q3[info.index:info.index + 1], info.seq_len,
                                       cfg.observation_window_tokens)
         if self.use_kernels:
@@ -389,13 +453,14 @@ class EntropyInferAttnBackend(_AttentionBackend):
 
     def _forward_decode_kernels(self, q, k, v, layer, forward_batch, lv: compat.LayerView, q3: torch.Tensor,
                                 supported: bool, save_kv_cache=True, **kwargs):
-        """The kernel path of `forward_decode`: once a request of the batch is compressed, the whole batch decodes
-        through `compressed_decode` (kept slots, or the whole row for requests not compressed yet)."""
-        decode_batch = self._decode_batch if supported else None
-        if decode_batch is None:  # no compressed request in the batch (or a layer the method does not support)
+        """The kernel path of `forward_decode`: once a request of the batch is compressed (and always inside a CUDA
+        graph), the whole batch decodes through `compressed_decode` over the arena (kept entries then the row's
+        tail, or the whole row for a request without a table)."""
+        arena_decode = self._arena_decode if supported else None
+        if arena_decode is None:  # no compressed request in the batch (or a layer the method does not support)
             return self.inner.forward_decode(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
         if save_kv_cache and k is not None and v is not None:
             compat.write_kv(self.inner, layer, forward_batch, k, v)
         k_buf, v_buf = compat.kv_buffers(self.token_to_kv_pool, lv.layer_id)
-        out3 = decode_batch.attend(q3, k_buf, v_buf, lv.layer_id, lv.scaling)
+        out3 = arena_decode.attend(q3, k_buf, v_buf, lv.layer_id, lv.scaling)
         return out3.reshape(q3.shape[0], lv.num_q_heads * lv.v_head_dim)

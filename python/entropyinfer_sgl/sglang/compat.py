@@ -74,6 +74,8 @@ TARGET_FROM_CLI_ARGS = "sglang.srt.server_args.ServerArgs.from_cli_args"
 TARGET_SUPPORT_TRITON = "sglang.srt.utils.common.support_triton"
 TARGET_REQ_POOL_FREE = "sglang.srt.mem_cache.memory_pool.ReqToTokenPool.free"
 TARGET_REQ_POOL_CLEAR = "sglang.srt.mem_cache.memory_pool.ReqToTokenPool.clear"
+TARGET_DECODE_GRAPH_CAN_RUN = "sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.can_run_graph"
+TARGET_CELL_SIZE = "sglang.srt.model_executor.pool_configurator.DefaultPoolConfigurator._compute_cell_size"
 _BOOKKEEPING = "_entropyinfer"  # the ServerArgs attribute carrying the plugin's settings
 
 
@@ -234,6 +236,35 @@ def register_request_release_hooks(free: Callable[[Any], None], clear: Callable[
     register_hook(TARGET_REQ_POOL_CLEAR, before_clear, "before")
 
 
+def register_decode_graph_hook(step_allowed: Callable[[Any, Any], bool]) -> None:
+    """`step_allowed(attention_backend, forward_batch)` may veto a decode CUDA-graph replay (the step then runs
+    eagerly); asked only when SGLang's runner would replay."""
+
+    def after_can_run_graph(result, self, forward_batch, *args, **kwargs):
+        if not result:
+            return result
+        return step_allowed(getattr(self, "attn_backend", None), forward_batch)
+
+    register_hook(TARGET_DECODE_GRAPH_CAN_RUN, after_can_run_graph, "after")
+
+
+def register_cell_size_hook(extra_bytes: Callable[[Any, int], int]) -> None:
+    """`extra_bytes(kv_cache_configurator, cell_size)`: bytes per KV-pool token to add to SGLang's per-token cost,
+    so the pool SGLang sizes from --mem-fraction-static leaves room for side tables that scale with it."""
+
+    def after_compute_cell_size(result, self, kvc, *args, **kwargs):
+        return int(result) + int(extra_bytes(kvc, int(result)))
+
+    register_hook(TARGET_CELL_SIZE, after_compute_cell_size, "after")
+
+
+def pool_configurator_facts(kvc: Any) -> tuple[Any, int, int]:
+    """(server_args, layers, kv heads per rank) from the KVCacheConfigurator SGLang sizes the KV pool with."""
+    model_config = kvc.model_config
+    tp_size = getattr(getattr(kvc, "ps", None), "attn_tp_size", None) or 1
+    return kvc.server_args, int(model_config.num_hidden_layers), int(model_config.get_num_kv_heads(tp_size))
+
+
 def hook_registrations() -> dict[str, int]:
     """How many hooks this package registered, per HookRegistry target and resolution step (for tests)."""
     from sglang.srt.plugins.hook_registry import HookRegistry
@@ -311,23 +342,47 @@ def set_cli_attention_backend(ns: Any, name: str) -> None:
     ns.attention_backend = name
 
 
-def disable_graphs_before_resolution(sa: Any) -> list[str]:
-    """Before resolution: turn CUDA graphs and torch.compile graphs off unless explicitly asked for.
+def decode_graphs_supported(sa: Any) -> bool:
+    """Whether EntropyInfer's CUDA-graph decode can serve this record: the kernel path on CUDA, with a release whose
+    decode graph runner the plugin hooks (0.5.17; on 0.5.23 graphs stay off: not run on a GPU yet)."""
+    if not getattr(_rel(), "GRAPH_DECODE", False) or is_cpu_engine():
+        return False
+    device = getattr(_view(sa), "device", None)
+    if device is not None and not str(device).startswith("cuda"):
+        return False
+    import torch
 
-    Returns the explicit requests that conflict (the caller refuses them). Otherwise `disable_cuda_graph`
-    (a field; its CLI flag is deprecated) is set (0.5.17) or declared (0.5.23), which makes resolution disable the
-    decode and prefill graphs.
+    return torch.cuda.is_available() and os.environ.get("ENTROPYINFER_USE_KERNELS", "") != "0"
+
+
+def _graph_allowed(phase: str, backend: str, decode_graphs: bool) -> bool:
+    return backend.lower() == "disabled" or (decode_graphs and phase == "decode" and backend.lower() == "full")
+
+
+def disable_graphs_before_resolution(sa: Any) -> list[str]:
+    """Before resolution: turn prefill (and torch.compile) graphs off, and decode graphs too unless EntropyInfer
+    can capture its decode (`decode_graphs_supported`: then SGLang's default full decode graph stays).
+
+    Returns the explicit requests that conflict (the caller refuses them). Otherwise `disable_cuda_graph` or
+    `disable_prefill_cuda_graph` (fields; `disable_cuda_graph`'s CLI flag is deprecated) is set (0.5.17) or
+    declared (0.5.23), which makes resolution disable those graphs.
     """
     view = _view(sa)
+    decode_graphs = decode_graphs_supported(sa)
     conflicts = []
-    for field in ("cuda_graph_backend_decode", "cuda_graph_backend_prefill"):
-        value = getattr(view, field, None)
-        if value is not None and str(getattr(value, "value", value)).lower() != "disabled":
-            conflicts.append(f"--{field.replace('_', '-')}={getattr(value, 'value', value)}")
+    for phase in ("decode", "prefill"):
+        value = getattr(view, f"cuda_graph_backend_{phase}", None)
+        backend = None if value is None else str(getattr(value, "value", value))
+        if backend is not None and not _graph_allowed(phase, backend, decode_graphs):
+            conflicts.append(f"--cuda-graph-backend-{phase}={backend}")
     for phase, backend in _graph_phase_backends(getattr(view, "cuda_graph_config", None)):
-        conflicts.append(f"--cuda-graph-config ({phase} backend {backend!r})")
+        if not _graph_allowed(phase, backend, decode_graphs):
+            conflicts.append(f"--cuda-graph-config ({phase} backend {backend!r})")
     if not conflicts:
-        _rel().disable_graphs(sa)
+        if decode_graphs:
+            _rel().disable_prefill_graphs(sa)
+        else:
+            _rel().disable_graphs(sa)
     return conflicts
 
 
@@ -367,9 +422,11 @@ def server_args_conflicts(sa: Any) -> list[str]:
         problems.append("--enable-dp-attention")
     if getattr(view, "enable_torch_compile", False):
         problems.append("--enable-torch-compile (graph capture)")
+    decode_graphs = decode_graphs_supported(sa)
     for phase, backend in _graph_phase_backends(getattr(view, "cuda_graph_config", None)):
-        problems.append(f"CUDA graph {phase} backend {backend!r} (CUDA graphs with the method enabled are not "
-                        "supported yet: drop the --cuda-graph-* flags)")
+        if not _graph_allowed(phase, backend, decode_graphs):
+            problems.append(f"CUDA graph {phase} backend {backend!r} (EntropyInfer captures only the decode phase, "
+                            "with the 'full' backend, on CUDA with SGLang 0.5.17: drop the --cuda-graph-* flags)")
     if getattr(view, "enable_hierarchical_cache", False):
         problems.append("--enable-hierarchical-cache (HiCache)")
     if getattr(view, "enable_hisparse", False):
@@ -458,6 +515,11 @@ def is_torch_native(backend: Any) -> bool:
 def kv_buffers(pool: Any, layer_id: int):
     """(k, v) of one layer: token-major `[slots, Hkv, D]` views of the pool."""
     return pool.get_key_buffer(layer_id), pool.get_value_buffer(layer_id)
+
+
+def kv_pool_geometry(pool: Any) -> tuple[int, int]:
+    """(slots, kv heads per layer) of the token-major KV pool."""
+    return int(pool.size), int(pool.head_num)
 
 
 def req_to_token(req_to_token_pool: Any):

@@ -5,9 +5,9 @@ TRITON_INTERPRET=1 for tests). No SGLang import: `backend.py` hands plain tensor
   is planned by the fused on-device planner (`plan_prefill_device`: no host sync); a chunk after a prefix
   (chunked prefill, causal typing carried in `ChunkTyping`) by `state.plan_chunk`. Attention is one
   `sparse_prefill` launch over the chunk's queries and every earlier key. Achieved pairs stay on the device.
-- `KernelDecodeTables`: one request's kept cache slots per (layer, kv head) after a compression event, as the
-  static-shape `[layers, Hkv, capacity]` int32 tables `compressed_decode` reads, plus every token appended since.
-- `DecodeBatch`: the tables of one decode step's compressed requests, stacked once per step (not per layer).
+- `DecodeTableArena`: every compressed request's kept cache slots per (layer, kv head), in static-shape buffers
+  indexed through the request's `req_to_token` row (CUDA-graph safe; tables change only at compression events).
+- `ArenaDecode`: one `compressed_decode` launch per layer for a whole decode batch over the arena.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import os
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..config import EntropyInferConfig
 from ..device_plan import plan_prefill_device
@@ -24,7 +23,6 @@ from ..plan import sparse_segment_mask
 from .state import ChunkTyping, DecodeTable, plan_chunk, plan_pair_counts
 
 ENV_USE_KERNELS = "ENTROPYINFER_USE_KERNELS"
-TABLE_GRANULE_TOKENS = 256  # decode table capacities are rounded up to this (fewer re-allocations and shapes)
 
 
 def kernels_wanted(device: str) -> bool:
@@ -96,103 +94,108 @@ def prefill_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tenso
 # ---------------------------------------------------------------------------------------------------------
 # Decode
 # ---------------------------------------------------------------------------------------------------------
-def _round_up(n: int, granule: int = TABLE_GRANULE_TOKENS) -> int:
-    return max(granule, -(-n // granule) * granule)
+class DecodeTableArena:
+    """The decode tables of every compressed request of one scheduler process, in static-shape buffers that
+    `compressed_decode` reads in its `PoolRows` mode (eagerly and inside CUDA graphs: nothing is restacked per
+    step, and nothing is appended per step either: a request reads its kept entries, then its `req_to_token` row
+    from the compression event's cache length on).
 
-
-class KernelDecodeTables:
-    """One request's decode tables after a compression event (every table is rebuilt at the next event).
-
-    slots: int32 `[num_layers, Hkv, capacity]` pool slots each (layer, kv head) attends to: the kept positions'
-    slots, then the slot of every token appended since the event; lengths: int32 `[num_layers, Hkv]`;
-    covered: host bool per layer (False: that layer has no table and runs dense).
+    slots int32 `[tables, layers, Hkv, capacity]`, lengths int32 `[tables, layers, Hkv]`, tails int32
+    `[tables, layers]` (0 with length 0: that layer of that request has no table and reads its whole row),
+    table_of_row int32 `[req_to_token rows]` (-1: the row's request is not compressed). Tables are handed out
+    per request row at its first compression event and returned when SGLang frees the row.
     """
 
-    def __init__(self, tables: dict[int, DecodeTable], row_slots: torch.Tensor, num_layers: int, end: int):
-        if not tables:
-            raise ValueError("KernelDecodeTables needs at least one layer's DecodeTable")
-        device = row_slots.device
-        num_kv_heads = next(iter(tables.values())).positions.shape[0]
-        longest = max((int(t.lengths.max()) for t in tables.values()), default=0)
-        capacity = _round_up(longest + 1)
-        self.slots = torch.zeros(num_layers, num_kv_heads, capacity, dtype=torch.int32, device=device)
-        self.lengths = torch.zeros(num_layers, num_kv_heads, dtype=torch.int32, device=device)
-        self.covered = [False] * num_layers
-        for layer_id, table in tables.items():
-            width = table.positions.shape[1]
-            self.slots[layer_id, :, :width] = row_slots[table.positions.to(device)].to(torch.int32)
-            self.lengths[layer_id] = table.lengths.to(device=device, dtype=torch.int32)
-            self.covered[layer_id] = True
-        self.longest = longest  # host: the longest (layer, kv head) list
-        self.end = end  # positions < end are accounted for (kept or evicted); later ones get appended
+    def __init__(self, num_tables: int, num_layers: int, num_kv_heads: int, capacity_tokens: int, num_rows: int,
+                 device: torch.device | str):
+        if min(num_tables, num_layers, num_kv_heads, capacity_tokens, num_rows) < 1:
+            raise ValueError(f"DecodeTableArena needs positive sizes, got tables={num_tables} layers={num_layers} "
+                             f"kv_heads={num_kv_heads} capacity_tokens={capacity_tokens} rows={num_rows}")
+        self.slots = torch.zeros(num_tables, num_layers, num_kv_heads, capacity_tokens, dtype=torch.int32,
+                                 device=device)
+        self.lengths = torch.zeros(num_tables, num_layers, num_kv_heads, dtype=torch.int32, device=device)
+        self.tails = torch.zeros(num_tables, num_layers, dtype=torch.int32, device=device)
+        self.table_of_row = torch.full((num_rows,), -1, dtype=torch.int32, device=device)
+        self._free = list(range(num_tables - 1, -1, -1))
+        self._owner: dict[int, int] = {}  # table -> row
+
+    @staticmethod
+    def bytes_per_table(num_layers: int, num_kv_heads: int, capacity_tokens: int) -> int:
+        return 4 * num_layers * (num_kv_heads * (capacity_tokens + 1) + 1)
 
     @property
-    def capacity(self) -> int:
-        return self.slots.shape[2]
+    def capacity_tokens(self) -> int:
+        return self.slots.shape[3]
+
+    @property
+    def tables_in_use(self) -> int:
+        return len(self._owner)
+
+    @property
+    def has_free_table(self) -> bool:
+        return bool(self._free)
 
     def nbytes(self) -> int:
-        return self.slots.numel() * 4 + self.lengths.numel() * 4
+        return sum(t.numel() * t.element_size() for t in (self.slots, self.lengths, self.tails, self.table_of_row))
 
-    def append_until(self, seq_len: int, row_slots_tail: torch.Tensor) -> None:
-        """Append the slots of positions `end .. seq_len-1` (`row_slots_tail`, in order) to every list."""
-        count = seq_len - self.end
-        if count <= 0:
+    def assign(self, row: int, table_id: int | None, tables: dict[int, DecodeTable], row_slots: torch.Tensor,
+               end: int) -> int | None:
+        """Write one request's tables (a compression event at cache length `end`; `row_slots`: its row's slots of
+        positions 0 .. end-1) into its table (`table_id`, or a free one). Returns the table, or None when the
+        arena is full (the request then stays uncompressed)."""
+        if table_id is None:
+            if not self._free:
+                return None
+            table_id = self._free.pop()
+            self._owner[table_id] = row
+        elif self._owner.get(table_id) != row:
+            raise RuntimeError(f"decode table {table_id} does not belong to request row {row}")
+        self.lengths[table_id].zero_()
+        self.tails[table_id].zero_()
+        for layer_id, table in tables.items():
+            width = table.positions.shape[1]
+            if width > self.capacity_tokens:
+                raise RuntimeError(f"a kv head keeps {width} entries, more than the arena's capacity of "
+                                   f"{self.capacity_tokens} (max_kept_per_head_tokens is wrong)")
+            positions = table.positions.to(row_slots.device)
+            self.slots[table_id, layer_id, :, :width] = row_slots[positions].to(torch.int32)
+            self.lengths[table_id, layer_id] = table.lengths.to(device=self.lengths.device, dtype=torch.int32)
+            self.tails[table_id, layer_id] = table.base_len
+        self.table_of_row[row] = table_id
+        return table_id
+
+    def release(self, row: int, table_id: int) -> None:
+        """Return a request's table (SGLang freed its row); the row reads as uncompressed again."""
+        if self._owner.pop(table_id, None) is None:
             return
-        if self.longest + count > self.capacity:
-            grown = _round_up((self.longest + count) * 3 // 2)
-            self.slots = F.pad(self.slots, (0, grown - self.capacity))
-        offsets = self.lengths.to(torch.int64)[..., None] + torch.arange(count, device=self.slots.device)
-        values = row_slots_tail.to(torch.int32).view(1, 1, count).expand(*self.lengths.shape, count)
-        self.slots.scatter_(2, offsets, values)
-        self.lengths += count
-        self.longest += count
-        self.end = seq_len
+        self.table_of_row[row] = -1
+        self._free.append(table_id)
+
+    def pool_rows(self, layer_id: int, req_to_token: torch.Tensor, row_indices: torch.Tensor,
+                  seq_lens: torch.Tensor):
+        """(kept_indices, kept_lengths, PoolRows) of one layer for `compressed_decode`."""
+        from ..kernels.compressed_decode import PoolRows
+
+        rows = PoolRows(req_to_token, row_indices, seq_lens, self.table_of_row, self.tails[:, layer_id])
+        return self.slots[:, layer_id], self.lengths[:, layer_id], rows
 
 
-class DecodeBatch:
-    """The decode tables of one step's batch, stacked once per step (layers only take views), when at least one
-    request of the batch is compressed. Every request then decodes through `compressed_decode`, in one launch per
-    layer: a request with a table at that layer reads its kept slots, any other reads its whole `req_to_token` row
-    (`FullRows`; skipped when every request has a table at every layer).
+class ArenaDecode:
+    """One decode step (or one captured CUDA graph) of a batch through the arena: the first layer checks its
+    inputs and plans one `DecodeLaunch`; every layer runs it (one launch per layer)."""
 
-    slots `[B, layers, Hkv, cap]`, lengths `[B, layers, Hkv]` (zeros for requests without tables); use_kept
-    `[layers, B]` bool. The first layer checks its inputs (`check_decode_inputs`) and plans one `DecodeLaunch`;
-    every layer runs it.
-    """
-
-    def __init__(self, slots: torch.Tensor, lengths: torch.Tensor, use_kept: torch.Tensor | None,
-                 rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None):
-        self.slots, self.lengths, self.use_kept, self.rows = slots, lengths, use_kept, rows
+    def __init__(self, arena: DecodeTableArena, req_to_token: torch.Tensor, row_indices: torch.Tensor,
+                 seq_lens: torch.Tensor):
+        self.arena, self.req_to_token, self.row_indices, self.seq_lens = arena, req_to_token, row_indices, seq_lens
         self._launch = None
-
-    @classmethod
-    def stack(cls, tables: list[KernelDecodeTables | None], row_tensors) -> "DecodeBatch | None":
-        """tables: per batch row, its tables or None (not compressed); row_tensors: a callable returning
-        (req_to_token int32 `[rows, max_context]`, req_pool_indices `[B]`, seq_lens `[B]`), called only for a
-        mixed batch."""
-        present = [t for t in tables if t is not None]
-        if not present:
-            return None
-        template = present[0]
-        capacity = max(t.capacity for t in present)
-        slots = torch.stack([F.pad(t.slots, (0, capacity - t.capacity)) if t is not None
-                             else template.slots.new_zeros(template.slots.shape[:2] + (capacity,)) for t in tables])
-        lengths = torch.stack([t.lengths if t is not None else torch.zeros_like(template.lengths) for t in tables])
-        num_layers = template.slots.shape[0]
-        covered = [[t is not None and t.covered[layer] for t in tables] for layer in range(num_layers)]
-        if all(all(row) for row in covered):
-            return cls(slots, lengths, None, None)
-        use_kept = torch.tensor(covered, dtype=torch.bool).to(slots.device, non_blocking=True)
-        return cls(slots, lengths, use_kept, row_tensors())
 
     def attend(self, q3: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, layer_id: int,
                scale: float) -> torch.Tensor:
         """Decode attention of every request of the batch at one layer: `[B, Hq, D]` in q's dtype."""
-        from ..kernels.compressed_decode import DecodeLaunch, FullRows, check_decode_inputs
+        from ..kernels.compressed_decode import DecodeLaunch, check_decode_inputs
 
-        slots, lengths = self.slots[:, layer_id], self.lengths[:, layer_id]
-        full_rows = None if self.rows is None else FullRows(*self.rows, self.use_kept[layer_id])
+        slots, lengths, rows = self.arena.pool_rows(layer_id, self.req_to_token, self.row_indices, self.seq_lens)
         if self._launch is None:
-            check_decode_inputs(q3, k_buf, v_buf, slots, lengths, full_rows=full_rows)
-            self._launch = DecodeLaunch(q3, k_buf, v_buf, slots, scale=scale, full_rows=full_rows)
-        return self._launch.run(q3, k_buf, v_buf, slots, lengths, full_rows=full_rows)[0]
+            check_decode_inputs(q3, k_buf, v_buf, slots, lengths, pool_rows=rows)
+            self._launch = DecodeLaunch(q3, k_buf, v_buf, slots, scale=scale, pool_rows=rows)
+        return self._launch.run(q3, k_buf, v_buf, slots, lengths, pool_rows=rows)[0]

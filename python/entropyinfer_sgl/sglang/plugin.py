@@ -9,8 +9,11 @@ Importing this module has no side effects and imports no SGLang module. `registe
   spawned processes) and in `ENTROPYINFER_CONFIG` (inherited by them); `sgl.Engine(attention_backend=
   "entropyinfer")` reads `ENTROPYINFER_CONFIG` (see `engine()`);
 - refuses, at startup and with the reason, every configuration this increment does not serve correctly
-  (`compat.server_args_conflicts`), and turns CUDA graphs off for the method unless they were asked for
-  explicitly (then it refuses);
+  (`compat.server_args_conflicts`); turns prefill CUDA graphs off for the method, and decode graphs too where
+  the method cannot capture them (CPU, SGLang 0.5.23); an explicit request for those is refused;
+- lets the decode graph runner replay only steps that need no Python of the method (`graph_step_allowed`), and
+  adds the decode-table arena's bytes per KV-pool token to SGLang's per-token cost, so the pool sized from
+  --mem-fraction-static leaves room for it;
 - frees a request's EntropyInfer state when SGLang frees its `req_to_token` row (finish, abort, retraction).
 """
 
@@ -50,6 +53,8 @@ def register() -> None:
         compat.register_resolution_hooks(_before_resolution, _after_resolution)
         compat.register_hook(compat.TARGET_SUPPORT_TRITON, _around_support_triton, "around")
         compat.register_request_release_hooks(_on_request_freed, _on_requests_cleared)
+        compat.register_decode_graph_hook(_graph_step_allowed)
+        compat.register_cell_size_hook(_side_table_bytes_per_token)
         _REGISTERED = True
 
 
@@ -137,7 +142,8 @@ def _before_resolution(server_args) -> None:
     _refuse(compat.server_args_conflicts(server_args))  # the user's own settings, before SGLang's resolution
     explicit = compat.disable_graphs_before_resolution(server_args)
     if explicit:
-        raise ValueError("EntropyInfer does not support CUDA graphs yet; remove " + ", ".join(explicit))
+        raise ValueError("EntropyInfer captures only the decode phase in CUDA graphs (backend 'full', CUDA, SGLang "
+                         "0.5.17); remove " + ", ".join(explicit))
 
 
 def _after_resolution(server_args) -> None:
@@ -164,6 +170,27 @@ def _around_support_triton(original, backend, *args, **kwargs):
         device = "cpu" if compat.is_cpu_engine() or not torch.cuda.is_available() else "cuda"
         backend = compat.default_dense_backend(device)
     return original(backend, *args, **kwargs)
+
+
+def _graph_step_allowed(backend, forward_batch) -> bool:
+    allowed = getattr(backend, "graph_step_allowed", None)
+    return True if allowed is None else bool(allowed(forward_batch))
+
+
+def _side_table_bytes_per_token(kvc, cell_size: int) -> int:
+    """The decode-table arena's share per KV-pool token (a compressed request holds more than
+    `decode_budget_tokens` pool entries, so the arena has at most pool_tokens / (budget + 1) tables)."""
+    server_args, layers, kv_heads = compat.pool_configurator_facts(kvc)
+    if not compat.uses_backend(server_args):
+        return 0
+    config = resolve_config(server_args)
+    if not config.decode_compression:
+        return 0
+    from ..decode import max_kept_per_head_tokens
+    from .kernel_path import DecodeTableArena
+
+    per_table = DecodeTableArena.bytes_per_table(layers, kv_heads, max_kept_per_head_tokens(config, kv_heads))
+    return -(-per_table // (config.decode_budget_tokens + 1))
 
 
 def _on_request_freed(req) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Callable
 
 import torch
 
@@ -357,7 +357,7 @@ class RequestState:
     tables: dict[int, DecodeTable] = field(default_factory=dict)  # per layer
     last_event_checked: int = -1  # generated-token count whose compression check already ran
     stats: RequestStats = field(default_factory=RequestStats)
-    kernel_tables: Any = None  # kernel path: `kernel_path.KernelDecodeTables` after a compression event
+    table_id: int | None = None  # kernel path: this request's table in the backend's `DecodeTableArena`
     device_pairs_computed: torch.Tensor | None = None  # kernel path: stats kept on the device until the request ends
     device_rigid_heads: torch.Tensor | None = None
 
@@ -393,8 +393,6 @@ class RequestState:
         for t in self.typing.values():
             if t.partial_max is not None:
                 total += 2 * t.partial_max.numel() * t.partial_max.element_size()
-        if self.kernel_tables is not None:
-            total += self.kernel_tables.nbytes()
         return total
 
 
@@ -404,6 +402,7 @@ class StateStore:
     def __init__(self) -> None:
         self._states: dict[str, RequestState] = {}
         self._lock = threading.Lock()
+        self.on_release: Callable[[RequestState], None] | None = None  # the backend returns the request's table
         self.totals = RequestStats()
         self.finished = 0
         self.metrics = None  # metrics.EntropyInferMetrics when SGLang runs with --enable-metrics
@@ -459,6 +458,8 @@ class StateStore:
         st = self._states.pop(rid, None)
         if st is None:
             return
+        if st.table_id is not None and self.on_release is not None:
+            self.on_release(st)
         st.fold_device_stats()
         self.totals.add(st.stats)
         self.finished += 1
