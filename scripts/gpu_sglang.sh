@@ -34,8 +34,8 @@ one_batch() {  # $1: run name, then extra args (GRAPH=1: CUDA graphs on)
   local graph=(--disable-cuda-graph)
   [ "${GRAPH:-0}" = 1 ] && graph=()
   timeout "${RUN_TIMEOUT:-400}" python3 -m entropyinfer_sgl.sglang.bench_one_batch --model-path "$MODEL" \
-    --load-format dummy --batch-size 1 --input-len $LENS --output-len "$OUTPUT_LEN" "${graph[@]}" \
-    --context-length "$CONTEXT_LEN" --mem-fraction-static 0.85 --run-name "$name" "${EXTRA[@]}" "$@" > "$log" 2>&1
+    --load-format dummy --batch-size "${BATCH:-1}" --input-len $LENS --output-len "$OUTPUT_LEN" "${graph[@]}" \
+    --context-length "$CONTEXT_LEN" --mem-fraction-static "${MEM_FRACTION:-0.85}" --run-name "$name" "${EXTRA[@]}" "$@" > "$log" 2>&1
   echo "exit $?" >> "$log"
   summarize "one_batch $name" "$log"
   { echo "=== $name: $*"; cat "$log"; } >> "$OUT/one_batch.log"

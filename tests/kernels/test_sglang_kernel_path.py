@@ -81,12 +81,14 @@ def test_unpacked_head_rows_and_empty_tables_are_refused(generator):
         DecodeTableArena(0, 3, 2, 40, 4, DEVICE)
 
 
-def test_chunks_after_a_prefix_match_the_reference_path(generator):
-    """Chunked prefill: the kernel path gives the reference path's rows and typing chunk by chunk."""
-    seq_len = 230
+@pytest.mark.parametrize("ends", [(128, 192, 230), (150, 203, 230)], ids=["aligned", "unaligned"])
+def test_chunks_after_a_prefix_match_the_reference_path(ends, generator):
+    """Chunked prefill: the kernel path gives the reference path's rows and typing chunk by chunk, also when a
+    chunk ends inside a segment (the first one is planned on the device, later ones after a prefix)."""
+    seq_len = ends[-1]
     q, k, v = _qkv(seq_len, generator)
     typing, prefix = None, 0
-    for end in (128, 192, seq_len):
+    for end in ends:
         result = prefill_chunk(q[prefix:end], k[:end], v[:end], CFG, prefix_len=prefix, layer_idx=1, typing=typing,
                                previous_block_scores=None, scale=SCALE, attend=True)
         reference = plan_chunk(q[prefix:end], k[:end], CFG, prefix_len=prefix, layer_idx=1, typing=typing)
@@ -95,8 +97,15 @@ def test_chunks_after_a_prefix_match_the_reference_path(generator):
         torch.testing.assert_close(result.out, expected[prefix:], atol=2e-5, rtol=1e-5)
         computed, dense = chunk_block_pairs(reference.plan, prefix, end)
         assert float(result.pairs_computed) == computed and result.pairs_dense == dense
-        assert result.typing is not None
-        typing, prefix = result.typing, end
+        carried, expected_typing = result.typing, reference.typing  # what the next chunk starts from
+        assert carried is not None and carried.segments_typed == expected_typing.segments_typed == end // 32
+        for name in ("rigid_so_far", "prev_entropy", "prev_budget_tokens"):
+            torch.testing.assert_close(getattr(carried.state, name), getattr(expected_typing.state, name))
+        assert (carried.partial_max is None) == (expected_typing.partial_max is None) == (end % 32 == 0)
+        if carried.partial_max is not None:
+            assert torch.equal(carried.partial_max, expected_typing.partial_max)
+            assert torch.equal(carried.partial_min, expected_typing.partial_min)
+        typing, prefix = carried, end
     assert typing.state.segments_seen == seq_len // 32
 
 

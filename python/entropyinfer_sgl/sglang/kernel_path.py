@@ -75,8 +75,7 @@ def prefill_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tenso
     segment = config.segment_size_tokens
     if prefix_len == 0 and not config.layer_fusion and seq_len > segment:
         profile, plan = plan_prefill_device(q_chunk, k_all, config, layer_idx=layer_idx)
-        aligned = seq_len % segment == 0  # else the next chunk would need the partial segment's representatives
-        carried = ChunkTyping(profile.typing_state) if config.causal_head_typing and aligned else None
+        carried = _carried_typing(profile, q_chunk, config) if config.causal_head_typing else None
         rigid, scores, reason = profile.rigid, profile.block_scores, None
     else:
         result = plan_chunk(q_chunk, k_all, config, prefix_len=prefix_len, layer_idx=layer_idx, typing=typing,
@@ -89,6 +88,23 @@ def prefill_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tenso
     out, _ = sparse_prefill(q_chunk, k_all, v_all, plan, prefix_len=prefix_len, scale=scale)
     computed, dense = plan_pair_counts(plan, prefix_len)
     return ChunkResult(out, carried, scores, rigid, computed, dense, True, None)
+
+
+def _carried_typing(profile, q_chunk: torch.Tensor, config: EntropyInferConfig) -> ChunkTyping:
+    """What a first chunk planned on the device carries to the next chunk (as `state.plan_chunk` would): typing
+    over its complete segments, and the representatives of the incomplete segment it ends in (SGLang cuts chunks
+    anywhere: a chunk that shares a batch's token budget with another request's ends where the budget does)."""
+    segment = config.segment_size_tokens
+    seq_len = q_chunk.shape[0]
+    complete = seq_len // segment
+    if complete * segment == seq_len:
+        return ChunkTyping(profile.typing_state)
+    from ..kernels.budget_scan import head_budgets_device
+
+    # the device scan typed the incomplete last segment too; the next chunk re-types it once it is complete
+    _, _, state = head_budgets_device(profile.entropy[:, :complete], config)
+    tail = q_chunk[complete * segment:]
+    return ChunkTyping(state, tail.amax(dim=0), tail.amin(dim=0))
 
 
 # ---------------------------------------------------------------------------------------------------------
