@@ -42,15 +42,26 @@ def plan_prefill_device(q: torch.Tensor, k: torch.Tensor, config: EntropyInferCo
 
     seq_len = q.shape[0]
     segment, block = config.segment_size_tokens, config.block_size_tokens
-    device = q.device
     p, entropy = block_scores_and_entropy(q, k, config)
     rigid, budgets, new_state = head_budgets_device(entropy, config, state=state)
-    num_heads, num_segments, num_blocks = p.shape
     sizes = dict(seq_len_tokens=seq_len, segment_size_tokens=segment, block_size_tokens=block)
     per_head_keep = keep_blocks(budgets, **sizes)
     profile = HeadProfile(entropy=entropy, rigid=rigid, budget_tokens=budgets, keep_blocks=per_head_keep,
                           block_scores=p, typing_state=new_state, **sizes)
+    return profile, plan_from_scores_device(p, per_head_keep, config, seq_len=seq_len, layer_idx=layer_idx)
 
+
+def plan_from_scores_device(p: torch.Tensor, per_head_keep: torch.Tensor, config: EntropyInferConfig, *,
+                            seq_len: int, layer_idx: int, first_segment: int = 0) -> PrefillPlan:
+    """The CSR plan from block scores `[H, nseg, NB]` and keep counts `[H, nseg]`, as device work (no host sync):
+    `plan.plan_prefill`'s rules (per-head or max-over-heads keep, the length gate, own blocks causally).
+
+    first_segment: segments before it get empty rows (a chunk after a prefix executes only its own segments).
+    """
+    segment, block = config.segment_size_tokens, config.block_size_tokens
+    sizes = dict(seq_len_tokens=seq_len, segment_size_tokens=segment, block_size_tokens=block)
+    device = p.device
+    num_heads, num_segments, num_blocks = p.shape
     keep = per_head_keep if config.per_head_budgets else per_head_keep.amax(0, keepdim=True).expand_as(per_head_keep)
     sparse_host = sparse_segment_mask(seq_len, config, layer_idx=layer_idx)
     sparse = sparse_host.to(device)
@@ -63,7 +74,8 @@ def plan_prefill_device(q: torch.Tensor, k: torch.Tensor, config: EntropyInferCo
     own_host = torch.clamp((seg_host + 1) * blocks_per_segment, max=num_key_blocks) - visible_host
     max_keep = max(1, min(config.max_budget_tokens // block, num_blocks))
     row_bound = torch.where(sparse_host, torch.clamp(visible_host, max=max_keep), visible_host) + own_host
-    capacity = int(row_bound.sum()) * num_heads  # host arithmetic only
+    executed_host = seg_host >= first_segment
+    capacity = int(row_bound[executed_host].sum()) * num_heads  # host arithmetic only
 
     visible, own = visible_host.to(device), own_host.to(device)
     top = torch.topk(_selection_keys(p, visible), max_keep, dim=-1).indices  # [H, nseg, max_keep]
@@ -73,7 +85,8 @@ def plan_prefill_device(q: torch.Tensor, k: torch.Tensor, config: EntropyInferCo
 
     dense_row = ~sparse[None, :] | (keep == 0)
     earlier = torch.where(dense_row, visible[None, :].to(keep.dtype), keep)  # [H, nseg]
-    row_len = (earlier + own[None, :]).flatten().to(torch.int64)
+    executed = executed_host.to(device)
+    row_len = torch.where(executed[None, :], earlier + own[None, :], 0).flatten().to(torch.int64)
     indptr = torch.zeros(num_heads * num_segments + 1, dtype=torch.int64, device=device)
     indptr[1:] = torch.cumsum(row_len, dim=0)
 
@@ -86,6 +99,5 @@ def plan_prefill_device(q: torch.Tensor, k: torch.Tensor, config: EntropyInferCo
     before_own = torch.where(dense_row.flatten()[row], offset, picked)
     value = torch.where(offset < earlier_flat, before_own, visible[seg_of_row] + offset - earlier_flat)
     value = torch.where(slot < indptr[-1], value, torch.zeros_like(value))  # slack past nnz: a valid block id
-    plan = PrefillPlan(indptr=indptr.to(torch.int32), indices=value.to(torch.int32), keep_blocks=keep,
+    return PrefillPlan(indptr=indptr.to(torch.int32), indices=value.to(torch.int32), keep_blocks=keep,
                        sparse_segments=sparse, num_kv_heads=num_heads, **sizes)
-    return profile, plan

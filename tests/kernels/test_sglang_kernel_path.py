@@ -56,7 +56,8 @@ def test_whole_prompt_chunk_is_the_oracle(seq_len, generator):
     computed, dense = chunk_block_pairs(plan, 0, seq_len)
     assert float(result.pairs_computed) == computed and result.pairs_dense == dense and computed < dense
     assert result.rigid.tolist() == [True, False]
-    assert (result.typing is not None) == (seq_len % 32 == 0)  # a partial last segment cannot be carried
+    assert result.typing.segments_typed == seq_len // 32  # complete segments; a partial one's representatives
+    assert (result.typing.partial_max is None) == (seq_len % 32 == 0)  # are carried to the next chunk
 
 
 def test_head_slices_of_a_fused_projection(generator):

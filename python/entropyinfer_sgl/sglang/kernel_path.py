@@ -79,7 +79,7 @@ def prefill_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tenso
         rigid, scores, reason = profile.rigid, profile.block_scores, None
     else:
         result = plan_chunk(q_chunk, k_all, config, prefix_len=prefix_len, layer_idx=layer_idx, typing=typing,
-                            previous_block_scores=previous_block_scores)
+                            previous_block_scores=previous_block_scores, on_device=True)
         plan, carried, rigid, scores, reason = result.plan, result.typing, result.rigid, result.block_scores, \
             result.reason
     sparse = plan is not None and chunk_has_sparse_segment(prefix_len, seq_len, config, layer_idx)

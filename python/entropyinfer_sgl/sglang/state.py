@@ -29,6 +29,7 @@ import torch
 from ..budgets import HeadTypingState, head_budgets, keep_blocks
 from ..config import EntropyInferConfig
 from ..decode import observation_scores, plan_decode_compression
+from ..device_plan import plan_from_scores_device
 from ..plan import PrefillPlan, plan_prefill
 from ..profile import LAYER_FUSION_PREVIOUS_WEIGHT, HeadProfile, attention_entropy, block_causal_mask
 
@@ -102,12 +103,14 @@ def _scores_from_representatives(q_max: torch.Tensor, q_min: torch.Tensor, k: to
 
 def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferConfig, *, prefix_len: int,
                layer_idx: int, typing: ChunkTyping | None,
-               previous_block_scores: torch.Tensor | None = None) -> ChunkPlan:
+               previous_block_scores: torch.Tensor | None = None, on_device: bool = False) -> ChunkPlan:
     """Profile and plan one prefill chunk of one request and layer.
 
     q_chunk: `[Lc, Hq, D]` post-RoPE queries of positions `prefix_len .. prefix_len + Lc - 1`;
     k_all: `[prefix_len + Lc, Hkv, D]` post-RoPE keys of every position so far (prefix from the pool + chunk);
-    typing: what the previous chunk carried (None for the first chunk, `prefix_len == 0`).
+    typing: what the previous chunk carried (None for the first chunk, `prefix_len == 0`);
+    on_device: causal budgets and the CSR plan by the device planner's pieces (`head_budgets_device`,
+    `plan_from_scores_device`: no host sync; the kernel path) instead of `head_budgets` / `plan_prefill`.
     """
     seq_len = k_all.shape[0]
     chunk_len = q_chunk.shape[0]
@@ -129,9 +132,8 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
     num_kv_heads = k_all.shape[1]
     q_max = q_chunk.new_zeros(num_segments, num_q_heads, head_dim)  # rows before `first` are never read
     q_min = q_chunk.new_zeros(num_segments, num_q_heads, head_dim)
-    for s in range(first, num_segments):
-        lo, hi = max(s * segment, prefix_len) - prefix_len, min((s + 1) * segment, seq_len) - prefix_len
-        q_max[s], q_min[s] = q_chunk[lo:hi].amax(dim=0), q_chunk[lo:hi].amin(dim=0)
+    q_max[first:] = _segment_reduce(q_chunk, prefix_len - first * segment, segment, "max")
+    q_min[first:] = _segment_reduce(q_chunk, prefix_len - first * segment, segment, "min")
     if typing is not None and typing.partial_max is not None:
         q_max[first] = torch.maximum(q_max[first], typing.partial_max)
         q_min[first] = torch.minimum(q_min[first], typing.partial_min)
@@ -157,7 +159,12 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
     if config.causal_head_typing:
         rigid = None if state is None else state.rigid_so_far
         if complete > typed:
-            rigid, new, state = head_budgets(entropy[:, typed:complete], config, causal=True, state=state)
+            if on_device:
+                from ..kernels.budget_scan import head_budgets_device
+
+                rigid, new, state = head_budgets_device(entropy[:, typed:complete], config, state=state)
+            else:
+                rigid, new, state = head_budgets(entropy[:, typed:complete], config, causal=True, state=state)
             budgets[:, typed:complete] = new
         carried = ChunkTyping(state, *partial)
     else:  # paper typing over the whole prompt (prefix_len == 0 here): exactly profile_prefill
@@ -172,8 +179,22 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
     profile = HeadProfile(entropy=entropy, rigid=rigid,
                           budget_tokens=budgets, keep_blocks=keep, block_scores=p, seq_len_tokens=seq_len,
                           segment_size_tokens=segment, block_size_tokens=config.block_size_tokens)
-    plan = plan_prefill(profile, config, layer_idx=layer_idx)
+    if on_device:
+        plan = plan_from_scores_device(p, keep, config, seq_len=seq_len, layer_idx=layer_idx, first_segment=first)
+    else:
+        plan = plan_prefill(profile, config, layer_idx=layer_idx)
     return ChunkPlan(plan, carried, p, rigid, None)
+
+
+def _segment_reduce(rows: torch.Tensor, offset: int, segment: int, op: str) -> torch.Tensor:
+    """Elementwise max or min of `rows` (`[n, ...]`, the positions from `offset` within a segment on) per segment:
+    `[ceil((offset + n) / segment), ...]` in one reduction (padding is the reduction's identity)."""
+    count = -(-(offset + rows.shape[0]) // segment)
+    fill = float("-inf") if op == "max" else float("inf")
+    padded = rows.new_full((count * segment, *rows.shape[1:]), fill)
+    padded[offset:offset + rows.shape[0]] = rows
+    padded = padded.view(count, segment, *rows.shape[1:])
+    return padded.amax(dim=1) if op == "max" else padded.amin(dim=1)
 
 
 def dense_pair_count(prefix_len: int, seq_len: int, num_kv_heads: int, segment: int, block: int) -> float:

@@ -1,0 +1,84 @@
+"""Where the SGLang kernel path's time goes in chunked prefill: one layer of one request, 8B attention shapes.
+
+`prefill_chunk` for a chunk after a prefix (host planner `state.plan_chunk` + `sparse_prefill` with prefix_len)
+against the same request's whole prompt in one chunk (device planner), timed with CUDA events, plus the CPU and
+CUDA ops of one chunk from the torch profiler (launch count, host syncs).
+
+    python benchmarks/bench_chunk_path.py --seq-len 65536 --chunk 8192
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+from entropyinfer_sgl import EntropyInferConfig
+from entropyinfer_sgl.sglang.kernel_path import prefill_chunk
+
+
+def timed(fn, repeats: int = 5) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seq-len", type=int, default=65536)
+    parser.add_argument("--chunk", type=int, default=8192)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_chunk_path needs a CUDA device")
+    torch.manual_seed(0)
+    cfg = EntropyInferConfig()
+    seq_len, chunk = args.seq_len, args.chunk
+    q = torch.randn(seq_len, 32, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(seq_len, 8, 128, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    scale = 1 / math.sqrt(128)
+
+    def run(prefix: int, end: int, typing):
+        return prefill_chunk(q[prefix:end], k[:end], v[:end], cfg, prefix_len=prefix, layer_idx=3, typing=typing,
+                             previous_block_scores=None, scale=scale, attend=True)
+
+    whole_ms = timed(lambda: run(0, seq_len, None))
+    typing, prefix, per_chunk = None, 0, []
+    for end in range(chunk, seq_len + 1, chunk):
+        result = run(prefix, end, typing)
+        if prefix:
+            carried = typing
+            per_chunk.append((end, timed(lambda: run(prefix, end, carried), repeats=3)))
+        typing, prefix = result.typing, end
+    print(f"whole prompt in one chunk (device planner): {whole_ms:.2f} ms")
+    for end, ms in per_chunk:
+        print(f"chunk ending at {end}: {ms:.2f} ms")
+    print(f"sum over chunks after the first: {sum(ms for _, ms in per_chunk):.2f} ms")
+
+    from torch.profiler import ProfilerActivity, profile
+
+    last_prefix = seq_len - chunk
+    first = run(0, last_prefix, None)  # a typing state that ends at last_prefix
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run(last_prefix, seq_len, first.typing)
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    syncs = sum(e.count for e in events if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
+                                                      "cudaMemcpyAsync"))
+    print(f"last chunk: {launches} kernel launches, {syncs} memcpy/sync calls")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=20))
+    print(events.table(sort_by="self_cuda_time_total", row_limit=12))
+
+
+if __name__ == "__main__":
+    main()
