@@ -195,6 +195,46 @@ def test_arena_decode_mixes_compressed_and_whole_rows(generator):
     torch.testing.assert_close(out[0], expected, atol=2e-5, rtol=1e-5)
 
 
+def test_one_arena_launch_replays_after_in_place_updates(generator):
+    """What a captured CUDA graph relies on: one `ArenaDecode` (its launch planned once, over static row and length
+    tensors) stays right when only tensor contents change between runs: seq_lens advance, a request's first
+    compression event assigns it a table, another's row is freed and reused by a new request."""
+    k_pool, v_pool = _pool(900, generator)
+    perm = torch.randperm(900, generator=generator).to(DEVICE)
+    row_slots = {0: perm[:300], 1: perm[300:600], 2: perm[600:900]}
+    req_to_token = torch.zeros(3, 300, dtype=torch.int32, device=DEVICE)
+    for row, slots in row_slots.items():
+        req_to_token[row] = slots.to(torch.int32)
+    arena = DecodeTableArena(2, 3, 2, max_kept_per_head_tokens(CFG, 2), 3, DEVICE)
+    tables = {0: _compress(k_pool, row_slots[0][:150], (0, 1, 2), generator)}
+    arena.assign(0, None, tables[0], row_slots[0][:150], 150)
+    row_indices = torch.tensor([0, 1], device=DEVICE)  # the graph's static inputs, updated in place
+    seq_lens = torch.tensor([160, 140], device=DEVICE)
+    decode = ArenaDecode(arena, req_to_token, row_indices, seq_lens)
+    q3 = torch.randn(2, 4, 16, generator=generator).to(DEVICE)
+
+    def check():
+        for layer in (0, 2):
+            out = decode.attend(q3, k_pool, v_pool, layer, SCALE)
+            for b in range(2):
+                row = int(row_indices[b])
+                expected = _expected(q3[b], k_pool, v_pool, tables.get(row), row_slots[row], int(seq_lens[b]), layer)
+                torch.testing.assert_close(out[b], expected, atol=2e-5, rtol=1e-5)
+
+    check()
+    launch = decode._launch
+    seq_lens += 5  # next step
+    tables[1] = _compress(k_pool, row_slots[1][:145], (0, 1, 2), generator)
+    arena.assign(1, None, tables[1], row_slots[1][:145], 145)  # request 1's first event
+    check()
+    arena.release(0, 0)  # request 0 finished; a new request takes its row... and request 2's row joins the batch
+    tables.pop(0)
+    row_indices.copy_(torch.tensor([2, 1], device=DEVICE))
+    seq_lens.copy_(torch.tensor([120, 150], device=DEVICE))
+    check()
+    assert decode._launch is launch  # never re-planned
+
+
 def test_arena_refuses_foreign_tables_and_oversized_heads(generator):
     k_pool, _ = _pool(300, generator)
     slots = torch.randperm(300, generator=generator).to(DEVICE)[:150]

@@ -151,6 +151,26 @@ def test_decode_graphs_stay_where_the_method_captures_them(sglang_args, tiny_mod
             _build(sglang_args, model_path=str(tiny_model), device="cpu", attention_backend="entropyinfer", **kwargs)
 
 
+def test_the_arena_is_charged_per_pool_token(sglang_args, tiny_model, monkeypatch):
+    """SGLang's per-token KV cost grows by the decode-table arena's share (a table per decode_budget_tokens + 1
+    pool tokens), only for servers running the method with decode compression."""
+    from types import SimpleNamespace
+
+    from entropyinfer_sgl.sglang import plugin
+
+    def kvc(**kwargs):
+        sa = _build(sglang_args, model_path=str(tiny_model), device="cpu", **kwargs)
+        model = SimpleNamespace(num_hidden_layers=32, get_num_kv_heads=lambda tp_size: 8 // tp_size)
+        return SimpleNamespace(server_args=sa, model_config=model, ps=SimpleNamespace(attn_tp_size=1))
+
+    monkeypatch.setenv("ENTROPYINFER_CONFIG", json.dumps({"decode_budget_tokens": 1024}))
+    per_table = 4 * 32 * (8 * (1024 + 1) + 1)
+    assert plugin._side_table_bytes_per_token(kvc(attention_backend="entropyinfer"), 0) == -(-per_table // 1025)
+    assert plugin._side_table_bytes_per_token(kvc(attention_backend="torch_native"), 0) == 0
+    monkeypatch.setenv("ENTROPYINFER_CONFIG", json.dumps({"decode_compression": False}))
+    assert plugin._side_table_bytes_per_token(kvc(attention_backend="entropyinfer"), 0) == 0
+
+
 def test_support_triton_is_false_for_the_cpu_path(sglang_args):
     from sglang.srt.utils import common
 

@@ -238,6 +238,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
             if "arena" not in self._unsupported_logged:
                 self._unsupported_logged.add("arena")
                 logger.warning("EntropyInfer: every decode table is in use; request %s stays uncompressed", info.rid)
+            st.window.clear()  # it will not be compressed later either: drop its observation windows
+            st.window_end.clear()
             return
         slots = compat.req_to_token(self.req_to_token_pool)[info.row, :in_cache].to(torch.int64)
         events = 0
