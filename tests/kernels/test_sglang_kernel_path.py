@@ -169,13 +169,13 @@ def test_arena_decode_mixes_compressed_and_whole_rows(generator):
     arena = DecodeTableArena(2, 3, 2, cap, 4, DEVICE)
     tables = {0: _compress(k_pool, row_slots[0][:150], (0, 1, 2), generator),
               1: _compress(k_pool, row_slots[1][:120], (0, 2), generator)}
-    assert arena.assign(rows[0], None, tables[0], row_slots[0][:150], 150) == 0
-    assert arena.assign(rows[1], None, tables[1], row_slots[1][:120], 120) == 1
-    assert not arena.has_free_table and arena.assign(rows[2], None, tables[1], row_slots[1][:120], 120) is None
+    assert arena.assign(rows[0], None, tables[0], row_slots[0][:150]) == 0
+    assert arena.assign(rows[1], None, tables[1], row_slots[1][:120]) == 1
+    assert not arena.has_free_table and arena.assign(rows[2], None, tables[1], row_slots[1][:120]) is None
     tables[0] = {layer: t for layer, t in zip((0, 1, 2), [_compress(k_pool, row_slots[0][:158], (layer,), generator,
                                                                     {layer: tables[0][layer]})[layer]
                                                           for layer in (0, 1, 2)])}
-    assert arena.assign(rows[0], 0, tables[0], row_slots[0][:158], 158) == 0  # re-compression: same table
+    assert arena.assign(rows[0], 0, tables[0], row_slots[0][:158]) == 0  # re-compression: same table
     final = {0: 170, 1: 120 + 260, 2: 190}
     order = (0, 2, 1)  # batch row -> request
     seq_lens = torch.tensor([final[r] for r in order], device=DEVICE)
@@ -207,7 +207,7 @@ def test_one_arena_launch_replays_after_in_place_updates(generator):
         req_to_token[row] = slots.to(torch.int32)
     arena = DecodeTableArena(2, 3, 2, max_kept_per_head_tokens(CFG, 2), 3, DEVICE)
     tables = {0: _compress(k_pool, row_slots[0][:150], (0, 1, 2), generator)}
-    arena.assign(0, None, tables[0], row_slots[0][:150], 150)
+    arena.assign(0, None, tables[0], row_slots[0][:150])
     row_indices = torch.tensor([0, 1], device=DEVICE)  # the graph's static inputs, updated in place
     seq_lens = torch.tensor([160, 140], device=DEVICE)
     decode = ArenaDecode(arena, req_to_token, row_indices, seq_lens)
@@ -225,7 +225,7 @@ def test_one_arena_launch_replays_after_in_place_updates(generator):
     launch = decode._launch
     seq_lens += 5  # next step
     tables[1] = _compress(k_pool, row_slots[1][:145], (0, 1, 2), generator)
-    arena.assign(1, None, tables[1], row_slots[1][:145], 145)  # request 1's first event
+    arena.assign(1, None, tables[1], row_slots[1][:145])  # request 1's first event
     check()
     arena.release(0, 0)  # request 0 finished; a new request takes its row... and request 2's row joins the batch
     tables.pop(0)
@@ -240,12 +240,12 @@ def test_arena_refuses_foreign_tables_and_oversized_heads(generator):
     slots = torch.randperm(300, generator=generator).to(DEVICE)[:150]
     tables = _compress(k_pool, slots, (0,), generator)
     arena = DecodeTableArena(2, 1, 2, max_kept_per_head_tokens(CFG, 2), 3, DEVICE)
-    table = arena.assign(2, None, tables, slots, 150)
+    table = arena.assign(2, None, tables, slots)
     with pytest.raises(RuntimeError, match="does not belong"):
-        arena.assign(1, table, tables, slots, 150)
+        arena.assign(1, table, tables, slots)
     small = DecodeTableArena(1, 1, 2, 8, 3, DEVICE)
     with pytest.raises(RuntimeError, match="more than the arena's capacity"):
-        small.assign(0, None, tables, slots, 150)
+        small.assign(0, None, tables, slots)
 
 
 def test_max_kept_per_head_bounds_adaptive_budgets(generator):

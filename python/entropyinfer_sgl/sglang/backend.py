@@ -258,7 +258,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
             events += 1
         if self.arena is not None:
             if st.tables:
-                st.table_id = self.arena.assign(info.row, st.table_id, st.tables, slots, in_cache)
+                st.table_id = self.arena.assign(info.row, st.table_id, st.tables, slots)
             else:
                 self._release_table(st)
         if self.config.decode_evict_interval_steps == 0:

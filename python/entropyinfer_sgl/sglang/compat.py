@@ -352,7 +352,9 @@ def decode_graphs_supported(sa: Any) -> bool:
         return False
     import torch
 
-    return torch.cuda.is_available() and os.environ.get("ENTROPYINFER_USE_KERNELS", "") != "0"
+    from .kernel_path import kernels_wanted
+
+    return torch.cuda.is_available() and kernels_wanted("cuda")
 
 
 def _graph_allowed(phase: str, backend: str, decode_graphs: bool) -> bool:

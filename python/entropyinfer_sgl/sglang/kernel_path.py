@@ -154,11 +154,11 @@ class DecodeTableArena:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.slots, self.lengths, self.tails, self.table_of_row))
 
-    def assign(self, row: int, table_id: int | None, tables: dict[int, DecodeTable], row_slots: torch.Tensor,
-               end: int) -> int | None:
-        """Write one request's tables (a compression event at cache length `end`; `row_slots`: its row's slots of
-        positions 0 .. end-1) into its table (`table_id`, or a free one). Returns the table, or None when the
-        arena is full (the request then stays uncompressed)."""
+    def assign(self, row: int, table_id: int | None, tables: dict[int, DecodeTable],
+               row_slots: torch.Tensor) -> int | None:
+        """Write one request's tables (a compression event; `row_slots`: its row's slots of the positions in the
+        cache then) into its table (`table_id`, or a free one); each layer's tail is its table's `base_len`.
+        Returns the table, or None when the arena is full (the request then stays uncompressed)."""
         if table_id is None:
             if not self._free:
                 return None
