@@ -62,7 +62,7 @@ def test_registered_once(sglang_args):
     assert ATTENTION_BACKEND_CHOICES.count("entropyinfer") == 1 and "entropyinfer" in ATTENTION_BACKENDS
     expected = {compat.TARGET_ADD_CLI_ARGS: 1, compat.TARGET_FROM_CLI_ARGS: 1, compat.TARGET_SUPPORT_TRITON: 1,
                 compat.TARGET_REQ_POOL_FREE: 1, compat.TARGET_REQ_POOL_CLEAR: 1,
-                compat.TARGET_DECODE_GRAPH_CAN_RUN: 1, compat.TARGET_CELL_SIZE: 1}
+                compat.TARGET_DECODE_GRAPH_CAN_RUN: 1, compat.TARGET_CELL_SIZE: 1, compat.TARGET_REQ_POOL_ALLOC: 1}
     if compat.SGLANG_VERSION == "0.5.17":  # resolution is ServerArgs.__post_init__: BEFORE and AFTER hooks
         expected["sglang.srt.server_args.ServerArgs.__post_init__"] = 2
     else:  # 0.5.23: SGLang's resolution hooks, no hook on ServerArgs' methods beyond the CLI pair

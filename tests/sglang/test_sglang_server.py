@@ -87,6 +87,37 @@ def test_method_disabled_equals_dense(servers, num_words):
         assert "dense_chunks=" in line and _stat(line, "prefill_density") == 1.0  # profiled, nothing skipped
 
 
+def test_a_request_can_turn_the_method_off(servers):
+    """`custom_params: {"entropyinfer": {"enabled": false}}` (/generate and the OpenAI API): that request runs dense
+    on the engaged server (the dense server's tokens), the next one without it engages again."""
+    import requests
+
+    text = tiny_llama.prompt(420, seed=12)
+    dense = servers["dense"].generate(text, max_new_tokens=24)
+    off = {"custom_params": {"entropyinfer": {"enabled": False}}}
+    turned_off = servers["engaged"].generate(text, max_new_tokens=24, rid="override-off",
+                                             sampling_params={"max_new_tokens": 24, "temperature": 0,
+                                                              "ignore_eos": True, **off})
+    assert turned_off["output_ids"] == dense["output_ids"]
+    line = servers["engaged"].freed_line("override-off")
+    assert "turned EntropyInfer off" in line and _stat(line, "compression_events") == 0
+    body = {"model": "tiny", "prompt": text, "max_tokens": 24, "temperature": 0, "ignore_eos": True, **off}
+    turned_off_before = servers["engaged"].log_text().count("turned EntropyInfer off")
+    texts = {}
+    for name in ("dense", "engaged"):
+        response = requests.post(servers[name].url + "/v1/completions", json=body, timeout=120)
+        response.raise_for_status()
+        texts[name] = response.json()["choices"][0]["text"]
+    assert texts["engaged"] == texts["dense"]
+    deadline = time.time() + 30  # the OpenAI request's own freed line (its rid is the server's)
+    while servers["engaged"].log_text().count("turned EntropyInfer off") == turned_off_before:
+        assert time.time() < deadline, "the OpenAI request's custom_params did not reach the backend"
+        time.sleep(0.2)
+    servers["engaged"].generate(text, max_new_tokens=24, rid="override-default")
+    line = servers["engaged"].freed_line("override-default")
+    assert "turned EntropyInfer off" not in line and _stat(line, "compression_events") >= 1
+
+
 def test_below_the_length_gate_and_budget_equals_dense(servers):
     text = tiny_llama.prompt(10, seed=3)  # ~14 tokens: below the gate; +20 generated stays within the budget
     dense = servers["dense"].generate(text, max_new_tokens=20)

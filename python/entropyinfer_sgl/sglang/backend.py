@@ -144,7 +144,9 @@ class EntropyInferAttnBackend(_AttentionBackend):
             return False
         for rid, seq_len in zip(rids, seq_lens.tolist()):
             st = self.store.get(rid)
-            if st is None or st.prompt_len is None or self._needs_python(st, int(seq_len) - 1 - st.prompt_len):
+            if st is None or st.prompt_len is None:
+                return False
+            if st.method_enabled and self._needs_python(st, int(seq_len) - 1 - st.prompt_len):
                 return False
         return True
 
@@ -205,9 +207,10 @@ class EntropyInferAttnBackend(_AttentionBackend):
             self._infos.append(info)
             in_cache = seq_len - 1  # the new token's KV is written during this step
             generated = in_cache - st.prompt_len
-            if cfg.decode_compression and generated > cfg.decode_delay_steps:
+            compressing = cfg.decode_compression and st.method_enabled
+            if compressing and generated > cfg.decode_delay_steps:
                 info.record_fresh = self._needs_python(st, generated)
-            if (cfg.decode_compression and generated > st.last_event_checked and generated >= 0
+            if (compressing and generated > st.last_event_checked and generated >= 0
                     and compression_due(generated, cfg)):
                 st.last_event_checked = generated
                 self._compress(info, in_cache)
@@ -298,6 +301,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
         q3 = q.reshape(-1, lv.num_q_heads, lv.head_dim)
         if cfg.decode_compression and supported:
             for info in self._infos:
+                if not info.state.method_enabled:
+                    continue
                 rows = q3[info.q_start:info.q_start + info.extend_len]
                 info.state.record_queries(lv.layer_id, rows, info.seq_len, cfg.observation_window_tokens)
         wants_profile = supported and (lv.layer_id >= cfg.num_dense_layers or cfg.layer_fusion)
@@ -423,6 +428,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
         if cfg.decode_compression and supported:
             for info in self._infos:
                 st = info.state
+                if not st.method_enabled:
+                    continue
                 if info.record_fresh or st.window_end.get(lv.layer_id) == info.seq_len - 1:  # contiguous window
                     st.record_queries(lv.layer_id, q3[info.index:info.index + 1], info.seq_len,
                                       cfg.observation_window_tokens)

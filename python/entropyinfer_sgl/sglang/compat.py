@@ -74,6 +74,7 @@ TARGET_FROM_CLI_ARGS = "sglang.srt.server_args.ServerArgs.from_cli_args"
 TARGET_SUPPORT_TRITON = "sglang.srt.utils.common.support_triton"
 TARGET_REQ_POOL_FREE = "sglang.srt.mem_cache.memory_pool.ReqToTokenPool.free"
 TARGET_REQ_POOL_CLEAR = "sglang.srt.mem_cache.memory_pool.ReqToTokenPool.clear"
+TARGET_REQ_POOL_ALLOC = "sglang.srt.mem_cache.memory_pool.ReqToTokenPool.alloc"
 TARGET_DECODE_GRAPH_CAN_RUN = "sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.can_run_graph"
 TARGET_CELL_SIZE = "sglang.srt.model_executor.pool_configurator.DefaultPoolConfigurator._compute_cell_size"
 _BOOKKEEPING = "_entropyinfer"  # the ServerArgs attribute carrying the plugin's settings
@@ -234,6 +235,24 @@ def register_request_release_hooks(free: Callable[[Any], None], clear: Callable[
 
     register_hook(TARGET_REQ_POOL_FREE, before_free, "before")
     register_hook(TARGET_REQ_POOL_CLEAR, before_clear, "before")
+
+
+def register_request_admission_hook(admitted: Callable[[Any], None]) -> None:
+    """`admitted(req)` for every request that gets (or keeps) a `req_to_token` row for its next extend chunk."""
+
+    def after_alloc(result, self, reqs, *args, **kwargs):
+        if result is not None:
+            for req in reqs:
+                admitted(req)
+        return result
+
+    register_hook(TARGET_REQ_POOL_ALLOC, after_alloc, "after")
+
+
+def request_custom_params(req: Any) -> dict | None:
+    """The request's `custom_params` (sampling params of `/generate`, `custom_params` of the OpenAI API)."""
+    params = getattr(getattr(req, "sampling_params", None), "custom_params", None)
+    return params if isinstance(params, dict) else None
 
 
 def register_decode_graph_hook(step_allowed: Callable[[Any, Any], bool]) -> None:

@@ -14,7 +14,8 @@ Importing this module has no side effects and imports no SGLang module. `registe
 - lets the decode graph runner replay only steps that need no Python of the method (`graph_step_allowed`), and
   adds the decode-table arena's bytes per KV-pool token to SGLang's per-token cost, so the pool sized from
   --mem-fraction-static leaves room for it;
-- frees a request's EntropyInfer state when SGLang frees its `req_to_token` row (finish, abort, retraction).
+- frees a request's EntropyInfer state when SGLang frees its `req_to_token` row (finish, abort, retraction);
+- reads a request's own choice, `custom_params: {"entropyinfer": {"enabled": false}}`, when SGLang admits it.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def register() -> None:
         compat.register_resolution_hooks(_before_resolution, _after_resolution)
         compat.register_hook(compat.TARGET_SUPPORT_TRITON, _around_support_triton, "around")
         compat.register_request_release_hooks(_on_request_freed, _on_requests_cleared)
+        compat.register_request_admission_hook(_on_request_admitted)
         compat.register_decode_graph_hook(_graph_step_allowed)
         compat.register_cell_size_hook(_side_table_bytes_per_token)
         _REGISTERED = True
@@ -191,6 +193,24 @@ def _side_table_bytes_per_token(kvc, cell_size: int) -> int:
 
     per_table = DecodeTableArena.bytes_per_table(layers, kv_heads, max_kept_per_head_tokens(config, kv_heads))
     return -(-per_table // (config.decode_budget_tokens + 1))
+
+
+REQUEST_KEY = "entropyinfer"  # the request's custom_params key: {"enabled": bool}
+
+
+def _on_request_admitted(req) -> None:
+    params = compat.request_custom_params(req)
+    if params is None or REQUEST_KEY not in params:
+        return
+    rid, _ = compat.request_identity(req)
+    choice = params[REQUEST_KEY]
+    if not (isinstance(choice, dict) and set(choice) == {"enabled"} and isinstance(choice["enabled"], bool)):
+        logger.error("EntropyInfer: request %s: custom_params[%r] must be {\"enabled\": true|false}, got %r; "
+                     "the server's setting applies", rid, REQUEST_KEY, choice)
+        return
+    from .state import STORE
+
+    STORE.set_method_enabled(rid, choice["enabled"])
 
 
 def _on_request_freed(req) -> None:

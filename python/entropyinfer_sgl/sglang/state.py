@@ -379,6 +379,7 @@ class RequestState:
     last_event_checked: int = -1  # generated-token count whose compression check already ran
     stats: RequestStats = field(default_factory=RequestStats)
     table_id: int | None = None  # kernel path: this request's table in the backend's `DecodeTableArena`
+    method_enabled: bool = True  # False: the request turned EntropyInfer off (custom_params): dense throughout
     device_pairs_computed: torch.Tensor | None = None  # kernel path: stats kept on the device until the request ends
     device_rigid_heads: torch.Tensor | None = None
 
@@ -424,6 +425,7 @@ class StateStore:
         self._states: dict[str, RequestState] = {}
         self._lock = threading.Lock()
         self.on_release: Callable[[RequestState], None] | None = None  # the backend returns the request's table
+        self._method_enabled: dict[str, bool] = {}  # per-request overrides, from admission to the first chunk
         self.totals = RequestStats()
         self.finished = 0
         self.metrics = None  # metrics.EntropyInferMetrics when SGLang runs with --enable-metrics
@@ -436,6 +438,12 @@ class StateStore:
 
     def get(self, rid: str) -> RequestState | None:
         return self._states.get(rid)
+
+    def set_method_enabled(self, rid: str, enabled: bool) -> None:
+        """A request's own choice (its `custom_params`), recorded when SGLang admits it; applied by its next
+        extend chunk."""
+        with self._lock:
+            self._method_enabled[rid] = enabled
 
     def begin_extend(self, rid: str, req_pool_idx: int, prefix_len: int) -> RequestState:
         """The state for an extend chunk starting at `prefix_len`; a new request, or one whose prefix came from
@@ -451,6 +459,9 @@ class StateStore:
                 if prefix_len > 0:
                     st.prefill_dense_reason = "prefix-cache hit: no typing state for the cached prefix"
                 self._states[rid] = st
+            if not self._method_enabled.pop(rid, True):
+                st.method_enabled = False
+                st.prefill_dense_reason = "the request turned EntropyInfer off (custom_params)"
             return st
 
     def begin_decode(self, rid: str, req_pool_idx: int, seq_len: int) -> RequestState:
@@ -476,6 +487,7 @@ class StateStore:
                 self._finish(rid)
 
     def _finish(self, rid: str) -> None:
+        self._method_enabled.pop(rid, None)
         st = self._states.pop(rid, None)
         if st is None:
             return
