@@ -4,7 +4,8 @@ the Triton interpreter, against the reference path: same tokens, same per-reques
 Two servers with the `engaged` config and `--chunked-prefill-size 128`: `reference` (the CPU default) and `kernels`
 (`ENTROPYINFER_USE_KERNELS=1 TRITON_INTERPRET=1`). A ~570-token prompt crosses four chunk boundaries, so the first
 chunk is planned on the device and later ones continue causal typing after a cached prefix (`sparse_prefill` with
-`prefix_len`), then decode compresses and re-compresses (`compressed_decode` over per-head slot tables).
+`prefix_len`), then decode compresses and re-compresses (`compressed_decode` over the decode-table arena); every table is
+returned when its request ends.
 """
 
 from __future__ import annotations
@@ -55,5 +56,8 @@ def test_kernel_path_serves_like_the_reference_path(tiny_model, tmp_path):
                 concurrent[name] = {key: f.result()["output_ids"] for key, f in futures.items()}
         assert concurrent["kernels"] == concurrent["reference"]
         assert "compression_events=0" not in servers["kernels"].freed_line("kernels-c-long")
+        in_use = [int(n) for n in re.findall(r"returned its decode table: (\d+) in use",
+                                             servers["kernels"].log_text())]
+        assert len(in_use) >= 3 and in_use[-1] == 0  # one per compressed request; none left behind
     finally:
         stop_all(servers.values())

@@ -233,6 +233,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
     def _release_table(self, st: RequestState) -> None:
         if self.arena is not None and st.table_id is not None:
             self.arena.release(st.req_pool_idx, st.table_id)
+            logger.debug("EntropyInfer request %s returned its decode table: %d in use", st.rid,
+                         self.arena.tables_in_use)
         st.table_id = None
 
     def _compress(self, info: _RequestInfo, in_cache: int) -> None:
