@@ -171,6 +171,27 @@ def test_the_arena_is_charged_per_pool_token(sglang_args, tiny_model, monkeypatc
     assert plugin._side_table_bytes_per_token(kvc(attention_backend="entropyinfer"), 0) == 0
 
 
+@pytest.mark.parametrize("choice, recorded", [
+    ({"enabled": False}, False), ({"enabled": True}, True),
+    ({"enabled": "no"}, None), ({"enabled": False, "budget": 3}, None), (False, None),
+])
+def test_request_override_is_read_at_admission(sglang_args, choice, recorded, caplog):
+    """What the ReqToTokenPool.alloc hook records per request; a malformed value is logged and ignored."""
+    from types import SimpleNamespace
+
+    from entropyinfer_sgl.sglang import plugin
+    from entropyinfer_sgl.sglang.state import STORE
+
+    req = SimpleNamespace(rid="override-unit", req_pool_idx=0,
+                          sampling_params=SimpleNamespace(custom_params={"entropyinfer": choice, "other": 1}))
+    with caplog.at_level("ERROR", logger="entropyinfer_sgl.sglang"):
+        plugin._on_request_admitted(req)
+    assert STORE._method_enabled.pop("override-unit", None) is recorded
+    assert ("must be" in caplog.text) == (recorded is None)
+    plugin._on_request_admitted(SimpleNamespace(rid="plain", sampling_params=SimpleNamespace(custom_params=None)))
+    assert "plain" not in STORE._method_enabled
+
+
 def test_support_triton_is_false_for_the_cpu_path(sglang_args):
     from sglang.srt.utils import common
 
