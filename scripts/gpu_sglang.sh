@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # SGLang end to end on the H200 (issue 5), from the repository root:
-#   bash scripts/gpu_sglang.sh [tests] [one_batch] [dense_graph] [ei_graph] [serving]  (default: tests one_batch serving)
+#   bash scripts/gpu_sglang.sh [tests] [one_batch] [dense_graph] [ei_graph] [serving] [capacity]
+#   (default: tests one_batch serving)
 # - tests: the kernel path's GPU tests (tests/kernels, bf16);
 # - one_batch: `bench_one_batch` (batch 1, eager: --disable-cuda-graph) at $LENS tokens, dense FlashInfer vs
 #   --enable-entropyinfer with each config of $CONFIGS (name=JSON; default: the default config, budgets forced to
@@ -8,7 +9,11 @@
 # - dense_graph: dense FlashInfer with CUDA graphs on (SGLang's default decode), for the decode baseline;
 # - ei_graph: --enable-entropyinfer (default config) with CUDA-graph decode (SGLang's default decode);
 # - serving: `bench_serving` with a mixed-length random workload against a server, dense vs the default config,
-#   both with SGLang's default decode CUDA graphs (SERVING_EAGER=1: both eager).
+#   both with SGLang's default decode CUDA graphs (SERVING_EAGER=1: both eager);
+# - capacity (issue 8): `bench_serving` with $CAPACITY_RUNS (name:prompts, default "dense:10 phase1:10 phase2:48")
+#   prompts of $CAPACITY_INPUT_LEN tokens (default 130000) at once against a server at --mem-fraction-static 0.85:
+#   dense FlashInfer, EntropyInfer phase 1 (evicted entries hidden) and phase 2 (decode_free_memory), decode budget
+#   $CAPACITY_BUDGET (default 2048) per kv head; the most requests running at once is read from the server log.
 # Model: the Llama-3.1-8B-geometry dummy (../shared/device/llama8b_dummy copied to .carry/, --load-format dummy).
 # Results: $OUT/one_batch.log, $OUT/serving.log (full output), $OUT/summary.txt (the figures' lines).
 set -uo pipefail
@@ -87,6 +92,36 @@ PY
         { echo "== serving $variant"; grep -E "Successful|Mean TTFT|Median TTFT|Mean TPOT|Median TPOT|throughput" \
           "$OUT/serving_$variant.tmp"; } >> "$SUMMARY"
         rm -f "$OUT/serving_$variant.tmp" "$OUT/server_$variant.tmp"
+      done ;;
+    capacity)
+      for run in ${CAPACITY_RUNS:-dense:10 phase1:10 phase2:48}; do
+        variant=${run%%:*} prompts=${run##*:}
+        port=$((31000 + RANDOM % 1000))
+        budget='"decode_budget_tokens": '"${CAPACITY_BUDGET:-2048}"
+        case $variant in
+          dense) extra=(--attention-backend "$DENSE_BACKEND") ;;
+          phase1) extra=(--enable-entropyinfer --entropyinfer-config "{$budget}") ;;
+          phase2) extra=(--enable-entropyinfer --entropyinfer-config "{$budget, \"decode_free_memory\": true}") ;;
+        esac
+        log="$OUT/capacity_server_$variant.log"
+        python3 -m entropyinfer_sgl.sglang.launch_server --model-path "$MODEL" --load-format dummy \
+          --context-length "$CONTEXT_LEN" --mem-fraction-static 0.85 --chunked-prefill-size 131072 \
+          --max-running-requests 64 --decode-log-interval 4 --port "$port" --host 127.0.0.1 "${EXTRA[@]}" \
+          "${extra[@]}" > "$log" 2>&1 &
+        pid=$!
+        for _ in $(seq 400); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 1; done
+        timeout "${CAPACITY_TIMEOUT:-420}" python3 -m sglang.bench_serving --backend sglang \
+          --base-url "http://127.0.0.1:$port" --tokenizer "$MODEL" --dataset-name random-ids \
+          --random-input-len "${CAPACITY_INPUT_LEN:-130000}" --random-range-ratio 1.0 \
+          --random-output-len "${CAPACITY_OUTPUT_LEN:-512}" --num-prompts "$prompts" \
+          --request-rate inf --disable-tqdm --seed 2 > "$OUT/capacity_$variant.log" 2>&1
+        echo "bench exit $?" >> "$OUT/capacity_$variant.log"
+        kill $pid; wait $pid 2>/dev/null
+        { echo "== capacity $variant ($prompts prompts)"
+          grep -E "Successful|Mean TTFT|Median TPOT|Output token throughput|bench exit" "$OUT/capacity_$variant.log"
+          grep -o "Decode batch.*#running-req: [0-9]*" "$log" | grep -o "[0-9]*$" | sort -n | tail -1 | sed 's/^/max running requests: /'
+          grep -o "KV Cache is allocated. #tokens: [0-9]*\|max_total_num_tokens=[0-9]*" "$log" | head -1
+          grep -E "Traceback|leak detected|Mem Leak|out of memory" "$log" | head -5; } >> "$SUMMARY"
       done ;;
   esac
 done

@@ -59,6 +59,7 @@ class EntropyInferConfig:
     decode_gqa_reduction: str = "mean"  # how a kv group's query heads' scores are combined (never expand the cache)
     adaptive_decode_budgets: bool = False  # AdaKV: budgets allocated across the kv heads of a layer
     head_budget_floor_fraction: float = 0.2  # AdaKV floor: share of the uniform budget every head keeps
+    decode_free_memory: bool = False  # SGLang phase 2: evicted entries' KV memory goes back to the pool
 
     schema_version: int = field(default=SCHEMA_VERSION, compare=False)
 
@@ -158,7 +159,7 @@ _INT_FIELDS_MIN = {
     "schema_version": 1,
 }
 _BOOL_FIELDS = ("layer_fusion", "per_head_budgets", "causal_head_typing", "decode_compression",
-                "adaptive_decode_budgets")
+                "adaptive_decode_budgets", "decode_free_memory")
 
 
 def _fail(name: str, value: Any, why: str) -> None:
@@ -205,6 +206,8 @@ def _validate(cfg: EntropyInferConfig) -> None:
               f"local_window_tokens={cfg.local_window_tokens} + decode_evict_interval_steps < "
               f"observation_window_tokens={cfg.observation_window_tokens}: re-compression would score with "
               "window tokens that the previous compression evicted")
+    if cfg.decode_free_memory and not cfg.decode_compression:
+        _fail("decode_free_memory", True, "needs decode_compression (only compression events free memory)")
     protected = cfg.sink_tokens + cfg.local_window_tokens
     if cfg.decode_budget_tokens <= protected:
         _fail("decode_budget_tokens", cfg.decode_budget_tokens,

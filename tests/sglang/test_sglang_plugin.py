@@ -65,6 +65,7 @@ def test_registered_once(sglang_args):
                 compat.TARGET_DECODE_GRAPH_CAN_RUN: 1, compat.TARGET_CELL_SIZE: 1, compat.TARGET_REQ_POOL_ALLOC: 1}
     if compat.SGLANG_VERSION == "0.5.17":  # resolution is ServerArgs.__post_init__: BEFORE and AFTER hooks
         expected["sglang.srt.server_args.ServerArgs.__post_init__"] = 2
+        expected[compat.TARGET_RUN_BATCH] = 1  # phase 2 (decode_free_memory)
     else:  # 0.5.23: SGLang's resolution hooks, no hook on ServerArgs' methods beyond the CLI pair
         expected.update({"resolution:handle_cuda_graph_config": 1, "resolution:handle_other_validations": 1})
     assert ours == expected
@@ -125,6 +126,27 @@ def test_bad_cli_input_is_refused(sglang_args, tiny_model, argv, message):
 def test_unsupported_combinations_are_refused_at_startup(sglang_args, tiny_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         _build(sglang_args, model_path=str(tiny_model), device="cpu", attention_backend="entropyinfer", **kwargs)
+
+
+def test_free_memory_turns_the_overlap_scheduler_off_or_is_refused(sglang_args, tiny_model, monkeypatch):
+    """Phase 2 (decode_free_memory) frees pool slots between a forward and its results: SGLang 0.5.17 with page
+    size 1 only, overlap scheduler off."""
+    from entropyinfer_sgl.sglang import compat
+
+    monkeypatch.setenv("ENTROPYINFER_CONFIG", json.dumps(dict(ENGAGED, decode_free_memory=True)))
+    if not compat.free_memory_supported():
+        with pytest.raises(ValueError, match="phase 2 runs on sglang 0.5.17 only"):
+            _build(sglang_args, model_path=str(tiny_model), device="cpu", attention_backend="entropyinfer")
+        return
+    sa = _build(sglang_args, model_path=str(tiny_model), device="cpu", attention_backend="entropyinfer")
+    assert compat.resolved_field(sa, "disable_overlap_schedule")
+    with pytest.raises(ValueError, match="page-size=16"):
+        _build(sglang_args, model_path=str(tiny_model), device="cpu", attention_backend="entropyinfer", page_size=16)
+    monkeypatch.setenv("ENTROPYINFER_CONFIG", json.dumps(ENGAGED))  # phase 1 leaves SGLang's choice alone
+    sa = _build(sglang_args, model_path=str(tiny_model), device="cpu", attention_backend="entropyinfer")
+    assert compat.resolved_field(sa, "disable_overlap_schedule") == compat.resolved_field(
+        _build(sglang_args, model_path=str(tiny_model), device="cpu", attention_backend="torch_native"),
+        "disable_overlap_schedule")
 
 
 def test_no_decode_graphs_on_cpu(sglang_args, tiny_model):

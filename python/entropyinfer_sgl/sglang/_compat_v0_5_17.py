@@ -30,6 +30,7 @@ UPSTREAM_COMMANDS = {"one_batch": "sglang.bench_one_batch",
                      "serving": "sglang.bench_serving"}
 TOLERANT_QWEN3_ASR = True  # AutoConfig.register("qwen3_asr") must be made tolerant (transformers >= 5.17)
 GRAPH_DECODE = True  # EntropyInfer's decode CUDA graph (measured on the H200 with this release only)
+FREE_MEMORY = True  # phase 2 (decode_free_memory): Req.cache_protected_len / last_node / skip_radix_cache_insert
 RANK_FIELDS = ("tp_size", "pp_size", "dp_size")  # each must be 1
 
 
@@ -65,6 +66,12 @@ def disable_graphs(sa: Any) -> None:
 
 def disable_prefill_graphs(sa: Any) -> None:
     sa.disable_prefill_cuda_graph = True
+
+
+def disable_overlap_schedule(sa: Any) -> bool:
+    was_on = not sa.disable_overlap_schedule
+    sa.disable_overlap_schedule = True
+    return was_on
 
 
 def resolve(sa: Any) -> None:

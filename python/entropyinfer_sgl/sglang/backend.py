@@ -30,7 +30,7 @@ queries before one) run eagerly: `graph_step_allowed` tells SGLang's decode grap
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -39,6 +39,7 @@ from ..decode import compression_due, max_kept_per_head_tokens
 from ..reference import compressed_decode_reference
 from . import compat
 from .attention import sparse_chunk_attention
+from .compaction import compact_request
 from .kernel_path import ArenaDecode, DecodeTableArena, kernels_wanted, prefill_chunk
 from .state import (STORE, ChunkPlan, RequestState, StateStore, compress_layer, dense_pair_count, plan_chunk,
                     plan_pair_counts)
@@ -94,6 +95,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
         self.use_kernels = kernels_wanted(view.device)
         self.arena = self._create_arena(view) if self.use_kernels and config.decode_compression else None
         self.store.on_release = self._release_table
+        self.store.compact = self.compact if config.decode_free_memory else None
         if view.metrics_enabled and self.store.metrics is None:
             from .metrics import EntropyInferMetrics
 
@@ -266,6 +268,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
                 st.table_id = self.arena.assign(info.row, st.table_id, st.tables, slots)
             else:
                 self._release_table(st)
+        if self.config.decode_free_memory and events:
+            self.store.compaction_due.append((info.rid, in_cache))  # `compact`, after this forward
         if self.config.decode_evict_interval_steps == 0:
             st.window.clear()  # no later event: the observation windows are not needed any more
             st.window_end.clear()
@@ -274,6 +278,27 @@ class EntropyInferAttnBackend(_AttentionBackend):
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("EntropyInfer request %s: compression at %d cache entries, kv_kept_fraction=%s",
                              info.rid, in_cache, st.stats.kv_kept_fraction)
+
+    def compact(self, rid: str, protected_len: int, cache_len: int,
+                alloc: Callable[[int], torch.Tensor | None]) -> tuple[torch.Tensor, int] | None:
+        """Phase 2, after the forward of a request's compression event at `cache_len` entries (the plugin's
+        Scheduler.run_batch hook calls it with SGLang's protected length and allocator): move its kept entries to
+        slots of its own at the end of its row (`compaction.py`) and point its decode tables there. Returns (own
+        slots to free, the new protected length), or None (nothing released: the event stays phase 1)."""
+        st = self.store.get(rid)
+        if st is None or not st.tables:
+            return None
+        row = compat.req_to_token(self.req_to_token_pool)[st.req_pool_idx]
+        done = compact_request(row, st.tables, lambda layer_id: compat.kv_buffers(self.token_to_kv_pool, layer_id),
+                               alloc, protected_len=protected_len, cache_len=cache_len, num_layers=self.num_layers)
+        if done is None:
+            return None
+        st.tables = done.tables
+        if self.arena is not None and st.table_id is not None:
+            self.arena.assign(st.req_pool_idx, st.table_id, st.tables, row[:cache_len].to(torch.int64))
+        st.stats.slots_released += done.protected_len - st.released_len
+        st.released_len = done.protected_len
+        return done.freed_slots, done.protected_len
 
     def _current(self, forward_batch) -> compat.BatchView:
         if self._batch is None or self._batch.forward_batch is not forward_batch:

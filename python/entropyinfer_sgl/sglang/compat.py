@@ -77,6 +77,7 @@ TARGET_REQ_POOL_CLEAR = "sglang.srt.mem_cache.memory_pool.ReqToTokenPool.clear"
 TARGET_REQ_POOL_ALLOC = "sglang.srt.mem_cache.memory_pool.ReqToTokenPool.alloc"
 TARGET_DECODE_GRAPH_CAN_RUN = "sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.can_run_graph"
 TARGET_CELL_SIZE = "sglang.srt.model_executor.pool_configurator.DefaultPoolConfigurator._compute_cell_size"
+TARGET_RUN_BATCH = "sglang.srt.managers.scheduler.Scheduler.run_batch"
 _BOOKKEEPING = "_entropyinfer"  # the ServerArgs attribute carrying the plugin's settings
 
 
@@ -275,6 +276,101 @@ def register_cell_size_hook(extra_bytes: Callable[[Any, int], int]) -> None:
         return int(result) + int(extra_bytes(kvc, int(result)))
 
     register_hook(TARGET_CELL_SIZE, after_compute_cell_size, "after")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Phase 2 (decode_free_memory): compression events return pool slots to SGLang (0.5.17 only)
+# ---------------------------------------------------------------------------------------------------------
+_SAVED_SKIP_INSERT = "_entropyinfer_skip_radix_cache_insert"  # the request's own setting, restored when freed
+
+
+def free_memory_supported() -> bool:
+    return bool(getattr(_rel(), "FREE_MEMORY", False))
+
+
+def register_run_batch_hook(around: Callable[..., Any]) -> None:
+    """`around(original, scheduler, batch, *args, **kwargs)` around `Scheduler.run_batch` (one forward of a
+    batch; without the overlap scheduler the batch's results are processed right after it)."""
+    if free_memory_supported():
+        register_hook(TARGET_RUN_BATCH, around, "around")
+
+
+def batch_requests(batch: Any) -> list:
+    """The scheduler requests (`Req`) of a ScheduleBatch."""
+    return list(getattr(batch, "reqs", None) or ())
+
+
+def release_compacted(scheduler: Any, reqs: list, due: list[tuple[str, int]],
+                      compact: Callable[..., Any] | None) -> None:
+    """After a forward that ran compression events (phase 2): for each `(rid, cache_len)` in `due`, call
+    `compact(rid, protected_len, cache_len, alloc)` (the backend; `alloc(n)` takes n slots from SGLang's
+    allocator, evicting unlocked radix-cache entries first if needed) and do SGLang's side of what it released:
+
+    - the request's own slots it no longer uses go back to the allocator;
+    - its protected length (`Req.cache_protected_len`) becomes the compacted region's start, so its release frees
+      exactly the compacted region and the tokens appended since (and SGLang's busy-time invariant, free + cached +
+      the running requests' own slots = pool size, stays exact);
+    - the radix-cache nodes it held (`Req.last_node`, its prompt) are unlocked: it no longer reads them; they stay
+      cached, evictable;
+    - its release no longer inserts its row into the radix cache (`Req.skip_radix_cache_insert`: the row's
+      positions no longer hold their tokens' KV); its own setting comes back when SGLang frees the row
+      (`restore_request_flags`);
+    - the running batch is no longer marked full (`ScheduleBatch.batch_is_full`), so waiting requests are tried.
+    """
+    if compact is None:
+        return
+    from sglang.srt.mem_cache.common import evict_from_tree_cache
+
+    allocator, tree = scheduler.token_to_kv_pool_allocator, scheduler.tree_cache
+
+    def alloc(n: int):
+        evict_from_tree_cache(tree, n)
+        return allocator.alloc(n)
+
+    by_rid = {req.rid: req for req in reqs}
+    for rid, cache_len in due:
+        req = by_rid.get(rid)
+        done = None if req is None else compact(rid, int(req.cache_protected_len), cache_len, alloc)
+        if done is None:
+            continue
+        # the scheduler stops trying to admit requests once the pool is full, until a request finishes: memory
+        # came back, so let it try again
+        scheduler.running_batch.batch_is_full = False
+        freed, protected_len = done
+        if freed.numel():
+            allocator.free(freed)
+        req.cache_protected_len = protected_len
+        if req.last_node is not None:
+            tree.dec_lock_ref(req.last_node)
+            req.last_node = None
+        if not hasattr(req, _SAVED_SKIP_INSERT):
+            setattr(req, _SAVED_SKIP_INSERT, getattr(req, "skip_radix_cache_insert", False))
+            req.skip_radix_cache_insert = True
+
+
+def restore_request_flags(req: Any) -> None:
+    """Undo `release_compacted`'s radix-cache setting (SGLang freed the row: a retracted request is prefilled
+    again, and its chunks must be cached as usual)."""
+    if hasattr(req, _SAVED_SKIP_INSERT):
+        req.skip_radix_cache_insert = getattr(req, _SAVED_SKIP_INSERT)
+        delattr(req, _SAVED_SKIP_INSERT)
+
+
+def free_memory_conflicts(sa: Any) -> list[str]:
+    """ServerArgs settings phase 2 cannot serve (beyond `server_args_conflicts`)."""
+    if not free_memory_supported():
+        return [f"decode_free_memory on sglang {SGLANG_VERSION} (phase 2 runs on sglang 0.5.17 only)"]
+    problems = []
+    page_size = getattr(_view(sa), "page_size", 1)
+    if page_size not in (None, 1):
+        problems.append(f"decode_free_memory with --page-size={page_size} (phase 2 frees single slots: page size 1)")
+    return problems
+
+
+def disable_overlap_schedule(sa: Any) -> bool:
+    """Turn SGLang's overlap scheduler off (phase 2 frees slots between a forward and its results); returns
+    whether it was on."""
+    return _rel().disable_overlap_schedule(sa)
 
 
 def pool_configurator_facts(kvc: Any) -> tuple[Any, int, int]:

@@ -25,6 +25,8 @@ COUNTERS = {
     "compression_events": ("compression_events", "decode compression events"),
     "entries_before": ("kv_entries_before", "KV entries held before compression events (layers x kv heads)"),
     "entries_kept": ("kv_entries_kept", "KV entries kept by compression events (layers x kv heads)"),
+    "slots_released": ("kv_pool_slots_released",
+                       "KV pool slots requests stopped holding at compression events (phase 2: freed or evictable)"),
 }
 
 

@@ -15,7 +15,10 @@ Importing this module has no side effects and imports no SGLang module. `registe
   adds the decode-table arena's bytes per KV-pool token to SGLang's per-token cost, so the pool sized from
   --mem-fraction-static leaves room for it;
 - frees a request's EntropyInfer state when SGLang frees its `req_to_token` row (finish, abort, retraction);
-- reads a request's own choice, `custom_params: {"entropyinfer": {"enabled": false}}`, when SGLang admits it.
+- reads a request's own choice, `custom_params: {"entropyinfer": {"enabled": false}}`, when SGLang admits it;
+- phase 2 (`decode_free_memory`, SGLang 0.5.17): turns the overlap scheduler off, and around each
+  `Scheduler.run_batch` compacts, after the forward, the requests whose compression event it ran and returns
+  what they released to SGLang (`compaction.py`, `compat.release_compacted`).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def register() -> None:
         compat.register_request_admission_hook(_on_request_admitted)
         compat.register_decode_graph_hook(_graph_step_allowed)
         compat.register_cell_size_hook(_side_table_bytes_per_token)
+        compat.register_run_batch_hook(_around_run_batch)
         _REGISTERED = True
 
 
@@ -142,6 +146,11 @@ def _before_resolution(server_args) -> None:
     if not compat.uses_backend(server_args):
         return
     _refuse(compat.server_args_conflicts(server_args))  # the user's own settings, before SGLang's resolution
+    if resolve_config(server_args).decode_free_memory:
+        _refuse(compat.free_memory_conflicts(server_args))
+        if compat.disable_overlap_schedule(server_args):
+            logger.info("EntropyInfer decode_free_memory: SGLang's overlap scheduler is turned off (phase 2 "
+                        "returns pool slots between a forward and the processing of its results)")
     explicit = compat.disable_graphs_before_resolution(server_args)
     if explicit:
         raise ValueError("EntropyInfer captures only the decode phase in CUDA graphs (backend 'full', CUDA, SGLang "
@@ -195,6 +204,18 @@ def _side_table_bytes_per_token(kvc, cell_size: int) -> int:
     return -(-per_table // (config.decode_budget_tokens + 1))
 
 
+def _around_run_batch(original, scheduler, batch, *args, **kwargs):
+    """Phase 2: after the forward, compact the requests whose compression event it ran and do SGLang's side
+    (free their released slots, move their protected length, unlock the radix-cache nodes they held)."""
+    from .state import STORE
+
+    try:
+        return original(scheduler, batch, *args, **kwargs)
+    finally:
+        if STORE.compaction_due:
+            compat.release_compacted(scheduler, compat.batch_requests(batch), STORE.take_compactions(), STORE.compact)
+
+
 REQUEST_KEY = "entropyinfer"  # the request's custom_params key: {"enabled": bool}
 
 
@@ -218,6 +239,7 @@ def _on_request_freed(req) -> None:
 
     rid, _ = compat.request_identity(req)
     STORE.free(rid)
+    compat.restore_request_flags(req)
 
 
 def _on_requests_cleared() -> None:

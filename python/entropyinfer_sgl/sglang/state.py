@@ -328,6 +328,7 @@ class RequestStats:
     compression_events: int = 0
     entries_before: int = 0
     entries_kept: int = 0
+    slots_released: int = 0  # phase 2 (decode_free_memory): pool slots the request stopped holding at events
 
     @property
     def prefill_density(self) -> float | None:
@@ -360,7 +361,8 @@ class RequestStats:
 
         return (f"prefill_density={fmt(self.prefill_density)} rigid_fraction={fmt(self.rigid_fraction)} "
                 f"kv_kept_fraction={fmt(self.kv_kept_fraction)} sparse_chunks={self.sparse_chunks} "
-                f"dense_chunks={self.dense_chunks} compression_events={self.compression_events}")
+                f"dense_chunks={self.dense_chunks} compression_events={self.compression_events} "
+                f"slots_released={self.slots_released}")
 
 
 @dataclass
@@ -379,6 +381,7 @@ class RequestState:
     last_event_checked: int = -1  # generated-token count whose compression check already ran
     stats: RequestStats = field(default_factory=RequestStats)
     table_id: int | None = None  # kernel path: this request's table in the backend's `DecodeTableArena`
+    released_len: int = 0  # phase 2: the request no longer holds the pool slots of row positions before this
     method_enabled: bool = True  # False: the request turned EntropyInfer off (custom_params): dense throughout
     device_pairs_computed: torch.Tensor | None = None  # kernel path: stats kept on the device until the request ends
     device_rigid_heads: torch.Tensor | None = None
@@ -429,6 +432,10 @@ class StateStore:
         self.totals = RequestStats()
         self.finished = 0
         self.metrics = None  # metrics.EntropyInferMetrics when SGLang runs with --enable-metrics
+        # phase 2 (decode_free_memory): requests whose compression event of this forward is to be compacted after it
+        # ((rid, cache length at the event)), and the backend's `compact` (the plugin's Scheduler.run_batch hook)
+        self.compaction_due: list[tuple[str, int]] = []
+        self.compact: Callable | None = None
 
     def __len__(self) -> int:
         return len(self._states)
@@ -510,6 +517,10 @@ class StateStore:
     def side_table_bytes(self) -> int:
         with self._lock:
             return sum(st.side_table_bytes() for st in self._states.values())
+
+    def take_compactions(self) -> list[tuple[str, int]]:
+        due, self.compaction_due = self.compaction_due, []
+        return due
 
 
 STORE = StateStore()  # the process's store: the ReqToTokenPool.free hook and the backend share it
