@@ -112,9 +112,9 @@ PY
         for _ in $(seq 400); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 1; done
         timeout "${CAPACITY_TIMEOUT:-420}" python3 -m sglang.bench_serving --backend sglang \
           --base-url "http://127.0.0.1:$port" --tokenizer "$MODEL" --dataset-name random-ids \
-          --random-input-len "${CAPACITY_INPUT_LEN:-130000}" --random-range-ratio 1.0 \
+          --random-input-len "${CAPACITY_INPUT_LEN:-128000}" --random-range-ratio 1.0 \
           --random-output-len "${CAPACITY_OUTPUT_LEN:-512}" --num-prompts "$prompts" \
-          --request-rate inf --disable-tqdm --seed 2 > "$OUT/capacity_$variant.log" 2>&1
+          --tokenize-prompt --request-rate inf --disable-tqdm --seed 2 > "$OUT/capacity_$variant.log" 2>&1
         echo "bench exit $?" >> "$OUT/capacity_$variant.log"
         kill $pid; wait $pid 2>/dev/null
         { echo "== capacity $variant ($prompts prompts)"
