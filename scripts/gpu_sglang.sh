@@ -14,6 +14,8 @@
 #   prompts of $CAPACITY_INPUT_LEN tokens (default 130000) at once against a server at --mem-fraction-static 0.85:
 #   dense FlashInfer, EntropyInfer phase 1 (evicted entries hidden) and phase 2 (decode_free_memory), decode budget
 #   $CAPACITY_BUDGET (default 2048) per kv head; the most requests running at once is read from the server log.
+#   EntropyInfer prefills each prompt in one chunk; dense FlashInfer in $CAPACITY_DENSE_CHUNK-token chunks (default
+#   16384: one 128k chunk runs out of memory at 0.85 beside the pool).
 # Model: the Llama-3.1-8B-geometry dummy (../shared/device/llama8b_dummy copied to .carry/, --load-format dummy).
 # Results: $OUT/one_batch.log, $OUT/serving.log (full output), $OUT/summary.txt (the figures' lines).
 set -uo pipefail
@@ -99,7 +101,7 @@ PY
         port=$((31000 + RANDOM % 1000))
         budget='"decode_budget_tokens": '"${CAPACITY_BUDGET:-2048}"
         case $variant in
-          dense) extra=(--attention-backend "$DENSE_BACKEND") ;;
+          dense) extra=(--attention-backend "$DENSE_BACKEND" --chunked-prefill-size "${CAPACITY_DENSE_CHUNK:-16384}") ;;
           phase1) extra=(--enable-entropyinfer --entropyinfer-config "{$budget}") ;;
           phase2) extra=(--enable-entropyinfer --entropyinfer-config "{$budget, \"decode_free_memory\": true}") ;;
         esac
