@@ -1,8 +1,9 @@
 """Phase 2 (`decode_free_memory`) served end to end on CPU: compression events return pool slots to SGLang.
 
-Servers with the `engaged` config, `--chunked-prefill-size 128` (the prompt's chunks enter the radix cache and the
-request holds them) and a small pool: `phase1` (evicted entries only hidden), `phase2` (freed; reference path) and
-`phase2_kernels` (freed; the kernel path under the Triton interpreter). SGLang's own memory checks run at every step
+Servers with the `engaged` config, `--chunked-prefill-size 128` and a small pool (SGLang caches the prompt in the
+radix cache and the request holds it while it runs): `phase1` (evicted entries only hidden), `phase2` (freed;
+reference path), `phase2_kernels` (freed; the kernel path under the Triton interpreter) and `phase2_retract` (freed,
+with SGLang's retraction test mode). SGLang's own memory checks run at every step
 (`SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY`: free + cached + the running requests' own slots = pool size;
 `SGLANG_CHECK_KV_PAGE_INVARIANTS`: no slot a request can reach is free, no slot is freed twice) and when idle (the
 pool back to its initial free count); a failed check kills the scheduler.
@@ -69,6 +70,10 @@ def test_phase2_frees_memory_serves_the_same_tokens_and_admits_more(tiny_model, 
         "phase2": _server("phase2", tiny_model, tmp_path, phase2),
         "phase2_kernels": _server("phase2_kernels", tiny_model, tmp_path, phase2, ENTROPYINFER_USE_KERNELS="1",
                                   TRITON_INTERPRET="1"),
+        # SGLang's own retraction test mode: every 7th forward retracts a decoding request (its slots released
+        # through SGLang's retract path, then prefilled again with its output so far)
+        "phase2_retract": _server("phase2_retract", tiny_model, tmp_path, phase2, SGLANG_TEST_RETRACT="1",
+                                  SGLANG_TEST_RETRACT_INTERVAL="7"),
     }
     try:
         for server in servers.values():
@@ -76,10 +81,11 @@ def test_phase2_frees_memory_serves_the_same_tokens_and_admits_more(tiny_model, 
         assert "overlap scheduler is turned off" in servers["phase2"].log_text()
         # one long request: compression at 4 generated tokens, then every 8 steps; phase 2 frees at each event
         text = tiny_llama.prompt(420, seed=41)
+        same = {name: s for name, s in servers.items() if name != "phase2_retract"}
         outs = {name: s.generate(text, max_new_tokens=30, rid=f"{name}-long", timeout=400)["output_ids"]
-                for name, s in servers.items()}
+                for name, s in same.items()}
         assert outs["phase2"] == outs["phase1"] and outs["phase2_kernels"] == outs["phase1"]
-        stats = {name: s.freed_line(f"{name}-long") for name, s in servers.items()}
+        stats = {name: s.freed_line(f"{name}-long") for name, s in same.items()}
         assert "slots_released=0" in stats["phase1"]
         for name in ("phase2", "phase2_kernels"):
             assert int(re.search(r"compression_events=(\d+)", stats[name]).group(1)) >= 3
@@ -115,6 +121,17 @@ def test_phase2_frees_memory_serves_the_same_tokens_and_admits_more(tiny_model, 
         requests.post(server.url + "/abort_request", json={"rid": "phase2-abort"}, timeout=30)
         worker.join(timeout=120)
         assert "slots_released=0" not in server.freed_line("phase2-abort")
+        # retractions of compacted requests
+        server = servers["phase2_retract"]
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(server.generate, tiny_llama.prompt(300, seed=70 + i), max_new_tokens=40,
+                                   rid=f"retract-{i}", timeout=600) for i in range(3)]
+            for future in futures:
+                assert len(future.result()["output_ids"]) == 40
+        log = server.log_text()
+        assert "Testing retraction" in log
+        released = [int(n) for n in re.findall(r"EntropyInfer request retract-\d freed: .*slots_released=(\d+)", log)]
+        assert len(released) > 3 and max(released) > 0  # some requests were retracted, some after compaction
         for server in servers.values():
             _healthy_when_idle(server)
     finally:

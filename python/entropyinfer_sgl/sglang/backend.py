@@ -14,7 +14,9 @@ request, layer and step the method leaves dense. Per forward:
   and run block-sparse attention for the chunk's queries through SDPA. Requests of the batch whose plan selects
   every visible block run the dense backend's own code (bitwise dense).
 - `forward_decode`: dense until a request's first compression event; then that request attends, per layer and
-  kv head, only to its kept positions plus every token appended since (Phase 1: the KV stays in the pool).
+  kv head, only to its kept positions plus every token appended since (phase 1: the KV stays in the pool; phase 2,
+  `decode_free_memory`: after the event's forward, `compact` moves the kept entries to the request's own slots at
+  the end of its row and the plugin returns the rest to SGLang, `compaction.py`).
 
 Two paths with one behaviour: the reference path (a Python loop over requests, SDPA on gathered keys: the CPU
 default) and the kernel path (`kernel_path.py`: on-device planning, one `sparse_prefill` launch per request and
