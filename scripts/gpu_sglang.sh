@@ -48,6 +48,20 @@ one_batch() {  # $1: run name, then extra args (GRAPH=1: CUDA graphs on)
   { echo "=== $name: $*"; cat "$log"; } >> "$OUT/one_batch.log"
   rm -f "$log"
 }
+start_server() {  # $1: log file, then server args; sets $port and $pid once the server answers /health
+  local log=$1; shift
+  port=$((30000 + RANDOM % 2000))
+  python3 -m entropyinfer_sgl.sglang.launch_server --model-path "$MODEL" --load-format dummy \
+    --context-length "$CONTEXT_LEN" --mem-fraction-static 0.85 --port "$port" --host 127.0.0.1 "${EXTRA[@]}" "$@" \
+    > "$log" 2>&1 &
+  pid=$!
+  for _ in $(seq 400); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 1; done
+}
+bench_serving() {  # $1: time limit (s), $2: output file, then bench_serving args (random token ids, all at once)
+  local limit=$1 out=$2; shift 2
+  timeout "$limit" python3 -m sglang.bench_serving --backend sglang --base-url "http://127.0.0.1:$port" \
+    --tokenizer "$MODEL" --dataset-name random-ids --request-rate inf --disable-tqdm "$@" > "$out" 2>&1
+}
 for stage in $STAGES; do
   case $stage in
     tests)
@@ -75,30 +89,22 @@ PY
       serving_graph=()
       [ "${SERVING_EAGER:-0}" = 1 ] && serving_graph=(--disable-cuda-graph)
       for variant in dense entropyinfer; do
-        port=$((30000 + RANDOM % 1000))
         extra=(--attention-backend "$DENSE_BACKEND")
         [ "$variant" = entropyinfer ] && extra=(--enable-entropyinfer)
-        python3 -m entropyinfer_sgl.sglang.launch_server --model-path "$MODEL" --load-format dummy \
-          "${serving_graph[@]}" --context-length "$CONTEXT_LEN" --mem-fraction-static 0.85 --port "$port" \
-          --host 127.0.0.1 "${EXTRA[@]}" "${extra[@]}" > "$OUT/server_$variant.tmp" 2>&1 &
-        pid=$!
-        for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 1; done
-        timeout "${SERVING_TIMEOUT:-300}" python3 -m sglang.bench_serving --backend sglang \
-          --base-url "http://127.0.0.1:$port" --tokenizer "$MODEL" --dataset-name random-ids \
+        start_server "$OUT/server_$variant.tmp" "${serving_graph[@]}" "${extra[@]}"
+        bench_serving "${SERVING_TIMEOUT:-300}" "$OUT/serving_$variant.tmp" \
           --random-input-len "${SERVING_INPUT_LEN:-65536}" --random-range-ratio 0.125 \
-          --random-output-len "${SERVING_OUTPUT_LEN:-128}" --num-prompts "${SERVING_PROMPTS:-12}" \
-          --request-rate inf --disable-tqdm --seed 1 > "$OUT/serving_$variant.tmp" 2>&1
+          --random-output-len "${SERVING_OUTPUT_LEN:-128}" --num-prompts "${SERVING_PROMPTS:-12}" --seed 1
         kill $pid; wait $pid 2>/dev/null
         { echo "=== serving $variant"; cat "$OUT/serving_$variant.tmp"; echo "--- server log tail";
           grep -v "server_args=" "$OUT/server_$variant.tmp" | tail -40; } >> "$OUT/serving.log"
-        { echo "== serving $variant"; grep -E "Successful|Mean TTFT|Median TTFT|Mean TPOT|Median TPOT|throughput" \
+        { echo "== serving $variant"; grep -E "^(Successful|Mean TTFT|Median TTFT|Mean TPOT|Median TPOT|[A-Za-z ]*throughput)" \
           "$OUT/serving_$variant.tmp"; } >> "$SUMMARY"
         rm -f "$OUT/serving_$variant.tmp" "$OUT/server_$variant.tmp"
       done ;;
     capacity)
       for run in ${CAPACITY_RUNS:-dense:10 phase1:10 phase2:48}; do
         variant=${run%%:*} prompts=${run##*:}
-        port=$((31000 + RANDOM % 1000))
         budget='"decode_budget_tokens": '"${CAPACITY_BUDGET:-2048}"
         case $variant in
           dense) extra=(--attention-backend "$DENSE_BACKEND" --chunked-prefill-size "${CAPACITY_DENSE_CHUNK:-16384}") ;;
@@ -106,23 +112,17 @@ PY
           phase2) extra=(--enable-entropyinfer --entropyinfer-config "{$budget, \"decode_free_memory\": true}") ;;
         esac
         log="$OUT/capacity_server_$variant.log"
-        python3 -m entropyinfer_sgl.sglang.launch_server --model-path "$MODEL" --load-format dummy \
-          --context-length "$CONTEXT_LEN" --mem-fraction-static 0.85 --chunked-prefill-size 131072 \
-          --max-running-requests 64 --decode-log-interval 4 --port "$port" --host 127.0.0.1 "${EXTRA[@]}" \
-          "${extra[@]}" > "$log" 2>&1 &
-        pid=$!
-        for _ in $(seq 400); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 1; done
-        timeout "${CAPACITY_TIMEOUT:-420}" python3 -m sglang.bench_serving --backend sglang \
-          --base-url "http://127.0.0.1:$port" --tokenizer "$MODEL" --dataset-name random-ids \
+        start_server "$log" --chunked-prefill-size 131072 --max-running-requests 64 --decode-log-interval 4 \
+          "${extra[@]}"
+        bench_serving "${CAPACITY_TIMEOUT:-420}" "$OUT/capacity_$variant.log" \
           --random-input-len "${CAPACITY_INPUT_LEN:-128000}" --random-range-ratio 1.0 \
-          --random-output-len "${CAPACITY_OUTPUT_LEN:-512}" --num-prompts "$prompts" \
-          --tokenize-prompt --request-rate inf --disable-tqdm --seed 2 > "$OUT/capacity_$variant.log" 2>&1
+          --random-output-len "${CAPACITY_OUTPUT_LEN:-512}" --num-prompts "$prompts" --tokenize-prompt --seed 2
         echo "bench exit $?" >> "$OUT/capacity_$variant.log"
         kill $pid; wait $pid 2>/dev/null
         { echo "== capacity $variant ($prompts prompts)"
           grep -E "Successful|Mean TTFT|Median TPOT|Output token throughput|bench exit" "$OUT/capacity_$variant.log"
           grep -o "Decode batch.*#running-req: [0-9]*" "$log" | grep -o "[0-9]*$" | sort -n | tail -1 | sed 's/^/max running requests: /'
-          grep -o "KV Cache is allocated. #tokens: [0-9]*\|max_total_num_tokens=[0-9]*" "$log" | head -1
+          grep -o "max_total_num_tokens=[0-9]*" "$log" | head -1
           grep -E "Traceback|leak detected|Mem Leak|out of memory" "$log" | head -5; } >> "$SUMMARY"
       done ;;
   esac
