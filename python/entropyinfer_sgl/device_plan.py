@@ -53,51 +53,60 @@ def plan_prefill_device(q: torch.Tensor, k: torch.Tensor, config: EntropyInferCo
 
 def plan_from_scores_device(p: torch.Tensor, per_head_keep: torch.Tensor, config: EntropyInferConfig, *,
                             seq_len: int, layer_idx: int, first_segment: int = 0) -> PrefillPlan:
-    """The CSR plan from block scores `[H, nseg, NB]` and keep counts `[H, nseg]`, as device work (no host sync):
+    """The CSR plan from block scores `[H, rows, NB]` and keep counts `[H, rows]`, as device work (no host sync):
     `plan.plan_prefill`'s rules (per-head or max-over-heads keep, the length gate, own blocks causally).
 
-    first_segment: segments before it get empty rows (a chunk after a prefix executes only its own segments).
+    first_segment: the rows are the segments from it on; earlier segments get empty rows (a chunk after a prefix
+    executes, scores and selects only its own segments).
     """
     segment, block = config.segment_size_tokens, config.block_size_tokens
     sizes = dict(seq_len_tokens=seq_len, segment_size_tokens=segment, block_size_tokens=block)
     device = p.device
-    num_heads, num_segments, num_blocks = p.shape
+    num_heads, num_rows, num_blocks = p.shape
+    num_segments = -(-seq_len // segment)
+    if num_rows != num_segments - first_segment or tuple(per_head_keep.shape) != (num_heads, num_rows):
+        raise ValueError(f"block scores {tuple(p.shape)} and keep counts {tuple(per_head_keep.shape)} must hold "
+                         f"the {num_segments - first_segment} segments from {first_segment} on of a {seq_len}-token "
+                         f"sequence")
     keep = per_head_keep if config.per_head_budgets else per_head_keep.amax(0, keepdim=True).expand_as(per_head_keep)
     sparse_host = sparse_segment_mask(seq_len, config, layer_idx=layer_idx)
     sparse = sparse_host.to(device)
-    keep = torch.where(sparse[None, :], keep, torch.zeros_like(keep)).contiguous()
+    keep = torch.where(sparse[None, first_segment:], keep, torch.zeros_like(keep)).contiguous()
 
     blocks_per_segment = segment // block
     num_key_blocks = -(-seq_len // block)
-    seg_host = torch.arange(num_segments)
+    seg_host = torch.arange(first_segment, num_segments)
     visible_host = seg_host * blocks_per_segment
     own_host = torch.clamp((seg_host + 1) * blocks_per_segment, max=num_key_blocks) - visible_host
     max_keep = max(1, min(config.max_budget_tokens // block, num_blocks))
-    row_bound = torch.where(sparse_host, torch.clamp(visible_host, max=max_keep), visible_host) + own_host
-    executed_host = seg_host >= first_segment
-    capacity = int(row_bound[executed_host].sum()) * num_heads  # host arithmetic only
+    row_bound = torch.where(sparse_host[first_segment:], torch.clamp(visible_host, max=max_keep),
+                            visible_host) + own_host
+    capacity = int(row_bound.sum()) * num_heads  # host arithmetic only
 
     visible, own = visible_host.to(device), own_host.to(device)
-    top = torch.topk(_selection_keys(p, visible), max_keep, dim=-1).indices  # [H, nseg, max_keep]
+    top = torch.topk(_selection_keys(p, visible), max_keep, dim=-1).indices  # [H, rows, max_keep]
     rank = torch.arange(max_keep, device=device)
     chosen = torch.where(rank[None, None, :] < keep[..., None], top, torch.full_like(top, num_key_blocks))
     chosen = torch.sort(chosen, dim=-1).values  # selected blocks first, increasing
 
-    dense_row = ~sparse[None, :] | (keep == 0)
-    earlier = torch.where(dense_row, visible[None, :].to(keep.dtype), keep)  # [H, nseg]
-    executed = executed_host.to(device)
-    row_len = torch.where(executed[None, :], earlier + own[None, :], 0).flatten().to(torch.int64)
+    dense_row = ~sparse[None, first_segment:] | (keep == 0)
+    earlier = torch.where(dense_row, visible[None, :].to(keep.dtype), keep)  # [H, rows]
+    row_len = torch.zeros(num_heads, num_segments, dtype=torch.int64, device=device)
+    row_len[:, first_segment:] = earlier + own[None, :]
     indptr = torch.zeros(num_heads * num_segments + 1, dtype=torch.int64, device=device)
-    indptr[1:] = torch.cumsum(row_len, dim=0)
+    indptr[1:] = torch.cumsum(row_len.flatten(), dim=0)
 
     slot = torch.arange(capacity, device=device)
     row = torch.searchsorted(indptr[1:], slot, right=True).clamp(max=num_heads * num_segments - 1)
     offset = slot - indptr[row]
-    seg_of_row = row % num_segments
-    earlier_flat = earlier.flatten()[row].to(torch.int64)
-    picked = chosen.view(-1, max_keep)[row, offset.clamp(max=max_keep - 1)]
-    before_own = torch.where(dense_row.flatten()[row], offset, picked)
+    seg_of_row = (row % num_segments - first_segment).clamp(min=0)  # every used slot is in an executed row
+    scored_row = (row // num_segments) * num_rows + seg_of_row
+    earlier_flat = earlier.flatten()[scored_row].to(torch.int64)
+    picked = chosen.view(-1, max_keep)[scored_row, offset.clamp(max=max_keep - 1)]
+    before_own = torch.where(dense_row.flatten()[scored_row], offset, picked)
     value = torch.where(offset < earlier_flat, before_own, visible[seg_of_row] + offset - earlier_flat)
     value = torch.where(slot < indptr[-1], value, torch.zeros_like(value))  # slack past nnz: a valid block id
-    return PrefillPlan(indptr=indptr.to(torch.int32), indices=value.to(torch.int32), keep_blocks=keep,
+    keep_all = torch.zeros(num_heads, num_segments, dtype=keep.dtype, device=device)
+    keep_all[:, first_segment:] = keep
+    return PrefillPlan(indptr=indptr.to(torch.int32), indices=value.to(torch.int32), keep_blocks=keep_all,
                        sparse_segments=sparse, num_kv_heads=num_heads, **sizes)

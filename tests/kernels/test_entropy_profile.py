@@ -69,6 +69,39 @@ def test_device_plan_equals_oracle_plan(config, seq_len, num_q_heads, num_kv_hea
     assert torch.equal(profile.rigid.cpu(), oracle.rigid)
 
 
+
+@pytest.mark.parametrize("config", [CFG, CFG.replace(per_head_budgets=False)])
+@pytest.mark.parametrize("first_segment", [1, 4, 10])
+def test_device_plan_from_a_segment_on_equals_oracle_rows(config, first_segment, generator):
+    """A chunk after a prefix scores and selects only its own segments: those rows equal the oracle plan's rows
+    (same scores, same keep counts), every earlier row is empty."""
+    from entropyinfer_sgl.device_plan import plan_from_scores_device
+
+    seq_len, heads = 700, 2
+    q, k = structured_qk(seq_len, 4, heads, 32, generator=generator, rigid_kv_heads=(0,))
+    profile = profile_prefill(q, k, config)
+    plan = plan_from_scores_device(profile.block_scores[:, first_segment:].to(DEVICE),
+                                   profile.keep_blocks[:, first_segment:].to(DEVICE), config, seq_len=seq_len,
+                                   layer_idx=2, first_segment=first_segment)
+    reference = plan_prefill(profile, config, layer_idx=2)
+    nseg = reference.num_segments
+    indptr, ref_indptr = plan.indptr.cpu().long(), reference.indptr.long()
+    for h in range(heads):
+        for s in range(nseg):
+            r = h * nseg + s
+            got = plan.indices.cpu()[indptr[r]:indptr[r + 1]]
+            if s < first_segment:
+                assert got.numel() == 0, (h, s)
+            else:
+                assert torch.equal(got, reference.indices[ref_indptr[r]:ref_indptr[r + 1]]), (h, s)
+    assert plan.indices.numel() >= int(indptr[-1])
+    assert torch.equal(plan.keep_blocks.cpu()[:, first_segment:],
+                       reference.keep_blocks[:, first_segment:].to(plan.keep_blocks.dtype))
+    assert not plan.keep_blocks[:, :first_segment].any()
+    with pytest.raises(ValueError, match="segments from 4 on"):
+        plan_from_scores_device(profile.block_scores.to(DEVICE), profile.keep_blocks.to(DEVICE), config,
+                                seq_len=seq_len, layer_idx=2, first_segment=4)
+
 def _cpu(profile):
     import dataclasses
 

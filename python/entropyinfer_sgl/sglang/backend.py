@@ -203,6 +203,9 @@ class EntropyInferAttnBackend(_AttentionBackend):
 
     def _prepare_decode(self, batch: compat.BatchView) -> None:
         cfg = self.config
+        # phase 2: what an earlier forward queued was compacted after it (Scheduler.run_batch hook), or nothing runs
+        # that hook (a forward outside SGLang's scheduler, e.g. bench_one_batch): those events stay phase 1
+        self.store.compaction_due.clear()
         for i, rid in enumerate(batch.rids):
             seq_len = batch.seq_lens[i]
             st = self.store.begin_decode(rid, batch.req_pool_indices[i], seq_len)

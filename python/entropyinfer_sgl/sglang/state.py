@@ -62,7 +62,8 @@ class ChunkPlan:
 
     plan: PrefillPlan | None
     typing: ChunkTyping | None  # the state to carry to the next chunk (None: typing is lost from here on)
-    block_scores: torch.Tensor | None  # [Hkv, nseg, NB], for layer fusion in the next layer
+    block_scores: torch.Tensor | None  # [Hkv, rows, NB] for layer fusion in the next layer (on the device: the
+    # chunk's segments only, from prefix_len // segment on; on the host: every segment)
     rigid: torch.Tensor | None  # bool [Hkv] rigid so far
     reason: str | None  # why there is no plan
 
@@ -80,24 +81,27 @@ class ChunkPlan:
 
 
 def _scores_from_representatives(q_max: torch.Tensor, q_min: torch.Tensor, k: torch.Tensor,
-                                 config: EntropyInferConfig, seq_len: int) -> torch.Tensor:
-    """`profile.block_scores` after its representatives: the same ops and shapes, so float32 matches it exactly."""
-    num_segments, num_q_heads, head_dim = q_max.shape
+                                 config: EntropyInferConfig, seq_len: int, first_segment: int = 0) -> torch.Tensor:
+    """`profile.block_scores` after its representatives, for the segments from `first_segment` on (`q_max` /
+    `q_min` hold those rows): the same ops and shapes, so float32 matches it exactly."""
+    num_rows, num_q_heads, head_dim = q_max.shape
     num_kv_heads = k.shape[1]
     group = num_q_heads // num_kv_heads
     segment, block = config.segment_size_tokens, config.block_size_tokens
     blocks_per_segment = segment // block
+    num_segments = -(-seq_len // segment)
     num_blocks = (num_segments - 1) * blocks_per_segment
     blocks = k[: num_blocks * block].view(num_blocks, block, *k.shape[1:])
     k_max, k_min = blocks.amax(dim=1), blocks.amin(dim=1)
-    qq = torch.cat([q_max, q_min], dim=0).permute(1, 0, 2).reshape(num_kv_heads, group, 2 * num_segments, head_dim)
+    qq = torch.cat([q_max, q_min], dim=0).permute(1, 0, 2).reshape(num_kv_heads, group, 2 * num_rows, head_dim)
     k_max_t = k_max.permute(1, 2, 0)[:, None]
     k_min_t = k_min.permute(1, 2, 0)[:, None]
-    shape = (num_kv_heads, group, 2, num_segments, num_blocks)
+    shape = (num_kv_heads, group, 2, num_rows, num_blocks)
     scores_max = torch.matmul(qq, k_max_t).view(shape).mean(dim=2)
     scores_min = torch.matmul(qq, k_min_t).view(shape).mean(dim=2)
     scores = torch.max(scores_max, scores_min).mean(dim=1)
-    scores = scores + block_causal_mask(num_segments, num_blocks, blocks_per_segment, scores.dtype, scores.device)
+    mask = block_causal_mask(num_segments, num_blocks, blocks_per_segment, scores.dtype, scores.device)
+    scores = scores + mask[first_segment:]
     return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q_max.dtype)
 
 
@@ -130,13 +134,17 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
     first = prefix_len // segment
     num_q_heads, head_dim = q_chunk.shape[1], q_chunk.shape[2]
     num_kv_heads = k_all.shape[1]
-    q_max = q_chunk.new_zeros(num_segments, num_q_heads, head_dim)  # rows before `first` are never read
-    q_min = q_chunk.new_zeros(num_segments, num_q_heads, head_dim)
-    q_max[first:] = _segment_reduce(q_chunk, prefix_len - first * segment, segment, "max")
-    q_min[first:] = _segment_reduce(q_chunk, prefix_len - first * segment, segment, "min")
+    # scored rows: the chunk's own segments on the device (nothing else is executed or typed here); every segment
+    # on the host, whose plan is `plan_prefill`'s over a whole-prompt profile (the oracle)
+    row0 = first if on_device else 0
+    q_max = _segment_reduce(q_chunk, prefix_len - first * segment, segment, "max")
+    q_min = _segment_reduce(q_chunk, prefix_len - first * segment, segment, "min")
+    if row0 < first:  # rows before `first` are never read
+        q_max = torch.cat([q_max.new_zeros(first - row0, num_q_heads, head_dim), q_max])
+        q_min = torch.cat([q_min.new_zeros(first - row0, num_q_heads, head_dim), q_min])
     if typing is not None and typing.partial_max is not None:
-        q_max[first] = torch.maximum(q_max[first], typing.partial_max)
-        q_min[first] = torch.minimum(q_min[first], typing.partial_min)
+        q_max[first - row0] = torch.maximum(q_max[first - row0], typing.partial_max)
+        q_min[first - row0] = torch.minimum(q_min[first - row0], typing.partial_min)
     partial = (q_max[-1].clone(), q_min[-1].clone()) if seq_len % segment else (None, None)
 
     complete = seq_len // segment
@@ -149,25 +157,26 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
         return ChunkPlan(None, ChunkTyping(state, *partial) if config.causal_head_typing else None, None, rigid,
                          "the sequence is one segment long")
 
-    p = _scores_from_representatives(q_max, q_min, k_all, config, seq_len)
+    p = _scores_from_representatives(q_max, q_min, k_all, config, seq_len, first_segment=row0)
     if config.layer_fusion and previous_block_scores is not None and previous_block_scores.shape == p.shape:
         previous = previous_block_scores.to(device=p.device, dtype=p.dtype)
         p = previous * LAYER_FUSION_PREVIOUS_WEIGHT + p * (1 - LAYER_FUSION_PREVIOUS_WEIGHT)
-    entropy = attention_entropy(p)
+    entropy = attention_entropy(p)  # rows from row0 on
     budgets = torch.full((num_kv_heads, num_segments), float(config.base_budget_tokens), dtype=torch.float32,
                          device=p.device)
     if config.causal_head_typing:
         rigid = None if state is None else state.rigid_so_far
         if complete > typed:
+            new_entropy = entropy[:, typed - row0:complete - row0]  # typed == first (checked above)
             if on_device:
                 from ..kernels.budget_scan import head_budgets_device
 
-                rigid, new, state = head_budgets_device(entropy[:, typed:complete], config, state=state)
+                rigid, new, state = head_budgets_device(new_entropy, config, state=state)
             else:
-                rigid, new, state = head_budgets(entropy[:, typed:complete], config, causal=True, state=state)
+                rigid, new, state = head_budgets(new_entropy, config, causal=True, state=state)
             budgets[:, typed:complete] = new
         carried = ChunkTyping(state, *partial)
-    else:  # paper typing over the whole prompt (prefix_len == 0 here): exactly profile_prefill
+    else:  # paper typing over the whole prompt (prefix_len == 0 == row0 here): exactly profile_prefill
         rigid, budgets, _ = head_budgets(entropy, config, causal=False)
         carried = None
     keep = keep_blocks(budgets, seq_len_tokens=seq_len, segment_size_tokens=segment,
@@ -176,12 +185,13 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
         keep[:, :first] = 0  # rows of earlier chunks are not executed here
     if rigid is None:  # no complete segment typed yet: every head is still rigid
         rigid = torch.ones(num_kv_heads, dtype=torch.bool, device=p.device)
-    profile = HeadProfile(entropy=entropy, rigid=rigid,
-                          budget_tokens=budgets, keep_blocks=keep, block_scores=p, seq_len_tokens=seq_len,
-                          segment_size_tokens=segment, block_size_tokens=config.block_size_tokens)
     if on_device:
-        plan = plan_from_scores_device(p, keep, config, seq_len=seq_len, layer_idx=layer_idx, first_segment=first)
+        plan = plan_from_scores_device(p, keep[:, first:], config, seq_len=seq_len, layer_idx=layer_idx,
+                                       first_segment=first)
     else:
+        profile = HeadProfile(entropy=entropy, rigid=rigid,
+                              budget_tokens=budgets, keep_blocks=keep, block_scores=p, seq_len_tokens=seq_len,
+                              segment_size_tokens=segment, block_size_tokens=config.block_size_tokens)
         plan = plan_prefill(profile, config, layer_idx=layer_idx)
     return ChunkPlan(plan, carried, p, rigid, None)
 
