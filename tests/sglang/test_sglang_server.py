@@ -121,9 +121,12 @@ def test_a_request_can_turn_the_method_off(servers):
 def test_below_the_length_gate_and_budget_equals_dense(servers):
     text = tiny_llama.prompt(10, seed=3)  # ~14 tokens: below the gate; +20 generated stays within the budget
     dense = servers["dense"].generate(text, max_new_tokens=20)
-    engaged = servers["engaged"].generate(text, max_new_tokens=20)
+    engaged = servers["engaged"].generate(text, max_new_tokens=20, rid="below-gate")
     assert dense["meta_info"]["prompt_tokens"] + 20 <= ENGAGED["decode_budget_tokens"]
     assert engaged["output_ids"] == dense["output_ids"]
+    # the prompt's only chunk cannot run sparse: it is not profiled (no kv head typed), only counted as dense
+    line = servers["engaged"].freed_line("below-gate")
+    assert "rigid_fraction=n/a" in line and _stat(line, "dense_chunks") == 2 and _stat(line, "sparse_chunks") == 0
 
 
 def test_method_engages_across_prefill_chunks(servers):
@@ -134,7 +137,7 @@ def test_method_engages_across_prefill_chunks(servers):
     line = servers["engaged"].freed_line("engaged-long")
     layers = 2
     assert _stat(line, "sparse_chunks") >= layers * (prompt_tokens // CHUNK)  # every 128-token chunk ran sparse
-    assert _stat(line, "prefill_density") < 0.8
+    assert _stat(line, "prefill_density") < 0.8 and 0.0 <= _stat(line, "rigid_fraction") <= 1.0
     assert _stat(line, "compression_events") >= 4  # after 4 tokens, then every 8
     assert _stat(line, "kv_kept_fraction") < 0.5
 

@@ -15,7 +15,9 @@ from ..budgets import ENTROPY_EPSILON, HeadTypingState
 from ..config import EntropyInferConfig
 
 
-@triton.jit
+# Lengths and offsets are not specialized on (Triton's default: == 1 and % 16): a server sees every value, and
+# each new specialization is a compile of seconds that stalls the scheduler mid-request.
+@triton.jit(do_not_specialize=["num_segments", "segments_seen"])
 def _budget_scan_kernel(
     entropy_ptr, budget_ptr, rigid_ptr, state_rigid_ptr, state_entropy_ptr, state_budget_ptr,
     num_segments, segments_seen, stride_e, stride_b,

@@ -55,7 +55,9 @@ class PoolRows:
     tail_starts: torch.Tensor
 
 
-@triton.jit
+# Lengths and offsets are not specialized on (Triton's default: == 1 and % 16): a server sees every value, and
+# each new specialization is a compile of seconds that stalls the scheduler mid-request.
+@triton.jit(do_not_specialize=["max_kept", "max_entries", "chunk", "num_splits"])
 def _compressed_decode_split_kernel(
     Q, K, V, KeptIdx, KeptLen, PartOut, PartLse, Out, Lse,
     RowTable, RowIdx, SeqLen, TableOfRow, TailStart,  # POOL_ROWS only (`PoolRows`)
@@ -137,7 +139,8 @@ def _compressed_decode_split_kernel(
         tl.store(PartLse + part, lse2, mask=h_ok)
 
 
-@triton.jit
+# num_splits is not specialized on: see the split kernel.
+@triton.jit(do_not_specialize=["num_splits"])
 def _compressed_decode_reduce_kernel(
     PartOut, PartLse, Out, Lse,
     stride_ob, stride_oh, stride_lb, stride_lh,

@@ -25,7 +25,9 @@ from ..profile import block_representatives, segment_representatives
 from ..validation import check_attention_inputs, require
 
 
-@triton.jit
+# Lengths and offsets are not specialized on (Triton's default: == 1 and % 16): a server sees every value, and
+# each new specialization is a compile of seconds that stalls the scheduler mid-request.
+@triton.jit(do_not_specialize=["num_segments", "num_blocks"])
 def _block_entropy_kernel(
     m_ptr, kmax_ptr, kmin_ptr, p_ptr, entropy_ptr,
     num_segments, num_blocks, blocks_per_segment,

@@ -36,7 +36,9 @@ from ._common import (
 from ._online_softmax import LN2, LOG2E, attend_tile, load_rows
 
 
-@triton.jit
+# Lengths and offsets are not specialized on (Triton's default: == 1 and % 16): a server sees every value, and
+# each new specialization is a compile of seconds that stalls the scheduler mid-request.
+@triton.jit(do_not_specialize=["seq_len", "num_segments", "num_tiles", "q_offset"])
 def _sparse_prefill_kernel(
     Q, K, V, Out, Lse,
     Indptr, Indices,

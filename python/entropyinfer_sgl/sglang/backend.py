@@ -42,7 +42,7 @@ from ..reference import compressed_decode_reference
 from . import compat
 from .attention import sparse_chunk_attention
 from .compaction import compact_request
-from .kernel_path import ArenaDecode, DecodeTableArena, kernels_wanted, prefill_chunk
+from .kernel_path import ArenaDecode, DecodeTableArena, chunk_has_sparse_segment, kernels_wanted, prefill_chunk
 from .state import (STORE, ChunkPlan, RequestState, StateStore, compress_layer, dense_pair_count, plan_chunk,
                     plan_pair_counts)
 
@@ -58,12 +58,14 @@ class _RequestInfo:
     """Per request of the current forward batch."""
 
     __slots__ = ("index", "rid", "row", "prefix_len", "extend_len", "seq_len", "q_start", "state", "profile",
-                 "slots", "previous_scores", "record_fresh")
+                 "dense_only", "dense_pairs", "slots", "previous_scores", "record_fresh")
 
     def __init__(self, index, rid, row, prefix_len, extend_len, seq_len, q_start, state, profile):
         self.index, self.rid, self.row = index, rid, row
         self.prefix_len, self.extend_len, self.seq_len, self.q_start = prefix_len, extend_len, seq_len, q_start
         self.state, self.profile = state, profile
+        self.dense_only = False  # the last chunk, and no segment of it can be sparse: not profiled
+        self.dense_pairs: float | None = None
         self.slots: torch.Tensor | None = None
         self.previous_scores: torch.Tensor | None = None
         self.record_fresh = False  # decode: start a new observation window for the next compression event
@@ -197,8 +199,15 @@ class EntropyInferAttnBackend(_AttentionBackend):
             prefix, extend, seq_len = batch.prefix_lens[i], batch.extend_lens[i], batch.seq_lens[i]
             st = self.store.begin_extend(rid, batch.req_pool_indices[i], prefix)
             profile = st.prefill_dense_reason is None
-            self._infos.append(_RequestInfo(i, rid, batch.req_pool_indices[i], prefix, extend, seq_len,
-                                            batch.q_start[i], st, profile))
+            # Profiling only types kv heads for later chunks; the last chunk of a prompt below the length gate
+            # has none, so it runs exactly as the dense backend would.
+            target = self.store.prefill_tokens(rid)
+            dense_only = profile and target is not None and seq_len >= target and not chunk_has_sparse_segment(
+                prefix, seq_len, self.config, self.config.num_dense_layers)
+            info = _RequestInfo(i, rid, batch.req_pool_indices[i], prefix, extend, seq_len, batch.q_start[i], st,
+                                profile and not dense_only)
+            info.dense_only = dense_only
+            self._infos.append(info)
             st.extended_tokens = seq_len
 
     def _prepare_decode(self, batch: compat.BatchView) -> None:
@@ -337,6 +346,10 @@ class EntropyInferAttnBackend(_AttentionBackend):
                     continue
                 rows = q3[info.q_start:info.q_start + info.extend_len]
                 info.state.record_queries(lv.layer_id, rows, info.seq_len, cfg.observation_window_tokens)
+        if supported and lv.layer_id >= cfg.num_dense_layers:
+            for info in self._infos:
+                if info.dense_only:
+                    self._add_dense_chunk(info, lv)
         wants_profile = supported and (lv.layer_id >= cfg.num_dense_layers or cfg.layer_fusion)
         candidates = [info for info in self._infos if info.profile] if wants_profile else []
         if not candidates:
@@ -392,9 +405,10 @@ class EntropyInferAttnBackend(_AttentionBackend):
         return out3.view(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
 
     def _add_dense_chunk(self, info: _RequestInfo, lv: compat.LayerView) -> None:
-        dense = dense_pair_count(info.prefix_len, info.seq_len, lv.num_kv_heads, self.config.segment_size_tokens,
-                                 self.config.block_size_tokens)
-        info.state.stats.add_chunk(sparse=False, pairs_computed=dense, pairs_dense=dense)
+        if info.dense_pairs is None:  # the same for every layer
+            info.dense_pairs = dense_pair_count(info.prefix_len, info.seq_len, lv.num_kv_heads,
+                                                self.config.segment_size_tokens, self.config.block_size_tokens)
+        info.state.stats.add_chunk(sparse=False, pairs_computed=info.dense_pairs, pairs_dense=info.dense_pairs)
 
     def _forward_extend_kernels(self, q, k, v, layer, forward_batch, lv: compat.LayerView, q3: torch.Tensor,
                                 candidates: list[_RequestInfo], **kwargs):

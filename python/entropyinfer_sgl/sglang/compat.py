@@ -250,6 +250,15 @@ def register_request_admission_hook(admitted: Callable[[Any], None]) -> None:
     register_hook(TARGET_REQ_POOL_ALLOC, after_alloc, "after")
 
 
+def request_prefill_tokens(req: Any) -> int | None:
+    """The tokens a scheduler `Req` holds once its prefill (every chunk) is done: the prompt plus, after a
+    retraction, the tokens it had generated (`origin_input_ids` + `output_ids`, both releases)."""
+    prompt, output = getattr(req, "origin_input_ids", None), getattr(req, "output_ids", None)
+    if prompt is None:
+        return None
+    return len(prompt) + (len(output) if output is not None else 0)
+
+
 def request_custom_params(req: Any) -> dict | None:
     """The request's `custom_params` (sampling params of `/generate`, `custom_params` of the OpenAI API)."""
     params = getattr(getattr(req, "sampling_params", None), "custom_params", None)

@@ -220,17 +220,18 @@ REQUEST_KEY = "entropyinfer"  # the request's custom_params key: {"enabled": boo
 
 
 def _on_request_admitted(req) -> None:
+    from .state import STORE
+
+    rid, _ = compat.request_identity(req)
+    STORE.set_prefill_tokens(rid, compat.request_prefill_tokens(req))
     params = compat.request_custom_params(req)
     if params is None or REQUEST_KEY not in params:
         return
-    rid, _ = compat.request_identity(req)
     choice = params[REQUEST_KEY]
     if not (isinstance(choice, dict) and set(choice) == {"enabled"} and isinstance(choice["enabled"], bool)):
         logger.error("EntropyInfer: request %s: custom_params[%r] must be {\"enabled\": true|false}, got %r; "
                      "the server's setting applies", rid, REQUEST_KEY, choice)
         return
-    from .state import STORE
-
     STORE.set_method_enabled(rid, choice["enabled"])
 
 

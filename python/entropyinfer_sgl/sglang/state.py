@@ -439,6 +439,7 @@ class StateStore:
         self._lock = threading.Lock()
         self.on_release: Callable[[RequestState], None] | None = None  # the backend returns the request's table
         self._method_enabled: dict[str, bool] = {}  # per-request overrides, from admission to the first chunk
+        self._prefill_tokens: dict[str, int] = {}  # tokens each admitted request holds once its prefill is done
         self.totals = RequestStats()
         self.finished = 0
         self.metrics = None  # metrics.EntropyInferMetrics when SGLang runs with --enable-metrics
@@ -461,6 +462,17 @@ class StateStore:
         extend chunk."""
         with self._lock:
             self._method_enabled[rid] = enabled
+
+    def set_prefill_tokens(self, rid: str | None, tokens: int | None) -> None:
+        """What SGLang admitted a request for (every admission: each chunk, a re-prefill after retraction)."""
+        if rid is None or tokens is None:
+            return
+        with self._lock:
+            self._prefill_tokens[rid] = tokens
+
+    def prefill_tokens(self, rid: str) -> int | None:
+        """The tokens the request holds once its prefill is done; None when SGLang's admission was not seen."""
+        return self._prefill_tokens.get(rid)
 
     def begin_extend(self, rid: str, req_pool_idx: int, prefix_len: int) -> RequestState:
         """The state for an extend chunk starting at `prefix_len`; a new request, or one whose prefix came from
@@ -496,10 +508,12 @@ class StateStore:
         if rid is None:
             return
         with self._lock:
+            self._prefill_tokens.pop(rid, None)
             self._finish(rid)
 
     def clear(self) -> None:
         with self._lock:
+            self._prefill_tokens.clear()
             for rid in list(self._states):
                 self._finish(rid)
 
