@@ -11,7 +11,7 @@
 # - dense_graph: dense FlashInfer with CUDA graphs on (SGLang's default decode), for the decode baseline;
 # - ei_graph: --enable-entropyinfer (default config) with CUDA-graph decode (SGLang's default decode);
 # - serving: `bench_serving` with a mixed-length random workload against a server, dense vs the default config,
-#   both with SGLang's default decode CUDA graphs (SERVING_EAGER=1: both eager);
+#   both with SGLang's default decode CUDA graphs (SERVING_EAGER=1: both eager; SERVING_VARIANTS: which of the two);
 # - capacity (issue 8): `bench_serving` with $CAPACITY_RUNS (name:prompts, default "dense:10 phase1:10 phase2:48")
 #   prompts of $CAPACITY_INPUT_LEN tokens (default 130000) at once against a server at --mem-fraction-static 0.85:
 #   dense FlashInfer, EntropyInfer phase 1 (evicted entries hidden) and phase 2 (decode_free_memory), decode budget
@@ -94,7 +94,7 @@ PY
     serving)
       serving_graph=()
       [ "${SERVING_EAGER:-0}" = 1 ] && serving_graph=(--disable-cuda-graph)
-      for variant in dense entropyinfer; do
+      for variant in ${SERVING_VARIANTS:-dense entropyinfer}; do
         extra=(--attention-backend "$DENSE_BACKEND")
         [ "$variant" = entropyinfer ] && extra=(--enable-entropyinfer)
         start_server "$OUT/server_$variant.tmp" "${serving_graph[@]}" "${extra[@]}"
@@ -106,7 +106,7 @@ PY
           grep -v "server_args=" "$OUT/server_$variant.tmp" | tail -40; } >> "$OUT/serving.log"
         { echo "== serving $variant"; grep -E "^(Successful|Mean TTFT|Median TTFT|Mean TPOT|Median TPOT|[A-Za-z ]*throughput)" \
           "$OUT/serving_$variant.tmp"; } >> "$SUMMARY"
-        rm -f "$OUT/serving_$variant.tmp" "$OUT/server_$variant.tmp"
+        rm -f "$OUT/serving_$variant.tmp"; mv "$OUT/server_$variant.tmp" "$OUT/server_$variant.log"
       done ;;
     capacity)
       for run in ${CAPACITY_RUNS:-dense:10 phase1:10 phase2:48}; do
