@@ -152,6 +152,31 @@ def test_state_store_lifecycle():
     assert len(store) == 0 and store.finished == 3
 
 
+def test_prefill_tokens_last_from_admission_to_free():
+    """What SGLang admitted a request for (every admission) stays until SGLang frees its row; a retraction's
+    re-admission replaces it."""
+    store = StateStore()
+    store.set_prefill_tokens("a", 300)
+    store.set_prefill_tokens(None, 5)  # no request identity: ignored
+    store.set_prefill_tokens("b", None)  # no prompt: ignored
+    store.begin_extend("a", 3, 0)
+    assert store.prefill_tokens("a") == 300 and store.prefill_tokens("b") is None
+    store.free("a")
+    assert store.prefill_tokens("a") is None
+    store.set_prefill_tokens("a", 310)  # re-admitted after a retraction, with 10 generated tokens
+    assert store.prefill_tokens("a") == 310
+    store.clear()
+    assert store.prefill_tokens("a") is None
+
+
+def test_request_prefill_tokens_counts_prompt_and_generated():
+    from types import SimpleNamespace
+
+    assert compat.request_prefill_tokens(SimpleNamespace(origin_input_ids=[1] * 7, output_ids=[2, 3])) == 9
+    assert compat.request_prefill_tokens(SimpleNamespace(origin_input_ids=[1] * 7, output_ids=None)) == 7
+    assert compat.request_prefill_tokens(SimpleNamespace()) is None
+
+
 def test_observation_window_stays_contiguous(generator):
     store = StateStore()
     st = store.begin_extend("r", 1, 0)
