@@ -110,3 +110,24 @@ def plan_from_scores_device(p: torch.Tensor, per_head_keep: torch.Tensor, config
     keep_all[:, first_segment:] = keep
     return PrefillPlan(indptr=indptr.to(torch.int32), indices=value.to(torch.int32), keep_blocks=keep_all,
                        sparse_segments=sparse, num_kv_heads=num_heads, **sizes)
+
+
+def dense_plan_device(seq_len: int, config: EntropyInferConfig, *, num_kv_heads: int,
+                      device: torch.device | str, first_segment: int = 0) -> PrefillPlan:
+    """Dense causal attention as a plan: every row of the segments from `first_segment` on lists every block it
+    can see (earlier rows are empty). Sizes are host arithmetic; the indices are built on the device."""
+    segment, block = config.segment_size_tokens, config.block_size_tokens
+    num_segments = -(-seq_len // segment)
+    num_key_blocks = -(-seq_len // block)
+    seg = torch.arange(num_segments)
+    row_len = torch.where(seg >= first_segment, torch.clamp((seg + 1) * (segment // block), max=num_key_blocks), 0)
+    indptr_host = torch.zeros(num_kv_heads * num_segments + 1, dtype=torch.int64)
+    indptr_host[1:] = torch.cumsum(row_len.repeat(num_kv_heads), dim=0)
+    indptr = indptr_host.to(device)
+    slot = torch.arange(int(indptr_host[-1]), device=device)
+    row = torch.searchsorted(indptr[1:], slot, right=True)
+    return PrefillPlan(indptr=indptr.to(torch.int32), indices=(slot - indptr[row]).to(torch.int32),
+                       keep_blocks=torch.zeros(num_kv_heads, num_segments, dtype=torch.int32, device=device),
+                       sparse_segments=torch.zeros(num_segments, dtype=torch.bool, device=device),
+                       num_kv_heads=num_kv_heads, seq_len_tokens=seq_len, segment_size_tokens=segment,
+                       block_size_tokens=block)

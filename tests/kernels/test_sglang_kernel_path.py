@@ -13,7 +13,9 @@ from attention_inputs import structured_qk
 from entropyinfer_sgl import EntropyInferConfig, plan_prefill, profile_prefill, sparse_prefill_reference
 from entropyinfer_sgl.reference import compressed_decode_reference
 from entropyinfer_sgl.decode import max_kept_per_head_tokens
-from entropyinfer_sgl.sglang.kernel_path import ArenaDecode, DecodeTableArena, kernels_wanted, prefill_chunk
+from entropyinfer_sgl.reference import dense_prefill_reference
+from entropyinfer_sgl.sglang.kernel_path import (ArenaDecode, DecodeTableArena, dense_chunk, dense_requests_by_kernel,
+                                                 kernels_wanted, prefill_chunk)
 from entropyinfer_sgl.sglang.state import compress_layer, dense_pair_count, plan_chunk, plan_pair_counts
 
 from .conftest import DEVICE
@@ -108,6 +110,75 @@ def test_chunks_after_a_prefix_match_the_reference_path(ends, generator):
             assert torch.equal(carried.partial_min, expected_typing.partial_min)
         typing, prefix = carried, end
     assert typing.state.segments_seen == seq_len // 32
+
+
+@pytest.mark.parametrize("prefix_len", [0, 64, 100, 229])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_dense_chunk_is_dense_attention(prefix_len, dtype, generator):
+    """A dense request of a mixed extend batch through the kernel with a dense plan: the fp32 dense oracle's rows."""
+    seq_len = 230
+    q, k, v = _qkv(seq_len, generator)
+    expected, _ = dense_prefill_reference(q, k, v, scale=SCALE)
+    got = dense_chunk(q[prefix_len:].to(dtype), k.to(dtype), v.to(dtype), CFG, prefix_len=prefix_len, scale=SCALE)
+    assert got.shape == (seq_len - prefix_len, 4, 16) and got.dtype == dtype
+    tolerance = dict(atol=2e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(got.float(), expected[prefix_len:], **tolerance)
+
+
+def test_dense_plan_lists_every_visible_block():
+    from entropyinfer_sgl.device_plan import dense_plan_device
+
+    plan = dense_plan_device(230, CFG, num_kv_heads=2, device=DEVICE, first_segment=3)
+    indptr, indices = plan.indptr.cpu().long(), plan.indices.cpu()
+    for h in range(2):
+        for s in range(plan.num_segments):
+            r = h * plan.num_segments + s
+            row = indices[indptr[r]:indptr[r + 1]].tolist()
+            assert row == ([] if s < 3 else list(range(min((s + 1) * 4, 29))))  # 29 key blocks in 230 tokens
+    assert int(indptr[-1]) == indices.numel()
+
+
+@pytest.mark.parametrize("dense_request", ["short", "long"])
+def test_mixed_extend_batch_dense_requests(dense_request, generator):
+    """Kernel path, an extend batch with a sparse and a dense request over a dense backend that plans per batch:
+    a short dense request runs through `dense_chunk` (the dense oracle's rows), a long one through the dense
+    backend over the whole batch; the sparse request's rows are kept either way."""
+    pytest.importorskip("sglang")
+    from types import SimpleNamespace
+
+    from entropyinfer_sgl.sglang.backend import EntropyInferAttnBackend, _RequestInfo
+    from entropyinfer_sgl.sglang.compat import LayerView
+
+    lengths = {"long": 230, "short": 40}
+    inputs = {name: _qkv(n, generator) for name, n in lengths.items()}
+    q3, k3, v3 = (torch.cat([inputs["long"][i], inputs["short"][i]]) for i in range(3))
+    infos = [_RequestInfo(0, "long", 0, 0, 230, 230, 0, None, True),
+             _RequestInfo(1, "short", 1, 0, 40, 40, 230, None, True)]
+    dense = [info for info in infos if info.rid == dense_request]
+    rows = {"long": slice(0, 230), "short": slice(230, 270)}
+    out3 = torch.full_like(q3, float("nan"))
+    sparse_name = "short" if dense_request == "long" else "long"
+    out3[rows[sparse_name]] = 5.0  # what the sparse request's kernel wrote
+    backend_rows = torch.full((270, 4 * 16), 7.0)  # the dense backend over the whole batch
+    fake = SimpleNamespace(exact_subsets=False, config=CFG, _infos=infos,
+                           inner=SimpleNamespace(forward_extend=lambda *args, **kwargs: backend_rows.clone()))
+    fake._dense_pairs = lambda info, lv: EntropyInferAttnBackend._dense_pairs(fake, info, lv)
+    fake._chunk_kv = lambda *args: EntropyInferAttnBackend._chunk_kv(fake, *args)
+    lv = LayerView(layer_id=1, num_q_heads=4, num_kv_heads=2, head_dim=16, v_head_dim=16, scaling=SCALE,
+                   unsupported=None)
+    got = EntropyInferAttnBackend._dense_requests(fake, dense, out3, None, None, None, q3, k3, v3, None, None, lv)
+    assert torch.equal(got[rows[sparse_name]], torch.full_like(got[rows[sparse_name]], 5.0))
+    if dense_request == "short":
+        expected, _ = dense_prefill_reference(*inputs["short"], scale=SCALE)
+        torch.testing.assert_close(got[rows["short"]], expected, atol=2e-5, rtol=1e-5)
+    else:
+        assert torch.equal(got[rows["long"]], torch.full_like(got[rows["long"]], 7.0))
+
+
+def test_dense_requests_run_by_kernel_only_when_cheaper():
+    assert dense_requests_by_kernel(10.0, 100.0)  # a short dense request beside a long sparse chunk
+    assert not dense_requests_by_kernel(90.0, 100.0)  # mostly dense: the dense backend over the batch
+    assert not dense_requests_by_kernel(100.0, 100.0)
 
 
 def test_profiling_only_and_below_the_gate(generator):

@@ -42,7 +42,8 @@ from ..reference import compressed_decode_reference
 from . import compat
 from .attention import sparse_chunk_attention
 from .compaction import compact_request
-from .kernel_path import ArenaDecode, DecodeTableArena, chunk_has_sparse_segment, kernels_wanted, prefill_chunk
+from .kernel_path import (ArenaDecode, DecodeTableArena, chunk_has_sparse_segment, dense_chunk,
+                          dense_requests_by_kernel, kernels_wanted, prefill_chunk)
 from .state import (STORE, ChunkPlan, RequestState, StateStore, compress_layer, dense_pair_count, plan_chunk,
                     plan_pair_counts)
 
@@ -404,11 +405,16 @@ class EntropyInferAttnBackend(_AttentionBackend):
                                                 scale=lv.scaling)
         return out3.view(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
 
-    def _add_dense_chunk(self, info: _RequestInfo, lv: compat.LayerView) -> None:
-        if info.dense_pairs is None:  # the same for every layer
+    def _dense_pairs(self, info: _RequestInfo, lv: compat.LayerView) -> float:
+        """Causal block pairs dense attention computes for this request's chunk (the same for every layer)."""
+        if info.dense_pairs is None:
             info.dense_pairs = dense_pair_count(info.prefix_len, info.seq_len, lv.num_kv_heads,
                                                 self.config.segment_size_tokens, self.config.block_size_tokens)
-        info.state.stats.add_chunk(sparse=False, pairs_computed=info.dense_pairs, pairs_dense=info.dense_pairs)
+        return info.dense_pairs
+
+    def _add_dense_chunk(self, info: _RequestInfo, lv: compat.LayerView) -> None:
+        pairs = self._dense_pairs(info, lv)
+        info.state.stats.add_chunk(sparse=False, pairs_computed=pairs, pairs_dense=pairs)
 
     def _forward_extend_kernels(self, q, k, v, layer, forward_batch, lv: compat.LayerView, q3: torch.Tensor,
                                 candidates: list[_RequestInfo], **kwargs):
@@ -423,12 +429,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
         for info in candidates:
             st = info.state
             rows = slice(info.q_start, info.q_start + info.extend_len)
-            if info.prefix_len == 0 and k3 is not None and k3.dtype == q3.dtype:
-                k_all, v_all = k3[rows], v3[rows]  # the whole sequence is this chunk: no gather
-            else:
-                k_buf, v_buf = compat.kv_buffers(self.token_to_kv_pool, layer_id)
-                slots = self._request_slots(info)
-                k_all, v_all = k_buf[slots].to(q3.dtype), v_buf[slots].to(q3.dtype)
+            k_all, v_all = self._chunk_kv(info, q3, k3, v3, layer_id)
             result = prefill_chunk(q3[rows], k_all, v_all, cfg, prefix_len=info.prefix_len, layer_idx=layer_id,
                                    typing=st.typing.get(layer_id), previous_block_scores=info.previous_scores,
                                    scale=lv.scaling, attend=attend)
@@ -454,15 +455,46 @@ class EntropyInferAttnBackend(_AttentionBackend):
             sparse_rows.add(info.index)
         if out3 is None:
             return self.inner.forward_extend(q, k, v, layer, forward_batch, save_kv_cache=False, **kwargs)
-        if len(sparse_rows) < len(self._infos):  # other requests of the batch run dense: the dense backend's
-            dense_out = self.inner.forward_extend(q, k, v, layer, forward_batch, save_kv_cache=False, **kwargs)
-            dense_out = dense_out.view_as(out3)  # own metadata covers the whole batch, so it computes every row
-            for info in self._infos:
-                if info.index in sparse_rows:
-                    rows = slice(info.q_start, info.q_start + info.extend_len)
-                    dense_out[rows] = out3[rows]
-            out3 = dense_out
+        dense = [info for info in self._infos if info.index not in sparse_rows]
+        if dense:
+            out3 = self._dense_requests(dense, out3, q, k, v, q3, k3, v3, layer, forward_batch, lv, **kwargs)
         return out3.view(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
+
+    def _chunk_kv(self, info: _RequestInfo, q3: torch.Tensor, k3: torch.Tensor | None, v3: torch.Tensor | None,
+                  layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V `[T, Hkv, D]` of every position of a request so far, in q's dtype."""
+        if info.prefix_len == 0 and k3 is not None and k3.dtype == q3.dtype:
+            rows = slice(info.q_start, info.q_start + info.extend_len)
+            return k3[rows], v3[rows]  # the whole sequence is this chunk: no gather
+        k_buf, v_buf = compat.kv_buffers(self.token_to_kv_pool, layer_id)
+        slots = self._request_slots(info)
+        return k_buf[slots].to(q3.dtype), v_buf[slots].to(q3.dtype)
+
+    def _dense_requests(self, dense: list[_RequestInfo], out3: torch.Tensor, q, k, v, q3, k3, v3, layer,
+                        forward_batch, lv: compat.LayerView, **kwargs) -> torch.Tensor:
+        """Kernel path, an extend batch mixing sparse and dense requests: the dense requests' rows of `out3`.
+        torch_native runs exactly those requests (its own code: bitwise its outputs). Other dense backends plan
+        for the whole batch, so they run every row and the sparse rows are written back over theirs, unless the
+        dense requests are cheap enough to run through the Triton kernel with a dense plan (`dense_chunk`)."""
+        if self.exact_subsets:
+            compat.dense_extend_rows(self.inner, q3, out3, layer, self._batch, [info.index for info in dense])
+            return out3
+        dense_pairs = sum(self._dense_pairs(info, lv) for info in dense)
+        if dense_requests_by_kernel(dense_pairs, sum(self._dense_pairs(info, lv) for info in self._infos)):
+            for info in dense:
+                rows = slice(info.q_start, info.q_start + info.extend_len)
+                k_all, v_all = self._chunk_kv(info, q3, k3, v3, lv.layer_id)
+                out3[rows] = dense_chunk(q3[rows], k_all, v_all, self.config, prefix_len=info.prefix_len,
+                                         scale=lv.scaling)
+            return out3
+        dense_out = self.inner.forward_extend(q, k, v, layer, forward_batch, save_kv_cache=False, **kwargs)
+        dense_out = dense_out.view_as(out3)
+        dense_rows = {info.index for info in dense}
+        for info in self._infos:
+            if info.index not in dense_rows:
+                rows = slice(info.q_start, info.q_start + info.extend_len)
+                dense_out[rows] = out3[rows]
+        return dense_out
 
     # --- decode ----------------------------------------------------------------------------------------
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):

@@ -5,6 +5,8 @@ TRITON_INTERPRET=1 for tests). No SGLang import: `backend.py` hands plain tensor
   is planned by the fused on-device planner (`plan_prefill_device`: no host sync); a chunk after a prefix
   (chunked prefill, causal typing carried in `ChunkTyping`) by `state.plan_chunk`. Attention is one
   `sparse_prefill` launch over the chunk's queries and every earlier key. Achieved pairs stay on the device.
+- `dense_chunk`: a dense request of an extend batch whose other requests run sparse, through the same kernel
+  with a dense plan (when that is cheaper than the dense backend over the whole batch).
 - `DecodeTableArena`: every compressed request's kept cache slots per (layer, kv head), in static-shape buffers
   indexed through the request's `req_to_token` row (CUDA-graph safe; tables change only at compression events).
 - `ArenaDecode`: one `compressed_decode` launch per layer for a whole decode batch over the arena.
@@ -88,6 +90,30 @@ def prefill_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tenso
     out, _ = sparse_prefill(q_chunk, k_all, v_all, plan, prefix_len=prefix_len, scale=scale)
     computed, dense = plan_pair_counts(plan, prefix_len)
     return ChunkResult(out, carried, scores, rigid, computed, dense, True, None)
+
+
+# FlashInfer's dense prefill over our Triton kernel's speed on the same pairs (H200: ~600 vs ~370 TFLOP/s,
+# benchmarks/RESULTS.md "Kernels"): what a dense request's rows cost through `dense_chunk`, in dense-backend units.
+TRITON_DENSE_COST = 1.6
+
+
+def dense_requests_by_kernel(dense_pairs: float, batch_dense_pairs: float) -> bool:
+    """In an extend batch where some requests run sparse, whether the dense ones should run through `dense_chunk`
+    (their pairs at the Triton kernel's speed) rather than the dense backend over the whole batch (which computes
+    the sparse requests' rows too, only to be overwritten)."""
+    return dense_pairs * TRITON_DENSE_COST < batch_dense_pairs
+
+
+def dense_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor, config: EntropyInferConfig, *,
+                prefix_len: int, scale: float) -> torch.Tensor:
+    """Dense causal attention of one chunk (queries of positions prefix_len .. T-1 over every key) through
+    `sparse_prefill` with a dense plan: `[Lc, Hq, D]` in q's dtype."""
+    from ..device_plan import dense_plan_device
+    from ..kernels.sparse_prefill import sparse_prefill
+
+    plan = dense_plan_device(k_all.shape[0], config, num_kv_heads=k_all.shape[1], device=q_chunk.device,
+                             first_segment=prefix_len // config.segment_size_tokens)
+    return sparse_prefill(q_chunk, k_all, v_all, plan, prefix_len=prefix_len, scale=scale)[0]
 
 
 def _carried_typing(profile, q_chunk: torch.Tensor, config: EntropyInferConfig) -> ChunkTyping:
