@@ -449,9 +449,12 @@ class EntropyInferAttnBackend(_AttentionBackend):
                 self._add_dense_chunk(info, lv)
                 continue
             st.stats.add_chunk(sparse=True, pairs_computed=0.0, pairs_dense=result.pairs_dense)  # computed: on device
-            if out3 is None:
-                out3 = q3.new_empty(q3.shape[0], lv.num_q_heads, lv.v_head_dim)
-            out3[rows] = result.out
+            if out3 is None and info.q_start == 0 and info.extend_len == q3.shape[0]:
+                out3 = result.out  # the batch is this one request: no copy (1 GiB per layer at 128k, 8B)
+            else:
+                if out3 is None:
+                    out3 = q3.new_empty(q3.shape[0], lv.num_q_heads, lv.v_head_dim)
+                out3[rows] = result.out
             sparse_rows.add(info.index)
         if out3 is None:
             return self.inner.forward_extend(q, k, v, layer, forward_batch, save_kv_cache=False, **kwargs)
