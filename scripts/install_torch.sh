@@ -9,8 +9,7 @@ set -euo pipefail
 PY="${PYTHON:-python}"
 TORCH=2.14.1
 TORCHVISION=0.29.1
-if "$PY" -c "import torch, torchvision" 2>/dev/null; then
-  have="$("$PY" -c "import torch, torchvision; print(torch.__version__.split('+')[0], torchvision.__version__.split('+')[0])")"
+if have="$("$PY" -c "import torch, torchvision; print(torch.__version__.split('+')[0], torchvision.__version__.split('+')[0])" 2>/dev/null)"; then
   if [ "$have" != "$TORCH $TORCHVISION" ]; then
     echo "install_torch: keeping the installed torch/torchvision $have (tested: $TORCH $TORCHVISION)" >&2
   fi
