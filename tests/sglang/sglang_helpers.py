@@ -161,6 +161,15 @@ class Server:
             time.sleep(0.2)
         raise AssertionError(f"no 'freed' line for {rid}:\n{self.tail()}")
 
+    def wait_for_log(self, text: str, count: int, timeout: float = 120) -> None:
+        """Wait until `text` occurs at least `count` times in the server's log."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.log_text().count(text) >= count:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not {count} times in the log of {self.name}:\n{self.tail()}")
+
     def log_text(self) -> str:
         self._out.flush()
         return self.log.read_text()

@@ -46,13 +46,20 @@ def test_kernel_path_serves_like_the_reference_path(tiny_model, tmp_path):
             assert int(re.search(r"sparse_chunks=(\d+)", stats["kernels"]).group(1)) > 0
             assert int(re.search(r"compression_events=(\d+)", stats["kernels"]).group(1)) >= 2
         # concurrently: the short request decodes in the same batches as the compressed long one, so those
-        # batches mix kept tables and whole req_to_token rows in one launch per layer
+        # batches mix kept tables and whole req_to_token rows in one launch per layer. The short one is sent once
+        # the long one's first chunk is scheduled: a chunk's end decides which segment is the last (dense) one, so
+        # both servers must cut the long prompt alike (a short request first would shorten its first chunk)
         prompts = {"long": tiny_llama.prompt(300, seed=31), "short": tiny_llama.prompt(8, seed=32)}
         concurrent = {}
         for name, server in servers.items():
+            prefill_batches = server.log_text().count("Prefill batch")
             with ThreadPoolExecutor(2) as pool:
-                futures = {key: pool.submit(server.generate, text, max_new_tokens=30, rid=f"{name}-c-{key}",
-                                            timeout=300) for key, text in prompts.items()}
+                futures = {}
+                for key, text in prompts.items():
+                    futures[key] = pool.submit(server.generate, text, max_new_tokens=30, rid=f"{name}-c-{key}",
+                                               timeout=300)
+                    if key == "long":
+                        server.wait_for_log("Prefill batch", prefill_batches + 1)
                 concurrent[name] = {key: f.result()["output_ids"] for key, f in futures.items()}
         assert concurrent["kernels"] == concurrent["reference"]
         assert "compression_events=0" not in servers["kernels"].freed_line("kernels-c-long")
