@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SGLang end to end on the H200 (issue 5), from the repository root:
-#   bash scripts/gpu_sglang.sh [tests] [chunk_path] [one_batch] [dense_graph] [ei_graph] [serving] [capacity]
+#   bash scripts/gpu_sglang.sh [tests] [chunk_path] [one_batch] [dense_graph] [ei_graph] [profile] [serving] [capacity]
 #   (default: tests one_batch serving)
 # - tests: the kernel path's and the device planner's GPU tests (tests/kernels, bf16);
 # - chunk_path: one layer of chunked prefill in isolation (`benchmarks/bench_chunk_path.py`, $CHUNK_SEQ_LEN tokens,
@@ -10,6 +10,9 @@
 #   β, forced to 3β);
 # - dense_graph: dense FlashInfer with CUDA graphs on (SGLang's default decode), for the decode baseline;
 # - ei_graph: --enable-entropyinfer (default config) with CUDA-graph decode (SGLang's default decode);
+# - profile: the prefill of `bench_one_batch` at $LENS (CUDA graphs on) under the torch profiler for each of
+#   $PROFILE_VARIANTS (default "entropyinfer dense"); `benchmarks/summarize_trace.py` writes $OUT/profile_<variant>.txt
+#   (GPU busy/idle time, GPU time by kernel, the longest idle gaps); the traces themselves are not kept;
 # - serving: `bench_serving` with a mixed-length random workload against a server, dense vs the default config,
 #   both with SGLang's default decode CUDA graphs (SERVING_EAGER=1: both eager; SERVING_VARIANTS: which of the two);
 # - capacity (issue 8): `bench_serving` with $CAPACITY_RUNS (name:prompts, default "dense:10 phase1:10 phase2:48")
@@ -91,6 +94,18 @@ PY
         one_batch "ei_$name" --enable-entropyinfer --entropyinfer-config "$json"
       done < "$OUT/configs.tmp"
       rm -f "$OUT/configs.tmp" ;;
+    profile)
+      export SGLANG_TORCH_PROFILER_DIR="$OUT/traces"
+      for variant in ${PROFILE_VARIANTS:-entropyinfer dense}; do
+        extra=(--attention-backend "$DENSE_BACKEND")
+        [ "$variant" = entropyinfer ] && extra=(--enable-entropyinfer)
+        GRAPH=1 one_batch "profile_$variant" "${extra[@]}" --profile --profile-stage prefill --profile-prefix "$variant"
+        for trace in "$SGLANG_TORCH_PROFILER_DIR/$variant"_*prefill.trace.json.gz; do
+          python3 benchmarks/summarize_trace.py "$trace" > "$OUT/profile_$variant.txt" 2>&1
+          { echo "== profile $variant"; head -32 "$OUT/profile_$variant.txt"; } >> "$SUMMARY"
+        done
+      done
+      rm -rf "$SGLANG_TORCH_PROFILER_DIR" ;;
     serving)
       serving_graph=()
       [ "${SERVING_EAGER:-0}" = 1 ] && serving_graph=(--disable-cuda-graph)
