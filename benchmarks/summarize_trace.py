@@ -34,6 +34,21 @@ def busy_intervals(events: list[dict]) -> list[tuple[float, float]]:
     return [(a, b) for a, b in merged]
 
 
+def sync_sites(events: list[dict], syncs: list[dict], ours: str = "entropyinfer_sgl/") -> list[tuple[str, list]]:
+    """Host syncs grouped by the Python frame that made them: [(frame, [count, host microseconds])], most time
+    first (a sync that waits long drained the GPU's queue)."""
+    frames = [e for e in events if e.get("cat") == "python_function"]
+    sites: dict[str, list] = defaultdict(lambda: [0, 0.0])
+    for sync in syncs:
+        around = sorted((e for e in frames if e.get("tid") == sync.get("tid") and e["ts"] <= sync["ts"]
+                         and e["ts"] + e["dur"] >= sync["ts"] + sync["dur"]), key=lambda e: e["dur"])
+        mine = [e for e in around if ours in e["name"]]
+        site = (mine or around or [{"name": "(no Python frame)"}])[0]["name"]
+        sites[site][0] += 1
+        sites[site][1] += sync["dur"]
+    return sorted(sites.items(), key=lambda kv: -kv[1][1])
+
+
 def short_name(name: str, width: int = 90) -> str:
     return name if len(name) <= width else name[:width - 3] + "..."
 
@@ -56,15 +71,21 @@ def summarize(events: list[dict], top: int, gaps: int) -> str:
         lines.append(f"{dur / 1e3:10.2f} ms {count:6d}x  {short_name(name)}")
     syncs = [e for e in events if e.get("cat") == "cuda_runtime" and e["name"].startswith(HOST_SYNCS)]
     sync_us = sum(e["dur"] for e in syncs)
-    lines.append(f"\nhost syncs (cuda runtime): {len(syncs)} calls, {sync_us / 1e3:.1f} ms on the host")
-    host = [e for e in events if e.get("cat") in ("cpu_op", "python_function", "user_annotation")]
+    lines.append(f"\nhost syncs (cuda runtime): {len(syncs)} calls, {sync_us / 1e3:.1f} ms on the host waiting; "
+                 f"by the innermost Python frame of ours (else the innermost) around them:")
+    for site, (count, dur) in sync_sites(events, syncs)[:gaps]:
+        lines.append(f"{dur / 1e3:10.2f} ms {count:6d}x  {short_name(site)}")
+    frames = [e for e in events if e.get("cat") == "python_function" and ("entropyinfer_sgl/" in e["name"]
+                                                                          or "sglang/" in e["name"])]
     idle = sorted(((busy[i + 1][0] - busy[i][1], busy[i][1], busy[i + 1][0]) for i in range(len(busy) - 1)),
                   reverse=True)
-    lines.append(f"\nlongest GPU idle gaps (top {gaps}) and the longest host ops inside each:")
+    for floor in (0.5, 0.1):
+        over = [length for length, _, _ in idle if length >= floor * 1e3]
+        lines.append(f"idle gaps >= {floor} ms: {len(over)}, {sum(over) / 1e3:.1f} ms in all")
+    lines.append(f"\nlongest GPU idle gaps (top {gaps}) and the innermost Python frames (SGLang's or ours) in each:")
     for length, start, end in idle[:gaps]:
-        inside = sorted((e for e in host if e["ts"] < end and e["ts"] + e["dur"] > start),
-                        key=lambda e: -min(e["ts"] + e["dur"], end) + max(e["ts"], start))
-        names = ", ".join(short_name(e["name"], 60) for e in inside[:4])
+        inside = sorted((e for e in frames if e["ts"] < end and e["ts"] + e["dur"] > start), key=lambda e: e["dur"])
+        names = ", ".join(short_name(e["name"], 60) for e in inside[:3])
         lines.append(f"{length / 1e3:8.2f} ms at +{(start - busy[0][0]) / 1e3:8.1f} ms: {names}")
     return "\n".join(lines)
 

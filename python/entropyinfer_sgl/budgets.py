@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import EntropyInferConfig
-from .validation import require
+from .validation import prompt_len_or_seq_len, require
 
 ENTROPY_EPSILON = 1e-9  # the prototype's denominator guard in the relative entropy growth
 
@@ -42,7 +42,9 @@ class HeadTypingState:
 
 
 def _f32(value: float, device: torch.device) -> torch.Tensor:
-    return torch.tensor(value, dtype=torch.float32, device=device)
+    """A float32 scalar on `device`, filled there (`torch.tensor(value, device=cuda)` would copy from the host and
+    wait for the stream)."""
+    return torch.full((), value, dtype=torch.float32, device=device)
 
 
 def head_budgets(
@@ -124,8 +126,11 @@ def head_budgets(
 
 
 def keep_blocks(budget_tokens: torch.Tensor, *, seq_len_tokens: int, segment_size_tokens: int,
-                block_size_tokens: int) -> torch.Tensor:
-    """Blocks each kv head keeps per segment (int32 [H, nseg]), with the prototype's caps (spec §2)."""
+                block_size_tokens: int, prompt_len_tokens: int | None = None) -> torch.Tensor:
+    """Blocks each kv head keeps per segment (int32 [H, nseg]), with the prototype's caps (spec §2).
+
+    prompt_len_tokens: the whole prompt's length when `seq_len_tokens` is a chunk's end; the cap of the prompt's
+    last segment comes from it, so a chunk's segments keep what they would in the whole prompt."""
     require(budget_tokens.dim() == 2, "budget_tokens must be [num_kv_heads, num_segments]")
     require(segment_size_tokens % block_size_tokens == 0, "block_size_tokens must divide segment_size_tokens")
     require(seq_len_tokens > segment_size_tokens,
@@ -134,8 +139,9 @@ def keep_blocks(budget_tokens: torch.Tensor, *, seq_len_tokens: int, segment_siz
     require(budget_tokens.shape[1] == num_segments,
             f"budget_tokens has {budget_tokens.shape[1]} segments, a {seq_len_tokens}-token prompt has {num_segments}")
     blocks_per_segment = segment_size_tokens // block_size_tokens
-    num_blocks = (num_segments - 1) * blocks_per_segment
-    max_effective_blocks = num_blocks - ((seq_len_tokens % segment_size_tokens) // block_size_tokens + 1)
+    prompt_len = prompt_len_or_seq_len(seq_len_tokens, prompt_len_tokens)
+    prompt_blocks = (-(-prompt_len // segment_size_tokens) - 1) * blocks_per_segment
+    max_effective_blocks = prompt_blocks - ((prompt_len % segment_size_tokens) // block_size_tokens + 1)
     device = budget_tokens.device
     keep = (budget_tokens.float() / _f32(float(block_size_tokens), device)).to(torch.int32)
     cap = (torch.arange(num_segments, device=device, dtype=torch.int32) * blocks_per_segment).clamp(

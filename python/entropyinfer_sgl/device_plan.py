@@ -16,6 +16,7 @@ from .budgets import HeadTypingState, keep_blocks
 from .config import EntropyInferConfig
 from .plan import PrefillPlan, sparse_segment_mask
 from .profile import HeadProfile
+from .transfer import host_to_device
 
 
 def _selection_keys(p: torch.Tensor, visible_blocks: torch.Tensor) -> torch.Tensor:
@@ -32,10 +33,12 @@ def _selection_keys(p: torch.Tensor, visible_blocks: torch.Tensor) -> torch.Tens
 
 
 def plan_prefill_device(q: torch.Tensor, k: torch.Tensor, config: EntropyInferConfig, *, layer_idx: int,
-                        state: HeadTypingState | None = None) -> tuple[HeadProfile, PrefillPlan]:
+                        state: HeadTypingState | None = None,
+                        prompt_len_tokens: int | None = None) -> tuple[HeadProfile, PrefillPlan]:
     """Profile and plan one layer of one sequence with kernels (CUDA, or CPU under TRITON_INTERPRET=1).
 
     q: [L, Hq, D], k: [L, Hkv, D] post-RoPE. `state` continues causal head typing from an earlier chunk.
+    prompt_len_tokens: the whole prompt's length when this is its first chunk (`plan.sparse_segment_mask`).
     """
     from .kernels.budget_scan import head_budgets_device
     from .kernels.entropy_profile import block_scores_and_entropy
@@ -45,19 +48,22 @@ def plan_prefill_device(q: torch.Tensor, k: torch.Tensor, config: EntropyInferCo
     p, entropy = block_scores_and_entropy(q, k, config)
     rigid, budgets, new_state = head_budgets_device(entropy, config, state=state)
     sizes = dict(seq_len_tokens=seq_len, segment_size_tokens=segment, block_size_tokens=block)
-    per_head_keep = keep_blocks(budgets, **sizes)
+    per_head_keep = keep_blocks(budgets, **sizes, prompt_len_tokens=prompt_len_tokens)
     profile = HeadProfile(entropy=entropy, rigid=rigid, budget_tokens=budgets, keep_blocks=per_head_keep,
                           block_scores=p, typing_state=new_state, **sizes)
-    return profile, plan_from_scores_device(p, per_head_keep, config, seq_len=seq_len, layer_idx=layer_idx)
+    return profile, plan_from_scores_device(p, per_head_keep, config, seq_len=seq_len, layer_idx=layer_idx,
+                                            prompt_len_tokens=prompt_len_tokens)
 
 
 def plan_from_scores_device(p: torch.Tensor, per_head_keep: torch.Tensor, config: EntropyInferConfig, *,
-                            seq_len: int, layer_idx: int, first_segment: int = 0) -> PrefillPlan:
+                            seq_len: int, layer_idx: int, first_segment: int = 0,
+                            prompt_len_tokens: int | None = None) -> PrefillPlan:
     """The CSR plan from block scores `[H, rows, NB]` and keep counts `[H, rows]`, as device work (no host sync):
     `plan.plan_prefill`'s rules (per-head or max-over-heads keep, the length gate, own blocks causally).
 
     first_segment: the rows are the segments from it on; earlier segments get empty rows (a chunk after a prefix
-    executes, scores and selects only its own segments).
+    executes, scores and selects only its own segments); prompt_len_tokens: the whole prompt's length when
+    `seq_len` is a chunk's end (`plan.sparse_segment_mask`).
     """
     segment, block = config.segment_size_tokens, config.block_size_tokens
     sizes = dict(seq_len_tokens=seq_len, segment_size_tokens=segment, block_size_tokens=block)
@@ -69,8 +75,8 @@ def plan_from_scores_device(p: torch.Tensor, per_head_keep: torch.Tensor, config
                          f"the {num_segments - first_segment} segments from {first_segment} on of a {seq_len}-token "
                          f"sequence")
     keep = per_head_keep if config.per_head_budgets else per_head_keep.amax(0, keepdim=True).expand_as(per_head_keep)
-    sparse_host = sparse_segment_mask(seq_len, config, layer_idx=layer_idx)
-    sparse = sparse_host.to(device)
+    sparse_host = sparse_segment_mask(seq_len, config, layer_idx=layer_idx, prompt_len_tokens=prompt_len_tokens)
+    sparse = host_to_device(sparse_host, device)
     keep = torch.where(sparse[None, first_segment:], keep, torch.zeros_like(keep)).contiguous()
 
     blocks_per_segment = segment // block
@@ -83,7 +89,7 @@ def plan_from_scores_device(p: torch.Tensor, per_head_keep: torch.Tensor, config
                             visible_host) + own_host
     capacity = int(row_bound.sum()) * num_heads  # host arithmetic only
 
-    visible, own = visible_host.to(device), own_host.to(device)
+    visible, own = host_to_device(visible_host, device), host_to_device(own_host, device)
     top = torch.topk(_selection_keys(p, visible), max_keep, dim=-1).indices  # [H, rows, max_keep]
     rank = torch.arange(max_keep, device=device)
     chosen = torch.where(rank[None, None, :] < keep[..., None], top, torch.full_like(top, num_key_blocks))
@@ -123,7 +129,7 @@ def dense_plan_device(seq_len: int, config: EntropyInferConfig, *, num_kv_heads:
     row_len = torch.where(seg >= first_segment, torch.clamp((seg + 1) * (segment // block), max=num_key_blocks), 0)
     indptr_host = torch.zeros(num_kv_heads * num_segments + 1, dtype=torch.int64)
     indptr_host[1:] = torch.cumsum(row_len.repeat(num_kv_heads), dim=0)
-    indptr = indptr_host.to(device)
+    indptr = host_to_device(indptr_host, device)
     slot = torch.arange(int(indptr_host[-1]), device=device)
     row = torch.searchsorted(indptr[1:], slot, right=True)
     return PrefillPlan(indptr=indptr.to(torch.int32), indices=(slot - indptr[row]).to(torch.int32),

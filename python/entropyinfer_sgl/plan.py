@@ -16,7 +16,7 @@ import torch
 
 from .config import EntropyInferConfig
 from .profile import HeadProfile
-from .validation import require
+from .validation import prompt_len_or_seq_len, require
 
 PlannerBackend = Literal["torch", "rust"]
 
@@ -74,11 +74,18 @@ class PrefillPlan:
 
 
 def sparse_segment_mask(seq_len_tokens: int, config: EntropyInferConfig, *, layer_idx: int,
-                        device: torch.device | str = "cpu") -> torch.Tensor:
-    """bool [nseg]: segments that run sparse (the prototype: start >= the length gate, not the last segment)."""
+                        device: torch.device | str = "cpu", prompt_len_tokens: int | None = None) -> torch.Tensor:
+    """bool [nseg]: segments that run sparse (the prototype: start >= the length gate, not the last segment).
+
+    prompt_len_tokens: the whole prompt's length when `seq_len_tokens` is where a chunk of it ends (chunked
+    prefill). The last segment is the prompt's, so a complete segment that ends a chunk can run sparse, as it
+    would in the whole prompt; a segment the chunk ends inside runs dense (its representatives are incomplete).
+    """
+    prompt_len = prompt_len_or_seq_len(seq_len_tokens, prompt_len_tokens)
     num_segments = -(-seq_len_tokens // config.segment_size_tokens)
     start = torch.arange(num_segments, device=device) * config.segment_size_tokens
-    sparse = (start >= config.min_sparse_len_tokens) & (start + config.segment_size_tokens < seq_len_tokens)
+    end = start + config.segment_size_tokens
+    sparse = (start >= config.min_sparse_len_tokens) & (end < prompt_len) & (end <= seq_len_tokens)
     if layer_idx < config.num_dense_layers:
         sparse[:] = False
     return sparse
@@ -124,11 +131,12 @@ def select_blocks(block_scores: torch.Tensor, keep: torch.Tensor, sparse_segment
 
 
 def plan_prefill(profile: HeadProfile, config: EntropyInferConfig, *, layer_idx: int,
-                 backend: PlannerBackend = "torch") -> PrefillPlan:
+                 backend: PlannerBackend = "torch", prompt_len_tokens: int | None = None) -> PrefillPlan:
     """Plan one layer's block-sparse prefill from its profile.
 
     `config.per_head_budgets=False` reproduces the prototype's execution: every kv head keeps the largest
     count of any head in that segment. `backend="rust"` plans on the CPU with the Rust planner (same result).
+    prompt_len_tokens: the whole prompt's length when the profile ends at a chunk's end (`sparse_segment_mask`).
     """
     require(profile.segment_size_tokens == config.segment_size_tokens
             and profile.block_size_tokens == config.block_size_tokens,
@@ -137,7 +145,8 @@ def plan_prefill(profile: HeadProfile, config: EntropyInferConfig, *, layer_idx:
     keep = profile.keep_blocks
     if not config.per_head_budgets:
         keep = keep.amax(dim=0, keepdim=True).expand_as(keep).contiguous()
-    sparse = sparse_segment_mask(profile.seq_len_tokens, config, layer_idx=layer_idx, device=keep.device)
+    sparse = sparse_segment_mask(profile.seq_len_tokens, config, layer_idx=layer_idx, device=keep.device,
+                                 prompt_len_tokens=prompt_len_tokens)
     keep = torch.where(sparse[None, :], keep, torch.zeros_like(keep))
     sizes = dict(seq_len_tokens=profile.seq_len_tokens, segment_size_tokens=config.segment_size_tokens,
                  block_size_tokens=config.block_size_tokens)

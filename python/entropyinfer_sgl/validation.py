@@ -12,6 +12,16 @@ def require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def prompt_len_or_seq_len(seq_len_tokens: int, prompt_len_tokens: int | None) -> int:
+    """The prompt length the planning rules use: `prompt_len_tokens` (a chunk of a longer prompt ends at
+    `seq_len_tokens`), or the sequence so far when not given."""
+    if prompt_len_tokens is None:
+        return seq_len_tokens
+    require(prompt_len_tokens >= seq_len_tokens,
+            f"prompt_len_tokens={prompt_len_tokens} is shorter than the {seq_len_tokens} tokens planned")
+    return prompt_len_tokens
+
+
 def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None, *,
                            token_stride_ok: bool = False) -> tuple[int, int, int, int]:
     """Validate one sequence's q `[L, Hq, D]`, k (and v) `[L, Hkv, D]`; return (L, Hq, Hkv, D).

@@ -18,7 +18,7 @@ from entropyinfer_sgl.sglang.kernel_path import (ArenaDecode, DecodeTableArena, 
                                                  kernels_wanted, prefill_chunk)
 from entropyinfer_sgl.sglang.state import compress_layer, dense_pair_count, plan_chunk, plan_pair_counts
 
-from .conftest import DEVICE
+from .conftest import DEVICE, requires_cuda
 
 CFG = EntropyInferConfig(segment_size_tokens=32, block_size_tokens=8, min_sparse_len_tokens=64, base_budget_tokens=16,
                          max_budget_tokens=48, decode_budget_tokens=40, decode_delay_steps=4, sink_tokens=4,
@@ -84,17 +84,20 @@ def test_unpacked_head_rows_and_empty_tables_are_refused(generator):
         DecodeTableArena(0, 3, 2, 40, 4, DEVICE)
 
 
+@pytest.mark.parametrize("prompt_len", [None, 230], ids=["chunk-end", "prompt-length"])
 @pytest.mark.parametrize("ends", [(128, 192, 230), (150, 203, 230)], ids=["aligned", "unaligned"])
-def test_chunks_after_a_prefix_match_the_reference_path(ends, generator):
+def test_chunks_after_a_prefix_match_the_reference_path(ends, prompt_len, generator):
     """Chunked prefill: the kernel path gives the reference path's rows and typing chunk by chunk, also when a
-    chunk ends inside a segment (the first one is planned on the device, later ones after a prefix)."""
+    chunk ends inside a segment (the first one is planned on the device, later ones after a prefix), with and
+    without the prompt's length."""
     seq_len = ends[-1]
     q, k, v = _qkv(seq_len, generator)
     typing, prefix = None, 0
     for end in ends:
         result = prefill_chunk(q[prefix:end], k[:end], v[:end], CFG, prefix_len=prefix, layer_idx=1, typing=typing,
-                               previous_block_scores=None, scale=SCALE, attend=True)
-        reference = plan_chunk(q[prefix:end], k[:end], CFG, prefix_len=prefix, layer_idx=1, typing=typing)
+                               previous_block_scores=None, scale=SCALE, attend=True, prompt_len_tokens=prompt_len)
+        reference = plan_chunk(q[prefix:end], k[:end], CFG, prefix_len=prefix, layer_idx=1, typing=typing,
+                               prompt_len_tokens=prompt_len)
         assert result.sparse, f"chunk {prefix}..{end}"
         expected, _ = sparse_prefill_reference(q[:end], k[:end], v[:end], reference.plan)
         torch.testing.assert_close(result.out, expected[prefix:], atol=2e-5, rtol=1e-5)
@@ -199,6 +202,25 @@ def test_pair_counts_equal_the_host_count(generator):
         computed, dense = plan_pair_counts(plan, prefix)
         assert (float(computed), dense) == chunk_block_pairs(plan, prefix, 230)
         assert dense == dense_pair_count(prefix, 230, 2, 32, 8)
+
+
+@requires_cuda
+def test_prefill_chunks_do_not_sync_the_host_gpu(generator):
+    """Planning and attending a chunk queues device work only: a host sync per layer drains the GPU's queue (the
+    128k profile in benchmarks/RESULTS.md). A first chunk, a chunk after a prefix, and the pair counts."""
+    q, k, v = _qkv(230, generator)
+    prefill_chunk(q[:128], k[:128], v[:128], CFG, prefix_len=0, layer_idx=1, typing=None,  # compile outside
+                  previous_block_scores=None, scale=SCALE, attend=True, prompt_len_tokens=230)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        first = prefill_chunk(q[:128], k[:128], v[:128], CFG, prefix_len=0, layer_idx=1, typing=None,
+                              previous_block_scores=None, scale=SCALE, attend=True, prompt_len_tokens=230)
+        later = prefill_chunk(q[128:], k, v, CFG, prefix_len=128, layer_idx=1, typing=first.typing,
+                              previous_block_scores=None, scale=SCALE, attend=True, prompt_len_tokens=230)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert first.sparse and later.sparse and later.out is not None
 
 
 def _pool(num_slots, generator):

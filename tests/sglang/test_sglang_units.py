@@ -69,6 +69,40 @@ def test_chunked_typing_matches_the_whole_prompt(boundaries, generator):
     torch.testing.assert_close(typing.partial_max, q[complete * 32:].amax(dim=0))
 
 
+def _row(plan, head, segment):
+    r = head * plan.num_segments + segment
+    return plan.indices[int(plan.indptr[r]):int(plan.indptr[r + 1])].tolist()
+
+
+@pytest.mark.parametrize("ends", [[64, 128, 192], [96, 160], [150]], ids=["aligned", "aligned-2", "unaligned"])
+def test_chunks_given_the_prompt_length_plan_what_the_whole_prompt_does(ends, generator):
+    """With the prompt's length, every segment a chunk completes gets the whole prompt's plan row, so chunks cut at
+    segment boundaries attend exactly as one chunk would; a segment the chunk ends inside runs dense there."""
+    seq_len = 230
+    q, k, v = _qkv(seq_len, generator)
+    whole = plan_prefill(profile_prefill(q, k, CFG), CFG, layer_idx=1)
+    expected, _ = sparse_prefill_reference(q, k, v, whole)
+    typing, prefix = None, 0
+    for end in ends + [seq_len]:
+        result = plan_chunk(q[prefix:end], k[:end], CFG, prefix_len=prefix, layer_idx=1, typing=typing,
+                            prompt_len_tokens=seq_len)
+        plan = result.plan
+        for s in range(prefix // 32, plan.num_segments):
+            complete = (s + 1) * 32 <= end or end == seq_len
+            for h in range(2):
+                assert _row(plan, h, s) == (_row(whole, h, s) if complete else list(range(min((s + 1) * 4, -(-end // 8)))))
+        got = sparse_chunk_attention(q[prefix:end], k[:end], v[:end], plan, prefix_len=prefix, scale=1 / math.sqrt(16))
+        if end % 32 == 0 or end == seq_len:
+            torch.testing.assert_close(got, expected[prefix:end], atol=2e-5, rtol=1e-5)
+        typing, prefix = result.typing, end
+    # without the prompt length, the chunk's end stands for the prompt's: its last segment runs dense
+    first = plan_chunk(q[:128], k[:128], CFG, prefix_len=0, layer_idx=1, typing=None)
+    given = plan_chunk(q[:128], k[:128], CFG, prefix_len=0, layer_idx=1, typing=None, prompt_len_tokens=seq_len)
+    assert not bool(first.plan.sparse_segments[3]) and bool(given.plan.sparse_segments[3])
+    with pytest.raises(ValueError, match="prompt_len_tokens=100 is shorter"):
+        plan_chunk(q[:128], k[:128], CFG, prefix_len=0, layer_idx=1, typing=None, prompt_len_tokens=100)
+
+
 def test_chunk_without_matching_state_falls_back(generator):
     q, k, _ = _qkv(128, generator)
     assert plan_chunk(q[64:], k, CFG, prefix_len=64, layer_idx=1, typing=None).reason is not None

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from ..plan import PrefillPlan
+from ..transfer import host_to_device
 from ._common import (
     LaunchConfig,
     check_dtype,
@@ -339,7 +340,7 @@ def sparse_prefill_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pla
     indptr = torch.cat(indptr_parts + [torch.full((1,), nnz, dtype=torch.int32, device=device)])
     indices = torch.cat([plan.indices for plan in plans])
     host = [i for _, i in tiles] + [m0 for m0, _ in tiles] + cu_seqlens + row_base
-    meta = torch.tensor(host, dtype=torch.int32).to(device)
+    meta = host_to_device(torch.tensor(host, dtype=torch.int32), device)
     n = len(tiles)
     tables = (meta[:n], meta[n:2 * n], meta[2 * n:2 * n + len(cu_seqlens)], meta[2 * n + len(cu_seqlens):])
     _launch(q, k, v, out, lse, indptr, indices, tables, seq_len=0, num_segments=0, num_tiles=n, segment=segment,

@@ -59,7 +59,7 @@ class _RequestInfo:
     """Per request of the current forward batch."""
 
     __slots__ = ("index", "rid", "row", "prefix_len", "extend_len", "seq_len", "q_start", "state", "profile",
-                 "dense_only", "dense_pairs", "slots", "previous_scores", "record_fresh")
+                 "dense_only", "dense_pairs", "slots", "previous_scores", "record_fresh", "prompt_len")
 
     def __init__(self, index, rid, row, prefix_len, extend_len, seq_len, q_start, state, profile):
         self.index, self.rid, self.row = index, rid, row
@@ -70,6 +70,7 @@ class _RequestInfo:
         self.slots: torch.Tensor | None = None
         self.previous_scores: torch.Tensor | None = None
         self.record_fresh = False  # decode: start a new observation window for the next compression event
+        self.prompt_len: int | None = None  # extend: the whole prefill's length, when SGLang's admission gave it
 
 
 class EntropyInferAttnBackend(_AttentionBackend):
@@ -208,6 +209,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
             info = _RequestInfo(i, rid, batch.req_pool_indices[i], prefix, extend, seq_len, batch.q_start[i], st,
                                 profile and not dense_only)
             info.dense_only = dense_only
+            info.prompt_len = target if target is not None and target >= seq_len else None
             self._infos.append(info)
             st.extended_tokens = seq_len
 
@@ -368,7 +370,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
             k_all = k_buf[slots].to(q3.dtype)
             q_chunk = q3[info.q_start:info.q_start + info.extend_len]
             result = plan_chunk(q_chunk, k_all, cfg, prefix_len=info.prefix_len, layer_idx=lv.layer_id,
-                                typing=st.typing.get(lv.layer_id), previous_block_scores=info.previous_scores)
+                                typing=st.typing.get(lv.layer_id), previous_block_scores=info.previous_scores,
+                                prompt_len_tokens=info.prompt_len)
             info.previous_scores = result.block_scores
             if result.typing is None:
                 st.typing.pop(lv.layer_id, None)
@@ -432,7 +435,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
             k_all, v_all = self._chunk_kv(info, q3, k3, v3, layer_id)
             result = prefill_chunk(q3[rows], k_all, v_all, cfg, prefix_len=info.prefix_len, layer_idx=layer_id,
                                    typing=st.typing.get(layer_id), previous_block_scores=info.previous_scores,
-                                   scale=lv.scaling, attend=attend)
+                                   scale=lv.scaling, attend=attend, prompt_len_tokens=info.prompt_len)
             info.previous_scores = result.block_scores
             if result.typing is None:
                 st.typing.pop(layer_id, None)

@@ -57,34 +57,39 @@ class ChunkResult:
     reason: str | None  # why there is no plan
 
 
-def chunk_has_sparse_segment(prefix_len: int, seq_len: int, config: EntropyInferConfig, layer_idx: int) -> bool:
+def chunk_has_sparse_segment(prefix_len: int, seq_len: int, config: EntropyInferConfig, layer_idx: int,
+                             prompt_len_tokens: int | None = None) -> bool:
     """Host-known: whether a segment this chunk executes can skip blocks (the length gate, not the last one)."""
-    mask = sparse_segment_mask(seq_len, config, layer_idx=layer_idx)
+    mask = sparse_segment_mask(seq_len, config, layer_idx=layer_idx, prompt_len_tokens=prompt_len_tokens)
     return bool(mask[prefix_len // config.segment_size_tokens:].any())
 
 
 def prefill_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor, config: EntropyInferConfig, *,
                   prefix_len: int, layer_idx: int, typing: ChunkTyping | None,
-                  previous_block_scores: torch.Tensor | None, scale: float, attend: bool) -> ChunkResult:
+                  previous_block_scores: torch.Tensor | None, scale: float, attend: bool,
+                  prompt_len_tokens: int | None = None) -> ChunkResult:
     """Profile and plan one chunk of one request and layer; attend with the kernel when the chunk has a sparse
     segment and `attend` (False: profiling only, for typing and layer fusion).
 
-    q_chunk: `[Lc, Hq, D]` queries of positions prefix_len .. T-1; k_all, v_all: `[T, Hkv, D]` every position.
+    q_chunk: `[Lc, Hq, D]` queries of positions prefix_len .. T-1; k_all, v_all: `[T, Hkv, D]` every position;
+    prompt_len_tokens: the whole prompt's length (None: T), see `plan.sparse_segment_mask`.
     """
     from ..kernels.sparse_prefill import sparse_prefill
 
     seq_len = k_all.shape[0]
     segment = config.segment_size_tokens
     if prefix_len == 0 and not config.layer_fusion and seq_len > segment:
-        profile, plan = plan_prefill_device(q_chunk, k_all, config, layer_idx=layer_idx)
+        profile, plan = plan_prefill_device(q_chunk, k_all, config, layer_idx=layer_idx,
+                                            prompt_len_tokens=prompt_len_tokens)
         carried = _carried_typing(profile, q_chunk, config) if config.causal_head_typing else None
         rigid, scores, reason = profile.rigid, profile.block_scores, None
     else:
         result = plan_chunk(q_chunk, k_all, config, prefix_len=prefix_len, layer_idx=layer_idx, typing=typing,
-                            previous_block_scores=previous_block_scores, on_device=True)
+                            previous_block_scores=previous_block_scores, on_device=True,
+                            prompt_len_tokens=prompt_len_tokens)
         plan, carried, rigid, scores, reason = result.plan, result.typing, result.rigid, result.block_scores, \
             result.reason
-    sparse = plan is not None and chunk_has_sparse_segment(prefix_len, seq_len, config, layer_idx)
+    sparse = plan is not None and chunk_has_sparse_segment(prefix_len, seq_len, config, layer_idx, prompt_len_tokens)
     if not (sparse and attend):
         return ChunkResult(None, carried, scores, rigid, None, 0.0, sparse, reason)
     out, _ = sparse_prefill(q_chunk, k_all, v_all, plan, prefix_len=prefix_len, scale=scale)

@@ -6,9 +6,10 @@ Nothing here imports SGLang: the backend (`backend.py`) hands plain tensors in. 
   typing carried across chunks (`ChunkTyping`). A prompt prefilled in one chunk gets exactly
   `profile_prefill` + `plan_prefill`; a chunked prompt gets, for every complete segment, the same block scores,
   entropies, typing and budgets as the whole prompt would (segment representatives are elementwise max/min, so
-  a segment split by a chunk boundary is merged exactly). What chunking changes, as in the library's rules for a
-  prompt that ends at the chunk end: the segment that ends a chunk is the "last" one and runs dense, and the keep
-  caps use the chunk end as the sequence length.
+  a segment split by a chunk boundary is merged exactly). Given the prompt's length (SGLang's admission), the
+  plan rows are the whole prompt's too, so chunks cut at segment boundaries compute exactly what one chunk would;
+  a segment that a chunk ends inside runs dense in that chunk (its representatives are not complete yet).
+  Without it, the chunk end stands for the prompt's: the segment that ends a chunk is the "last" one (dense).
 - `compress_layer`: one latent decode compression event of one request and layer (SnapKV scoring by the
   observation window, uniform/AdaKV budgets), as position tables over the request's token positions. Phase 1:
   the KV stays in SGLang's pool; decode reads only the kept positions (plus every token appended since).
@@ -32,6 +33,7 @@ from ..decode import observation_scores, plan_decode_compression
 from ..device_plan import plan_from_scores_device
 from ..plan import PrefillPlan, plan_prefill
 from ..profile import LAYER_FUSION_PREVIOUS_WEIGHT, HeadProfile, attention_entropy, block_causal_mask
+from ..transfer import host_to_device
 
 logger = logging.getLogger("entropyinfer_sgl.sglang")
 
@@ -107,14 +109,17 @@ def _scores_from_representatives(q_max: torch.Tensor, q_min: torch.Tensor, k: to
 
 def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferConfig, *, prefix_len: int,
                layer_idx: int, typing: ChunkTyping | None,
-               previous_block_scores: torch.Tensor | None = None, on_device: bool = False) -> ChunkPlan:
+               previous_block_scores: torch.Tensor | None = None, on_device: bool = False,
+               prompt_len_tokens: int | None = None) -> ChunkPlan:
     """Profile and plan one prefill chunk of one request and layer.
 
     q_chunk: `[Lc, Hq, D]` post-RoPE queries of positions `prefix_len .. prefix_len + Lc - 1`;
     k_all: `[prefix_len + Lc, Hkv, D]` post-RoPE keys of every position so far (prefix from the pool + chunk);
     typing: what the previous chunk carried (None for the first chunk, `prefix_len == 0`);
     on_device: causal budgets and the CSR plan by the device planner's pieces (`head_budgets_device`,
-    `plan_from_scores_device`: no host sync; the kernel path) instead of `head_budgets` / `plan_prefill`.
+    `plan_from_scores_device`: no host sync; the kernel path) instead of `head_budgets` / `plan_prefill`;
+    prompt_len_tokens: the whole prompt's length (SGLang's admission knows it; None: the chunk's end), so that
+    a complete segment ending the chunk runs sparse as it would in the whole prompt (`plan.sparse_segment_mask`).
     """
     seq_len = k_all.shape[0]
     chunk_len = q_chunk.shape[0]
@@ -180,19 +185,19 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
         rigid, budgets, _ = head_budgets(entropy, config, causal=False)
         carried = None
     keep = keep_blocks(budgets, seq_len_tokens=seq_len, segment_size_tokens=segment,
-                       block_size_tokens=config.block_size_tokens)
+                       block_size_tokens=config.block_size_tokens, prompt_len_tokens=prompt_len_tokens)
     if first:
         keep[:, :first] = 0  # rows of earlier chunks are not executed here
     if rigid is None:  # no complete segment typed yet: every head is still rigid
         rigid = torch.ones(num_kv_heads, dtype=torch.bool, device=p.device)
     if on_device:
         plan = plan_from_scores_device(p, keep[:, first:], config, seq_len=seq_len, layer_idx=layer_idx,
-                                       first_segment=first)
+                                       first_segment=first, prompt_len_tokens=prompt_len_tokens)
     else:
         profile = HeadProfile(entropy=entropy, rigid=rigid,
                               budget_tokens=budgets, keep_blocks=keep, block_scores=p, seq_len_tokens=seq_len,
                               segment_size_tokens=segment, block_size_tokens=config.block_size_tokens)
-        plan = plan_prefill(profile, config, layer_idx=layer_idx)
+        plan = plan_prefill(profile, config, layer_idx=layer_idx, prompt_len_tokens=prompt_len_tokens)
     return ChunkPlan(plan, carried, p, rigid, None)
 
 
@@ -230,9 +235,9 @@ def plan_pair_counts(plan: PrefillPlan, prefix_len: int) -> tuple[torch.Tensor, 
     seg = torch.arange(prefix_len // segment, plan.num_segments)
     own = (torch.clamp((seg + 1) * bps, max=num_key_blocks) - seg * bps).to(torch.float64)
     rows = (torch.arange(plan.num_kv_heads)[:, None] * plan.num_segments + seg[None, :]).flatten()
-    rows = rows.to(plan.indptr.device)
+    rows = host_to_device(rows, plan.indptr.device)
     row_len = (plan.indptr[rows + 1] - plan.indptr[rows]).to(torch.float64).view(plan.num_kv_heads, -1)
-    own = own.to(row_len.device)[None, :]
+    own = host_to_device(own, row_len.device)[None, :]
     computed = ((row_len - own) * own + own * (own + 1) / 2).sum()
     dense = dense_pair_count(prefix_len, plan.seq_len_tokens, plan.num_kv_heads, segment, block)
     return computed, dense
