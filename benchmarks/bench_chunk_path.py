@@ -51,7 +51,8 @@ def main() -> None:
 
     def run(prefix: int, end: int, typing):
         return prefill_chunk(q[prefix:end], k[:end], v[:end], cfg, prefix_len=prefix, layer_idx=3, typing=typing,
-                             previous_block_scores=None, scale=scale, attend=True)
+                             previous_block_scores=None, scale=scale, attend=True,
+                             prompt_len_tokens=seq_len)  # as the server plans: the prompt's length is known
 
     def dense(prefix: int, end: int):
         qh, kh, vh = (x.transpose(0, 1)[None] for x in (q[prefix:end], k[:end], v[:end]))
