@@ -173,21 +173,28 @@ def test_decode_graphs_stay_where_the_method_captures_them(sglang_args, tiny_mod
             _build(sglang_args, model_path=str(tiny_model), device="cpu", attention_backend="entropyinfer", **kwargs)
 
 
-def test_the_arena_is_charged_per_pool_token(sglang_args, tiny_model, monkeypatch):
-    """SGLang's per-token KV cost grows by the decode-table arena's share (a table per decode_budget_tokens + 1
-    pool tokens), only for servers running the method with decode compression."""
+def test_side_tables_are_charged_per_pool_token(sglang_args, tiny_model, monkeypatch):
+    """SGLang's per-token KV cost grows by the share of a compressible request's decode table and observation
+    windows (one such request per decode_budget_tokens + 1 pool tokens), only for servers running the method with
+    decode compression."""
     from types import SimpleNamespace
+
+    import torch
 
     from entropyinfer_sgl.sglang import plugin
 
     def kvc(**kwargs):
         sa = _build(sglang_args, model_path=str(tiny_model), device="cpu", **kwargs)
-        model = SimpleNamespace(num_hidden_layers=32, get_num_kv_heads=lambda tp_size: 8 // tp_size)
+        model = SimpleNamespace(num_hidden_layers=32, get_num_kv_heads=lambda tp_size: 8 // tp_size,
+                                get_num_attention_heads=lambda tp_size: 32 // tp_size, head_dim=128,
+                                dtype=torch.bfloat16)
         return SimpleNamespace(server_args=sa, model_config=model, ps=SimpleNamespace(attn_tp_size=1))
 
     monkeypatch.setenv("ENTROPYINFER_CONFIG", json.dumps({"decode_budget_tokens": 1024}))
     per_table = 4 * 32 * (8 * (1024 + 1) + 1)
-    assert plugin._side_table_bytes_per_token(kvc(attention_backend="entropyinfer"), 0) == -(-per_table // 1025)
+    per_windows = 32 * 32 * 32 * 128 * 2  # layers x W x Hq x D x bf16: 8 MiB
+    assert plugin._side_table_bytes_per_token(kvc(attention_backend="entropyinfer"), 0) == \
+        -(-(per_table + per_windows) // 1025)
     assert plugin._side_table_bytes_per_token(kvc(attention_backend="torch_native"), 0) == 0
     monkeypatch.setenv("ENTROPYINFER_CONFIG", json.dumps({"decode_compression": False}))
     assert plugin._side_table_bytes_per_token(kvc(attention_backend="entropyinfer"), 0) == 0

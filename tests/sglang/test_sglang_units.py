@@ -222,6 +222,32 @@ def test_observation_window_stays_contiguous(generator):
     assert st.window[0].shape[0] == 4
 
 
+def test_observation_windows_only_past_the_budget_and_bounded(caplog):
+    """A request records observation windows only for positions an evicting event reads, and at most
+    `max_windows` requests hold windows at once (what the plugin charges to the pool); a request past the bound
+    stays uncompressed."""
+    pytest.importorskip("sglang")
+    from types import SimpleNamespace
+
+    from entropyinfer_sgl.sglang.backend import EntropyInferAttnBackend
+
+    store = StateStore()
+    fake = SimpleNamespace(config=CFG, store=store, max_windows=2, _unsupported_logged=set())
+    states = [store.begin_extend(f"r{i}", i, 0) for i in range(3)]
+
+    def wanted(st, seq_len):
+        return EntropyInferAttnBackend._window_wanted(fake, st, seq_len)
+
+    # budget 40, W 8: an event at T > 40 entries reads positions T - 8 .. T - 1, the first of them 33
+    assert not wanted(states[0], 33) and not states[0].holds_window
+    assert wanted(states[0], 34) and states[0].holds_window
+    assert wanted(states[1], 100) and store.windows_held() == 2
+    assert not wanted(states[2], 100) and "stays uncompressed" in caplog.text
+    assert wanted(states[0], 35)  # a holder keeps recording
+    states[0].drop_windows()
+    assert not states[0].holds_window and wanted(states[2], 100)
+
+
 # --- packaging -------------------------------------------------------------------------------------------
 def test_site_hooks_install_roundtrip(tmp_path):
     assert site_hooks.WATCHED_MODULES == compat.SITE_HOOK_MODULES

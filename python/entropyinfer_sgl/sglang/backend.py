@@ -59,7 +59,8 @@ class _RequestInfo:
     """Per request of the current forward batch."""
 
     __slots__ = ("index", "rid", "row", "prefix_len", "extend_len", "seq_len", "q_start", "state", "profile",
-                 "dense_only", "dense_pairs", "slots", "previous_scores", "record_fresh", "prompt_len")
+                 "dense_only", "dense_pairs", "slots", "previous_scores", "record_fresh", "prompt_len",
+                 "records_window")
 
     def __init__(self, index, rid, row, prefix_len, extend_len, seq_len, q_start, state, profile):
         self.index, self.rid, self.row = index, rid, row
@@ -71,6 +72,7 @@ class _RequestInfo:
         self.previous_scores: torch.Tensor | None = None
         self.record_fresh = False  # decode: start a new observation window for the next compression event
         self.prompt_len: int | None = None  # extend: the whole prefill's length, when SGLang's admission gave it
+        self.records_window = False  # this forward records the request's queries into its observation windows
 
 
 class EntropyInferAttnBackend(_AttentionBackend):
@@ -99,6 +101,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
         self._unsupported_logged: set[str] = set()
         self._layer_views: dict[int, compat.LayerView] = {}
         self.use_kernels = kernels_wanted(view.device)
+        self.max_windows = self._compressible_requests()  # requests that may hold observation windows at once
         self.arena = self._create_arena(view) if self.use_kernels and config.decode_compression else None
         self.store.on_release = self._release_table
         self.store.compact = self.compact if config.decode_free_memory else None
@@ -210,6 +213,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
                                 profile and not dense_only)
             info.dense_only = dense_only
             info.prompt_len = target if target is not None and target >= seq_len else None
+            info.records_window = (self.config.decode_compression and st.method_enabled
+                                   and self._window_wanted(st, seq_len))
             self._infos.append(info)
             st.extended_tokens = seq_len
 
@@ -227,8 +232,9 @@ class EntropyInferAttnBackend(_AttentionBackend):
             in_cache = seq_len - 1  # the new token's KV is written during this step
             generated = in_cache - st.prompt_len
             compressing = cfg.decode_compression and st.method_enabled
-            if compressing and generated > cfg.decode_delay_steps:
+            if compressing:  # every step up to the first event, then the steps before each later one
                 info.record_fresh = self._needs_python(st, generated)
+                info.records_window = (info.record_fresh or st.holds_window) and self._window_wanted(st, seq_len)
             if (compressing and generated > st.last_event_checked and generated >= 0
                     and compression_due(generated, cfg)):
                 st.last_event_checked = generated
@@ -237,12 +243,38 @@ class EntropyInferAttnBackend(_AttentionBackend):
             self._arena_decode = ArenaDecode(self.arena, compat.req_to_token(self.req_to_token_pool),
                                              *compat.batch_row_tensors(batch))
 
-    def _create_arena(self, view: compat.RunnerView) -> DecodeTableArena:
-        """The decode tables of this process: a compressed request holds more than `decode_budget_tokens`
-        entries of the KV pool (phase 1), so the pool bounds how many can be compressed at once."""
-        pool_tokens, num_kv_heads = compat.kv_pool_geometry(self.token_to_kv_pool)
+    def _compressible_requests(self) -> int:
+        """How many requests can be compressed at once: one that is holds more than `decode_budget_tokens`
+        entries of the KV pool (phase 1), so the pool bounds the number (and `req_to_token` rows do). The
+        plugin charges each one's decode table and observation windows per pool token on that basis."""
+        pool_tokens, _ = compat.kv_pool_geometry(self.token_to_kv_pool)
         rows = compat.req_to_token(self.req_to_token_pool).shape[0]
-        tables = max(1, min(rows, pool_tokens // (self.config.decode_budget_tokens + 1)))
+        return max(1, min(rows, pool_tokens // (self.config.decode_budget_tokens + 1)))
+
+    def _window_wanted(self, st: RequestState, seq_len: int) -> bool:
+        """Whether a forward whose queries end at position `seq_len - 1` records them into the request's
+        observation windows: only positions an evicting event reads (an event at T > decode_budget_tokens cache
+        entries reads positions T - W .. T - 1), and only while fewer than `max_windows` requests hold windows
+        (what the plugin charged to --mem-fraction-static); else the request is not compressed."""
+        cfg = self.config
+        if seq_len + cfg.observation_window_tokens < cfg.decode_budget_tokens + 2:
+            return False
+        if st.holds_window:
+            return True
+        if self.store.windows_held() >= self.max_windows:
+            if "windows" not in self._unsupported_logged:
+                self._unsupported_logged.add("windows")
+                logger.warning("EntropyInfer: %d requests hold observation windows (the most charged to the pool); "
+                               "request %s stays uncompressed", self.max_windows, st.rid)
+            return False
+        st.holds_window = True
+        return True
+
+    def _create_arena(self, view: compat.RunnerView) -> DecodeTableArena:
+        """The decode tables of this process: one per request that can be compressed at once."""
+        _, num_kv_heads = compat.kv_pool_geometry(self.token_to_kv_pool)
+        rows = compat.req_to_token(self.req_to_token_pool).shape[0]
+        tables = self.max_windows
         capacity = max_kept_per_head_tokens(self.config, num_kv_heads)
         arena = DecodeTableArena(tables, self.num_layers, num_kv_heads, capacity, rows, view.device)
         logger.info("EntropyInfer decode table arena: %d tables x %d layers x %d kv heads x %d entries (%.1f MiB)",
@@ -258,12 +290,13 @@ class EntropyInferAttnBackend(_AttentionBackend):
 
     def _compress(self, info: _RequestInfo, in_cache: int) -> None:
         st = info.state
+        if not st.window:
+            return  # nothing recorded: the cache is within the budget (an event would keep everything)
         if self.arena is not None and st.table_id is None and not self.arena.has_free_table:
             if "arena" not in self._unsupported_logged:
                 self._unsupported_logged.add("arena")
                 logger.warning("EntropyInfer: every decode table is in use; request %s stays uncompressed", info.rid)
-            st.window.clear()  # it will not be compressed later either: drop its observation windows
-            st.window_end.clear()
+            st.drop_windows()  # it will not be compressed later either
             return
         slots = compat.req_to_token(self.req_to_token_pool)[info.row, :in_cache].to(torch.int64)
         events = 0
@@ -288,8 +321,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
         if self.config.decode_free_memory and events:
             self.store.compaction_due.append((info.rid, in_cache))  # `compact`, after this forward
         if self.config.decode_evict_interval_steps == 0:
-            st.window.clear()  # no later event: the observation windows are not needed any more
-            st.window_end.clear()
+            st.drop_windows()  # no later event reads them
         if events:
             st.stats.compression_events += 1
             if logger.isEnabledFor(logging.DEBUG):
@@ -345,7 +377,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
         q3 = q.reshape(-1, lv.num_q_heads, lv.head_dim)
         if cfg.decode_compression and supported:
             for info in self._infos:
-                if not info.state.method_enabled:
+                if not info.records_window:
                     continue
                 rows = q3[info.q_start:info.q_start + info.extend_len]
                 info.state.record_queries(lv.layer_id, rows, info.seq_len, cfg.observation_window_tokens)
@@ -512,7 +544,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
         if cfg.decode_compression and supported:
             for info in self._infos:
                 st = info.state
-                if not st.method_enabled:
+                if not info.records_window:
                     continue
                 if info.record_fresh or st.window_end.get(lv.layer_id) == info.seq_len - 1:  # contiguous window
                     st.record_queries(lv.layer_id, q3[info.index:info.index + 1], info.seq_len,

@@ -382,11 +382,25 @@ def disable_overlap_schedule(sa: Any) -> bool:
     return _rel().disable_overlap_schedule(sa)
 
 
-def pool_configurator_facts(kvc: Any) -> tuple[Any, int, int]:
-    """(server_args, layers, kv heads per rank) from the KVCacheConfigurator SGLang sizes the KV pool with."""
+@dataclass(frozen=True)
+class PoolFacts:
+    """What the KV pool is sized for: the model's attention geometry per rank and its activation dtype."""
+
+    server_args: Any
+    num_layers: int
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    dtype_bytes: int  # the model dtype (queries, hence observation windows)
+
+
+def pool_configurator_facts(kvc: Any) -> PoolFacts:
+    """The facts of the KVCacheConfigurator SGLang sizes the KV pool with."""
     model_config = kvc.model_config
     tp_size = getattr(getattr(kvc, "ps", None), "attn_tp_size", None) or 1
-    return kvc.server_args, int(model_config.num_hidden_layers), int(model_config.get_num_kv_heads(tp_size))
+    return PoolFacts(kvc.server_args, int(model_config.num_hidden_layers),
+                     int(model_config.get_num_attention_heads(tp_size)), int(model_config.get_num_kv_heads(tp_size)),
+                     int(model_config.head_dim), int(model_config.dtype.itemsize))
 
 
 def hook_registrations() -> dict[str, int]:

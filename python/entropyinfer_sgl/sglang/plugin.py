@@ -189,19 +189,23 @@ def _graph_step_allowed(backend, forward_batch) -> bool:
 
 
 def _side_table_bytes_per_token(kvc, cell_size: int) -> int:
-    """The decode-table arena's share per KV-pool token (a compressed request holds more than
-    `decode_budget_tokens` pool entries, so the arena has at most pool_tokens / (budget + 1) tables)."""
-    server_args, layers, kv_heads = compat.pool_configurator_facts(kvc)
-    if not compat.uses_backend(server_args):
+    """The share per KV-pool token of what each request that can be compressed holds: its decode table and its
+    observation windows (`layers x W x Hq x D` queries). Such a request holds more than `decode_budget_tokens`
+    pool entries, so at most pool_tokens / (budget + 1) of them exist at once (the backend's `max_windows`)."""
+    facts = compat.pool_configurator_facts(kvc)
+    if not compat.uses_backend(facts.server_args):
         return 0
-    config = resolve_config(server_args)
+    config = resolve_config(facts.server_args)
     if not config.decode_compression:
         return 0
     from ..decode import max_kept_per_head_tokens
     from .kernel_path import DecodeTableArena
 
-    per_table = DecodeTableArena.bytes_per_table(layers, kv_heads, max_kept_per_head_tokens(config, kv_heads))
-    return -(-per_table // (config.decode_budget_tokens + 1))
+    kv_heads = facts.num_kv_heads
+    per_table = DecodeTableArena.bytes_per_table(facts.num_layers, kv_heads, max_kept_per_head_tokens(config, kv_heads))
+    per_windows = (facts.num_layers * config.observation_window_tokens * facts.num_q_heads * facts.head_dim
+                   * facts.dtype_bytes)
+    return -(-(per_table + per_windows) // (config.decode_budget_tokens + 1))
 
 
 def _around_run_batch(original, scheduler, batch, *args, **kwargs):

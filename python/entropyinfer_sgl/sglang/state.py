@@ -392,6 +392,7 @@ class RequestState:
     prompt_len: int | None = None  # set at the first decode step
     window: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer: [<=W, Hq, D]
     window_end: dict[int, int] = field(default_factory=dict)  # per layer: position after the window's last query
+    holds_window: bool = False  # the backend let this request record observation windows (one of a bounded number)
     tables: dict[int, DecodeTable] = field(default_factory=dict)  # per layer
     last_event_checked: int = -1  # generated-token count whose compression check already ran
     stats: RequestStats = field(default_factory=RequestStats)
@@ -417,6 +418,12 @@ class RequestState:
         if self.device_rigid_heads is not None:
             self.stats.rigid_heads += int(self.device_rigid_heads)
             self.device_rigid_heads = None
+
+    def drop_windows(self) -> None:
+        """No later compression event reads them (or none will run): free the observation windows."""
+        self.window.clear()
+        self.window_end.clear()
+        self.holds_window = False
 
     def record_queries(self, layer_id: int, q: torch.Tensor, end: int, window_tokens: int) -> None:
         """Append `q` (`[n, Hq, D]`, the queries of positions end-n .. end-1) to the layer's observation window."""
@@ -461,6 +468,10 @@ class StateStore:
 
     def get(self, rid: str) -> RequestState | None:
         return self._states.get(rid)
+
+    def windows_held(self) -> int:
+        """Requests that hold observation windows now."""
+        return sum(1 for st in self._states.values() if st.holds_window)
 
     def set_method_enabled(self, rid: str, enabled: bool) -> None:
         """A request's own choice (its `custom_params`), recorded when SGLang admits it; applied by its next
