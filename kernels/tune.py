@@ -64,31 +64,33 @@ def bench_prefill(seq_lens, *, num_q_heads=32, num_kv_heads=8, head_dim=128, dty
         del q, k, v, qt, kt, vt
 
 
-DEFAULT_SWEEP = "128x32w8s2,128x64w8s2,128x64w8s3,128x64w4s2,128x64w4s3,64x64w4s2,64x32w4s3,128x128w8s2"
+DEFAULT_SWEEP = ("128x32w4s3,128x64w8s2,128x64w8s3,64x32w4s3,"  # one q head per program
+                 "128x32w4s3p,128x64w8s2p,128x64w4s3p,256x64w8s2p,64x64w4s2p")  # p: the q heads of a kv head
 
 
 def sweep_prefill(configs: str = DEFAULT_SWEEP, seq_len=16384, head_dims=(128, 64), *, num_q_heads=32,
                   num_kv_heads=8, dtype=torch.bfloat16):
-    """Launch configurations ("{block_m}x{block_n}w{warps}s{stages}", comma-separated) of sparse_prefill at one
-    shape, dense and at a quarter of the earlier blocks."""
+    """Launch configurations ("{block_m}x{block_n}w{warps}s{stages}", a trailing "p" for `pack_gqa`,
+    comma-separated) of sparse_prefill at one shape: dense, a quarter and 5% of the earlier blocks (the 128k
+    default config plans about 4%)."""
     import re
 
     from triton.testing import do_bench
 
     from entropyinfer_sgl.kernels import LaunchConfig, sparse_prefill
 
-    parsed = [tuple(int(x) for x in re.fullmatch(r"(\d+)x(\d+)w(\d+)s(\d+)", c.strip()).groups())
-              for c in configs.split(",")]
+    parsed = [re.fullmatch(r"(\d+)x(\d+)w(\d+)s(\d+)(p?)", c.strip()).groups() for c in configs.split(",")]
     for head_dim in head_dims:
         q = torch.randn(seq_len, num_q_heads, head_dim, device="cuda", dtype=dtype)
         k = torch.randn(seq_len, num_kv_heads, head_dim, device="cuda", dtype=dtype)
         v = torch.randn_like(k)
-        for keep in (1.0, 0.25):
+        for keep in (1.0, 0.25, 0.05):
             plan = _plan(seq_len, num_kv_heads, keep)
             flops = 4.0 * head_dim * (num_q_heads // num_kv_heads) * _computed_pairs(plan)
-            for block_m, block_n, warps, stages in parsed:
-                name = f"{block_m}x{block_n}w{warps}s{stages}"
-                config = LaunchConfig(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages)
+            for block_m, block_n, warps, stages, packed in parsed:
+                name = f"{block_m}x{block_n}w{warps}s{stages}{packed}"
+                config = LaunchConfig(block_m=int(block_m), block_n=int(block_n), num_warps=int(warps),
+                                      num_stages=int(stages), pack_gqa=packed == "p")
                 try:
                     ms = do_bench(lambda: sparse_prefill(q, k, v, plan, config=config))
                 except Exception as err:  # out of resources etc.

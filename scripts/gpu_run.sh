@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU step of a session, run on the H200 device machine from the repository root:
-#   GPU tests (kernels vs float32 references, bf16 at real sizes) + kernel benchmarks, results under $OUT.
+#   GPU tests (kernels vs float32 references, bf16 at real sizes) + kernel benchmarks, results under $OUT;
+#   `bash scripts/gpu_run.sh sweep`: sparse_prefill launch configurations (packed GQA included) at $SWEEP_SEQ_LEN
+#   tokens (default 131072), head_dim 128 (`kernels/tune.py --sweep`; rows in $OUT/sweep.jsonl).
 # Carried files: see scripts/gpu_setup.sh.
 set -uo pipefail
 source scripts/gpu_setup.sh
@@ -11,4 +13,8 @@ if [ "$STAGE" = all ] || [ "$STAGE" = tests ]; then
 fi
 if [ "$STAGE" = all ] || [ "$STAGE" = bench ]; then
   timeout "${BENCH_TIMEOUT:-480}" python3 benchmarks/bench_kernels.py --out "$OUT/kernels.jsonl" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -40
+fi
+if [ "$STAGE" = sweep ]; then
+  timeout "${SWEEP_TIMEOUT:-480}" python3 kernels/tune.py --sweep --seq-len "${SWEEP_SEQ_LEN:-131072}" --head-dims 128 \
+    2>&1 | tee "$OUT/sweep.jsonl" | tail -40
 fi

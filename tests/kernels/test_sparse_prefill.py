@@ -85,6 +85,64 @@ def test_launch_configs_agree(config, generator):
     assert_attention_close(out, lse, ref_out, ref_lse, torch.float32)
 
 
+PACKED = [  # (seq_len, Hq, Hkv, segment, block, keep, prefix_len, config)
+    pytest.param(141, 4, 2, 32, 8, "random", 0, LaunchConfig(block_m=32, block_n=16, pack_gqa=True),
+                 id="gqa2-8tokens"),
+    pytest.param(130, 8, 2, 32, 8, "sparse", 0, LaunchConfig(block_m=64, block_n=32, pack_gqa=True),
+                 id="gqa4-16tokens-narrower-than-N"),
+    pytest.param(101, 9, 3, 32, 8, "random", 0, LaunchConfig(block_m=32, block_n=16, pack_gqa=True),
+                 id="gqa3-padded-to-4"),
+    pytest.param(96, 8, 1, 32, 8, "full", 0, LaunchConfig(block_m=16, block_n=16, pack_gqa=True),
+                 id="gqa8-2tokens"),
+    pytest.param(77, 2, 2, 32, 8, "random", 0, LaunchConfig(block_m=16, block_n=16, pack_gqa=True),
+                 id="gqa1-unpacked-rows"),
+    pytest.param(141, 12, 3, 32, 8, "random", 45, LaunchConfig(block_m=64, block_n=32, pack_gqa=True),
+                 id="gqa4-after-prefix-45"),
+    pytest.param(150, 8, 2, 64, 8, "random", 96, LaunchConfig(block_m=32, block_n=32, pack_gqa=True),
+                 id="gqa4-after-prefix-96"),
+]
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES, ids=["fp32", "fp16"])
+@pytest.mark.parametrize("seq_len, num_q_heads, num_kv_heads, segment, block, keep, prefix_len, config", PACKED)
+def test_packed_gqa_matches_reference(seq_len, num_q_heads, num_kv_heads, segment, block, keep, prefix_len, config,
+                                      dtype, generator):
+    """One program per (kv head, tile of block_m / next_pow2(group) tokens): every q head of the group in its
+    rows, padding lanes when the group is not a power of two, tiles narrower than block_n, a chunk's prefix."""
+    plan = make_plan(seq_len, num_kv_heads, segment, block, keep=keep, generator=generator, device=DEVICE)
+    q, k, v = random_qkv(seq_len, num_q_heads, num_kv_heads, 16, generator=generator, dtype=dtype, device=DEVICE)
+    out, lse = sparse_prefill(q[prefix_len:], k, v, plan, prefix_len=prefix_len, config=config)
+    ref_out, ref_lse = sparse_prefill_reference(q, k, v, plan)
+    assert_attention_close(out, lse, ref_out[prefix_len:], ref_lse[prefix_len:], dtype)
+
+
+def test_packed_gqa_strided_views_and_varlen(generator):
+    """Packed rows read q and write out through both strides (head slices of a fused projection), and varlen
+    tiles step by the packed tile's tokens."""
+    config = LaunchConfig(block_m=32, block_n=16, pack_gqa=True)
+    seq_len, num_q_heads, num_kv_heads = 75, 4, 2
+    qkv = torch.randn(seq_len, num_q_heads + 2 * num_kv_heads, 16, generator=generator).to(DEVICE)
+    q, k, v = qkv.split([num_q_heads, num_kv_heads, num_kv_heads], dim=1)
+    plan = make_plan(seq_len, num_kv_heads, 32, 8, keep="random", generator=generator, device=DEVICE)
+    out, lse = sparse_prefill(q, k, v, plan, config=config)
+    ref = sparse_prefill_reference(q.contiguous(), k.contiguous(), v.contiguous(), plan)
+    assert_attention_close(out, lse, *ref, torch.float32)
+    lengths = [77, 33, 16]
+    plans = [make_plan(n, num_kv_heads, 32, 8, keep="random", generator=generator, device=DEVICE) for n in lengths]
+    q, k, v = random_qkv(sum(lengths), num_q_heads, num_kv_heads, 16, generator=generator, device=DEVICE)
+    out, lse = sparse_prefill_varlen(q, k, v, plans, config=config)
+    start = 0
+    for n, plan in zip(lengths, plans):
+        part = slice(start, start + n)
+        assert_attention_close(out[part], lse[part], *sparse_prefill_reference(q[part], k[part], v[part], plan),
+                               torch.float32)
+        start += n
+    with pytest.raises(ValueError, match="cannot hold one token"):
+        sparse_prefill(*random_qkv(40, 32, 1, 16, generator=generator, device=DEVICE),
+                       make_plan(40, 1, 32, 8, keep="random", generator=generator, device=DEVICE),
+                       config=LaunchConfig(block_m=16, block_n=16, pack_gqa=True))
+
+
 def test_gather_wider_than_key_step(generator):
     """Blocks of 32 tokens with 16-key steps: each gather step takes one whole block (32 lanes)."""
     plan = make_plan(100, 1, 64, 32, keep="random", generator=generator, device=DEVICE)
@@ -206,8 +264,10 @@ def test_bfloat16_is_refused_under_the_interpreter(generator):
 # --- GPU: bf16 and real sizes ----------------------------------------------------------------------------------
 @pytest.mark.gpu
 @requires_cuda
+@pytest.mark.parametrize("launch", [None, LaunchConfig(block_m=128, block_n=64, num_warps=8, num_stages=2,
+                                                       pack_gqa=True)], ids=["default", "packed-gqa"])
 @pytest.mark.parametrize("keep", ["profiled", "sparse"])
-def test_gpu_bf16_real_size(keep, generator):
+def test_gpu_bf16_real_size(keep, launch, generator):
     seq_len, num_q_heads, num_kv_heads, head_dim = 8192, 32, 8, 128
     config = EntropyInferConfig()  # segment 512, block 8, length gate 4096, budgets 2048..6144
     q, k, v = random_qkv(seq_len, num_q_heads, num_kv_heads, head_dim, generator=generator, dtype=torch.bfloat16,
@@ -216,7 +276,7 @@ def test_gpu_bf16_real_size(keep, generator):
         plan = plan_prefill(profile_prefill(q, k, config), config, layer_idx=1)
     else:
         plan = make_plan(seq_len, num_kv_heads, 512, 8, keep="sparse", generator=generator, device="cuda")
-    out, lse = sparse_prefill(q, k, v, plan)
+    out, lse = sparse_prefill(q, k, v, plan, config=launch)
     ref_out, ref_lse = sparse_prefill_reference(q, k, v, plan)
     assert_attention_close(out, lse, ref_out, ref_lse, torch.bfloat16)
 

@@ -30,12 +30,15 @@ class LaunchConfig:
     block_n: keys per inner iteration (power of two >= 16; prefill: must divide block_m; the gather of listed
         blocks uses max(block_n, next power of two of block_size_tokens) lanes).
     num_warps, num_stages: Triton launch parameters (ignored by the interpreter).
+    pack_gqa: prefill only: a program takes all q heads of a kv head (block_m rows = block_m / G tokens x the next
+        power of two G of the group size), so each K/V tile is loaded once per group, not once per q head.
     """
 
     block_m: int = 64
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    pack_gqa: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -46,6 +49,8 @@ class LaunchConfig:
             raise ValueError(f"LaunchConfig.num_warps={self.num_warps!r}: must be 1, 2, 4, 8 or 16")
         if not isinstance(self.num_stages, int) or self.num_stages < 1:
             raise ValueError(f"LaunchConfig.num_stages={self.num_stages!r}: must be an integer >= 1")
+        if not isinstance(self.pack_gqa, bool):
+            raise ValueError(f"LaunchConfig.pack_gqa={self.pack_gqa!r}: must be a bool")
 
 
 def next_power_of_two(n: int) -> int:

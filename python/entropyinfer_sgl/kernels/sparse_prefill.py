@@ -48,11 +48,16 @@ def _sparse_prefill_kernel(
     seq_len, num_segments, num_tiles, q_offset, qk_scale,
     GROUP: tl.constexpr, SEGMENT: tl.constexpr, BLOCK_TOKENS: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_ROWS: tl.constexpr,
     VARLEN: tl.constexpr, INT64: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
+    # HEAD_ROWS == 1: a program is (q head, BLOCK_M query tokens). HEAD_ROWS > 1 (packed GQA, the next power of two
+    # of GROUP): a program is (kv head, BLOCK_M // HEAD_ROWS tokens) and its rows are (token, q head of the group),
+    # so each K/V tile it loads serves the whole group (lanes of heads past GROUP are padding, never stored).
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
-    head = tl.program_id(0)  # fastest-varying: the q heads of a group run together and share K/V in L2
+    TILE_TOKENS: tl.constexpr = BLOCK_M // HEAD_ROWS
+    HEADS: tl.constexpr = GROUP if HEAD_ROWS > 1 else 1
+    program_head = tl.program_id(0)  # fastest-varying: programs of one kv head run together and share K/V in L2
     tile = tl.program_id(1)
     if VARLEN:
         seq = tl.load(TileSeq + tile)
@@ -62,13 +67,18 @@ def _sparse_prefill_kernel(
         nseg = (length + SEGMENT - 1) // SEGMENT
         row_base = tl.load(RowBase + seq)
     else:  # queries of positions q_offset .. seq_len - 1 (q row i is position q_offset + i)
-        m0 = (q_offset // BLOCK_M + num_tiles - 1 - tile) * BLOCK_M  # last tiles (most keys) first
+        m0 = (q_offset // TILE_TOKENS + num_tiles - 1 - tile) * TILE_TOKENS  # last tiles (most keys) first
         tok0 = tile * 0
         length = seq_len
         nseg = num_segments
         row_base = 0
 
-    kv_head = head // GROUP
+    if HEAD_ROWS > 1:
+        kv_head = program_head
+        head0 = program_head * GROUP
+    else:
+        kv_head = program_head // GROUP
+        head0 = program_head
     seg = m0 // SEGMENT
     seg_start = seg * SEGMENT
     row = row_base + kv_head * nseg + seg
@@ -87,12 +97,15 @@ def _sparse_prefill_kernel(
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    query = m0 + offs_m  # positions in the sequence
-    row_ok = (query >= q_offset) & (query < length)  # a first tile may start before q_offset (a chunk's prefix)
+    row_token = offs_m // HEAD_ROWS  # row -> (token of the tile, q head of the group)
+    row_head = offs_m % HEAD_ROWS
+    query = m0 + row_token  # positions in the sequence
+    # a first tile may start before q_offset (a chunk's prefix)
+    row_ok = (query >= q_offset) & (query < length) & (row_head < HEADS)
     d_ok = offs_d < HEAD_DIM
     q_row0_64 = tok0_64 + m0_64 - q_offset  # q/out/lse row of position m0 (negative rows are masked off)
-    q = load_rows(Q + q_row0_64 * stride_qt + head * stride_qh, offs_m, stride_qt, offs_d, row_ok, d_ok,
-                   True, EVEN_D)
+    q_rows = row_token * stride_qt + row_head * stride_qh  # element offsets from (position m0, head head0)
+    q = load_rows(Q + q_row0_64 * stride_qt + head0 * stride_qh, q_rows, 1, offs_d, row_ok, d_ok, True, EVEN_D)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -117,17 +130,20 @@ def _sparse_prefill_kernel(
 
     # 2) the segment's own keys before this tile: contiguous and visible to every query of the tile
     offs_n = tl.arange(0, BLOCK_N)
-    for i in range(0, (m0 - seg_start) // BLOCK_N):
+    full_steps = (m0 - seg_start) // BLOCK_N
+    for i in range(0, full_steps):
         start_64 = seq_start_64 + i * BLOCK_N
         k = load_rows(k_seq + start_64 * stride_kt, offs_n, stride_kt, offs_d, offs_n, d_ok, False, EVEN_D)
         v = load_rows(v_seq + start_64 * stride_vt, offs_n, stride_vt, offs_d, offs_n, d_ok, False, EVEN_D)
         acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k, v, None, qk_scale, False, DOT_PRECISION)
 
-    # 3) the diagonal: the tile's own tokens, causal
-    for i in range(0, (tl.minimum(m0 + BLOCK_M, length) - m0 + BLOCK_N - 1) // BLOCK_N):
-        key = m0 + i * BLOCK_N + offs_n
+    # 3) the diagonal: the tile's own tokens (from the first key phase 2 left, which a packed tile narrower than
+    # BLOCK_N may start before), causal
+    diag_start = seg_start + full_steps * BLOCK_N
+    for i in range(0, (tl.minimum(m0 + TILE_TOKENS, length) - diag_start + BLOCK_N - 1) // BLOCK_N):
+        key = diag_start + i * BLOCK_N + offs_n
         key_ok = key < length
-        start_64 = m0_64 + i * BLOCK_N
+        start_64 = diag_start.to(tl.int64) + i * BLOCK_N
         k = load_rows(k_seq + start_64 * stride_kt, offs_n, stride_kt, offs_d, key_ok, d_ok, True, EVEN_D)
         v = load_rows(v_seq + start_64 * stride_vt, offs_n, stride_vt, offs_d, key_ok, d_ok, True, EVEN_D)
         valid = (key[None, :] <= query[:, None]) & key_ok[None, :]
@@ -136,12 +152,14 @@ def _sparse_prefill_kernel(
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # every query sees itself: l_i > 0 on rows < length
     out = acc / l_safe[:, None]
     lse = (m_i + tl.log2(l_safe)) * LN2
-    o_ptrs = Out + q_row0_64 * stride_ot + head * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
+    o_rows = row_token * stride_ot + row_head * stride_oh
+    o_ptrs = Out + q_row0_64 * stride_ot + head0 * stride_oh + o_rows[:, None] + offs_d[None, :]
     if EVEN_D:
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
     else:
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
-    tl.store(Lse + q_row0_64 * stride_lt + head * stride_lh + offs_m * stride_lt, lse, mask=row_ok)
+    lse_rows = row_token * stride_lt + row_head * stride_lh
+    tl.store(Lse + q_row0_64 * stride_lt + head0 * stride_lh + lse_rows, lse, mask=row_ok)
 
 
 _KERNELS = (_sparse_prefill_kernel, load_rows, attend_tile)
@@ -222,16 +240,35 @@ def _check_plan(plan: PrefillPlan, seq_len: int, num_kv_heads: int, device: torc
             raise ValueError(f"plan.{name} must be contiguous")
 
 
-def _check_geometry(segment: int, block_tokens: int, config: LaunchConfig) -> None:
+def _check_geometry(segment: int, block_tokens: int, config: LaunchConfig, num_q_heads: int,
+                    num_kv_heads: int) -> int:
+    """The launch's query tokens per program, after checking that its tiles stay inside one segment."""
     if segment % 16:
         raise ValueError(f"segment_size_tokens={segment} must be a multiple of 16 (tl.dot needs >= 16-row "
                          "query tiles that stay inside one segment)")
     if block_tokens < 1 or segment % block_tokens:
         raise ValueError(f"block_size_tokens={block_tokens} must divide segment_size_tokens={segment}")
-    if segment % config.block_m:
-        raise ValueError(f"LaunchConfig.block_m={config.block_m} must divide segment_size_tokens={segment}")
-    if config.block_m % config.block_n:
+    tokens = tile_tokens(config, num_q_heads, num_kv_heads)
+    if segment % tokens:
+        raise ValueError(f"LaunchConfig.block_m={config.block_m} ({tokens} tokens per program) must divide "
+                         f"segment_size_tokens={segment}")
+    if not config.pack_gqa and config.block_m % config.block_n:
         raise ValueError(f"LaunchConfig.block_n={config.block_n} must divide block_m={config.block_m}")
+    return tokens
+
+
+def head_rows(config: LaunchConfig, num_q_heads: int, num_kv_heads: int) -> int:
+    """Rows per query token of a program: 1, or the group size's next power of two with `pack_gqa`."""
+    return next_power_of_two(num_q_heads // num_kv_heads) if config.pack_gqa else 1
+
+
+def tile_tokens(config: LaunchConfig, num_q_heads: int, num_kv_heads: int) -> int:
+    """Query tokens per program (a power of two that divides block_m, hence the segment)."""
+    rows = head_rows(config, num_q_heads, num_kv_heads)
+    if rows > config.block_m:
+        raise ValueError(f"LaunchConfig.block_m={config.block_m} cannot hold one token of a packed group of "
+                         f"{num_q_heads // num_kv_heads} heads ({rows} rows)")
+    return config.block_m // rows
 
 
 def _launch(q, k, v, out, lse, indptr, indices, tables, *, seq_len, num_segments, num_tiles, segment, block_tokens,
@@ -240,7 +277,8 @@ def _launch(q, k, v, out, lse, indptr, indices, tables, *, seq_len, num_segments
     block_d = max(16, next_power_of_two(head_dim))
     block_g = max(config.block_n, next_power_of_two(block_tokens))
     tile_seq, tile_start, cu_seqlens, row_base = tables
-    grid = (num_q_heads, num_tiles)
+    rows = head_rows(config, num_q_heads, num_kv_heads)
+    grid = (num_kv_heads if rows > 1 else num_q_heads, num_tiles)
     _sparse_prefill_kernel[grid](
         q, k, v, out, lse, indptr, indices, tile_seq, tile_start, cu_seqlens, row_base,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
@@ -248,7 +286,7 @@ def _launch(q, k, v, out, lse, indptr, indices, tables, *, seq_len, num_segments
         seq_len, num_segments, num_tiles, q_offset, scale * LOG2E,
         GROUP=num_q_heads // num_kv_heads, SEGMENT=segment, BLOCK_TOKENS=block_tokens,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_G=block_g,
-        VARLEN=varlen, INT64=needs_int64(k, v), DOT_PRECISION=dot_precision(q.dtype),
+        HEAD_ROWS=rows, VARLEN=varlen, INT64=needs_int64(k, v), DOT_PRECISION=dot_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
 
@@ -280,13 +318,13 @@ def sparse_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Pref
     _check_plan(plan, seq_len, num_kv_heads, device)
     segment, block_tokens = plan.segment_size_tokens, plan.block_size_tokens
     config = config or prefill_launch_config(segment, block_tokens, head_dim, q.dtype)
-    _check_geometry(segment, block_tokens, config)
+    tokens = _check_geometry(segment, block_tokens, config, num_q_heads, num_kv_heads)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(q.shape[0], num_q_heads, dtype=torch.float32, device=device)
     if q.shape[0] == 0:
         return out, lse
-    num_tiles = -(-seq_len // config.block_m) - prefix_len // config.block_m
+    num_tiles = -(-seq_len // tokens) - prefix_len // tokens
     dummy = plan.indptr  # never read when VARLEN is off
     _launch(q, k, v, out, lse, plan.indptr, plan.indices, (dummy, dummy, dummy, dummy), seq_len=seq_len,
             num_segments=plan.num_segments, num_tiles=num_tiles, segment=segment, block_tokens=block_tokens,
@@ -320,7 +358,7 @@ def sparse_prefill_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pla
     if sum(lengths) != tokens:
         raise ValueError(f"the plans cover {sum(lengths)} tokens, q has {tokens}")
     config = config or prefill_launch_config(segment, block_tokens, head_dim, q.dtype)
-    _check_geometry(segment, block_tokens, config)
+    step = _check_geometry(segment, block_tokens, config, num_q_heads, num_kv_heads)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(tokens, num_q_heads, dtype=torch.float32, device=device)
@@ -335,7 +373,7 @@ def sparse_prefill_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pla
         rows += plan.num_kv_heads * plan.num_segments
         indptr_parts.append(plan.indptr[:-1] + nnz)
         nnz += plan.indices.numel()
-        tiles.extend((m0, i) for m0 in range(0, plan.seq_len_tokens, config.block_m))
+        tiles.extend((m0, i) for m0 in range(0, plan.seq_len_tokens, step))
     tiles.sort(key=lambda t: -t[0])  # the latest tiles of every sequence see the most keys: schedule them first
     indptr = torch.cat(indptr_parts + [torch.full((1,), nnz, dtype=torch.int32, device=device)])
     indices = torch.cat([plan.indices for plan in plans])
