@@ -21,6 +21,7 @@ def _backend(**overrides):
     config = EntropyInferConfig(decode_delay_steps=16, observation_window_tokens=32, **overrides)
     fake = SimpleNamespace(config=config, arena=object(), store=StateStore())
     fake._needs_python = lambda st, generated: EntropyInferAttnBackend._needs_python(fake, st, generated)
+    fake._window_reachable = lambda seq_len: EntropyInferAttnBackend._window_reachable(fake, seq_len)
     return fake, lambda batch: EntropyInferAttnBackend.graph_step_allowed(fake, batch)
 
 
@@ -40,6 +41,18 @@ def test_python_steps_are_the_windows_and_events(interval, eager_steps):
     assert st.prompt_len == prompt
     eager = {g for g in range(0, 200) if not allowed(_batch(["a"], [prompt + g + 1]))}
     assert eager == {g for g in eager_steps if g < 200}
+
+
+def test_a_request_below_the_budget_replays_graphs_until_it_reaches_it():
+    """Budget 1024, W 32: queries from position 993 on are what an evicting event can read. A 900-token prompt
+    records nothing and its events would keep everything (no Python) until then; its first event with something
+    to evict is at 144 generated tokens (1044 entries), whose window starts 32 steps before."""
+    fake, allowed = _backend(decode_evict_interval_steps=64, local_window_tokens=32)
+    prompt = 900
+    fake.store.begin_extend("a", 3, 0).extended_tokens = prompt
+    fake.store.begin_decode("a", 3, prompt + 1)
+    eager = {g for g in range(0, 200) if not allowed(_batch(["a"], [prompt + g + 1]))}
+    assert eager == {g for g in range(0, 200) if 112 <= g <= 144 or 176 <= g <= 208}
 
 
 def test_unknown_or_incomplete_batches_run_eagerly():

@@ -146,7 +146,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
 
     def graph_step_allowed(self, forward_batch) -> bool:
         """Whether this decode step may replay a CUDA graph: no request of the batch has a compression event
-        due or an observation window to record at this step (those run Python: the step runs eagerly)."""
+        due or an observation window to record at this step (those run Python: the step runs eagerly). A request
+        whose cache is still below what an evicting event needs records nothing and has no event to run."""
         if self.arena is None:
             return True
         rids = forward_batch.rids
@@ -157,7 +158,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
             st = self.store.get(rid)
             if st is None or st.prompt_len is None:
                 return False
-            if st.method_enabled and self._needs_python(st, int(seq_len) - 1 - st.prompt_len):
+            if (st.method_enabled and (st.holds_window or self._window_reachable(int(seq_len)))
+                    and self._needs_python(st, int(seq_len) - 1 - st.prompt_len)):
                 return False
         return True
 
@@ -251,13 +253,18 @@ class EntropyInferAttnBackend(_AttentionBackend):
         rows = compat.req_to_token(self.req_to_token_pool).shape[0]
         return max(1, min(rows, pool_tokens // (self.config.decode_budget_tokens + 1)))
 
+    def _window_reachable(self, seq_len: int) -> bool:
+        """Whether queries ending at position `seq_len - 1` reach the positions an evicting event reads (an event
+        at T > decode_budget_tokens cache entries reads T - W .. T - 1)."""
+        cfg = self.config
+        return seq_len + cfg.observation_window_tokens >= cfg.decode_budget_tokens + 2
+
     def _window_wanted(self, st: RequestState, seq_len: int) -> bool:
         """Whether a forward whose queries end at position `seq_len - 1` records them into the request's
         observation windows: only positions an evicting event reads (an event at T > decode_budget_tokens cache
         entries reads positions T - W .. T - 1), and only while fewer than `max_windows` requests hold windows
         (what the plugin charged to --mem-fraction-static); else the request is not compressed."""
-        cfg = self.config
-        if seq_len + cfg.observation_window_tokens < cfg.decode_budget_tokens + 2:
+        if not self._window_reachable(seq_len):
             return False
         if st.holds_window:
             return True
