@@ -246,9 +246,10 @@ class EntropyInferAttnBackend(_AttentionBackend):
                                              *compat.batch_row_tensors(batch))
 
     def _compressible_requests(self) -> int:
-        """How many requests can be compressed at once: one that is holds more than `decode_budget_tokens`
-        entries of the KV pool (phase 1), so the pool bounds the number (and `req_to_token` rows do). The
-        plugin charges each one's decode table and observation windows per pool token on that basis."""
+        """How many requests can be compressed at once: a compression event only shrinks a request that holds
+        more than `decode_budget_tokens` entries of the KV pool (phase 1), so the pool bounds the number (and
+        `req_to_token` rows do). The plugin charges each one's decode table and observation windows per pool
+        token on that basis."""
         pool_tokens, _ = compat.kv_pool_geometry(self.token_to_kv_pool)
         rows = compat.req_to_token(self.req_to_token_pool).shape[0]
         return max(1, min(rows, pool_tokens // (self.config.decode_budget_tokens + 1)))
