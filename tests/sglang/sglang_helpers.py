@@ -134,8 +134,10 @@ class Server:
             time.sleep(1)
         raise AssertionError(f"server {self.name} not ready after {timeout} s:\n{self.tail()}")
 
-    def generate(self, text: str | None = None, *, input_ids: list[int] | None = None, max_new_tokens: int = 16,
-                 rid: str | None = None, timeout: float = 120, **extra) -> dict:
+    def generate(self, text: str | list[str] | None = None, *, input_ids: list[int] | None = None,
+                 max_new_tokens: int = 16, rid: str | list[str] | None = None, timeout: float = 120,
+                 **extra) -> dict | list[dict]:
+        """`/generate` greedy; a list of texts (and of rids) is one batched request, answered with a list."""
         import requests
 
         body = {"sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0, "ignore_eos": True}, **extra}
