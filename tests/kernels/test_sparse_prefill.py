@@ -251,6 +251,8 @@ def test_bad_geometry_and_plans_are_refused(generator):
                        make_plan(48, 2, 32, 8, keep="random", generator=generator, device=DEVICE))
     with pytest.raises(ValueError, match="power of two"):
         LaunchConfig(block_m=48)
+    with pytest.raises(ValueError, match="pack_gqa"):
+        LaunchConfig(pack_gqa=1)
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="interpreter-only limitation")
