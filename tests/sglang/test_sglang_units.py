@@ -233,6 +233,7 @@ def test_observation_windows_only_past_the_budget_and_bounded(caplog):
 
     store = StateStore()
     fake = SimpleNamespace(config=CFG, store=store, max_windows=2, _unsupported_logged=set())
+    fake._window_reachable = lambda seq_len: EntropyInferAttnBackend._window_reachable(fake, seq_len)
     states = [store.begin_extend(f"r{i}", i, 0) for i in range(3)]
 
     def wanted(st, seq_len):
