@@ -163,7 +163,7 @@ class Server:
             time.sleep(0.2)
         raise AssertionError(f"no 'freed' line for {rid}:\n{self.tail()}")
 
-    def wait_for_log(self, text: str, count: int, timeout: float = 120) -> None:
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 120) -> None:
         """Wait until `text` occurs at least `count` times in the server's log."""
         deadline = time.time() + timeout
         while time.time() < deadline:

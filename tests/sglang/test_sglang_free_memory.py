@@ -113,7 +113,7 @@ def test_phase2_frees_memory_serves_the_same_tokens_and_admits_more(tiny_model, 
                                                                 max_new_tokens=400, rid="phase2-abort",
                                                                 timeout=600))
         worker.start()
-        _wait_for(server, "EntropyInfer request phase2-abort: compression at")
+        server.wait_for_log("EntropyInfer request phase2-abort: compression at", timeout=300)
         import requests
 
         requests.post(server.url + "/abort_request", json={"rid": "phase2-abort"}, timeout=30)
@@ -141,12 +141,3 @@ def _ignore_errors(fn, *args, **kwargs):
         fn(*args, **kwargs)
     except Exception:  # noqa: BLE001 - the aborted request's HTTP call may end either way
         pass
-
-
-def _wait_for(server: Server, text: str, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if text in server.log_text():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{text!r} not in the log of {server.name}:\n{server.tail()}")
