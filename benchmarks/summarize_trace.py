@@ -13,7 +13,8 @@ import json
 from collections import defaultdict
 
 GPU_CATEGORIES = {"kernel", "gpu_memcpy", "gpu_memset"}
-HOST_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy ", "cudaMemcpy\0")
+# CUDA runtime calls that make the host wait for the device (cudaMemcpy, unlike cudaMemcpyAsync, blocks)
+HOST_SYNCS = frozenset({"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy"})
 
 
 def load_events(path: str) -> list[dict]:
@@ -69,7 +70,7 @@ def summarize(events: list[dict], top: int, gaps: int) -> str:
     lines.append(f"\nGPU time by kernel (top {top}):")
     for name, (dur, count) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]:
         lines.append(f"{dur / 1e3:10.2f} ms {count:6d}x  {short_name(name)}")
-    syncs = [e for e in events if e.get("cat") == "cuda_runtime" and e["name"].startswith(HOST_SYNCS)]
+    syncs = [e for e in events if e.get("cat") == "cuda_runtime" and e["name"] in HOST_SYNCS]
     sync_us = sum(e["dur"] for e in syncs)
     lines.append(f"\nhost syncs (cuda runtime): {len(syncs)} calls, {sync_us / 1e3:.1f} ms on the host waiting; "
                  f"by the innermost Python frame of ours (else the innermost) around them:")
