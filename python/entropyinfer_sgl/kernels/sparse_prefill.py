@@ -111,13 +111,26 @@ def _sparse_prefill_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
-    # 1) earlier blocks listed by the plan, BLOCKS_PER_STEP per step (gathered; all keys precede the segment)
+    # 1) earlier blocks listed by the plan, BLOCKS_PER_STEP per step (gathered; all keys precede the segment).
+    # Whole steps run without masks (the score mask alone costs a select per score); one masked step takes the
+    # remainder.
     BLOCKS_PER_STEP: tl.constexpr = BLOCK_G // BLOCK_TOKENS
+    FULL_LANES: tl.constexpr = BLOCKS_PER_STEP * BLOCK_TOKENS == BLOCK_G
     offs_g = tl.arange(0, BLOCK_G)
     lane_block = offs_g // BLOCK_TOKENS
     lane_token = offs_g % BLOCK_TOKENS
     lane_ok = offs_g < BLOCKS_PER_STEP * BLOCK_TOKENS
-    for j in range(0, n_earlier, BLOCKS_PER_STEP):
+    whole_steps = n_earlier // BLOCKS_PER_STEP if FULL_LANES else 0
+    indices_row = Indices + row_begin + lane_block
+    for j in range(0, whole_steps):
+        block = tl.load(indices_row + j * BLOCKS_PER_STEP)
+        key = block * BLOCK_TOKENS + lane_token
+        if INT64:
+            key = key.to(tl.int64)
+        k = load_rows(k_seq, key, stride_kt, offs_d, lane_ok, d_ok, False, EVEN_D)
+        v = load_rows(v_seq, key, stride_vt, offs_d, lane_ok, d_ok, False, EVEN_D)
+        acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k, v, None, qk_scale, False, DOT_PRECISION)
+    for j in range(whole_steps * BLOCKS_PER_STEP, n_earlier, BLOCKS_PER_STEP):
         entry = j + lane_block
         ok = lane_ok & (entry < n_earlier)
         block = tl.load(Indices + row_begin + entry, mask=ok, other=0)
