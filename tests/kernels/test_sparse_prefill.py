@@ -255,6 +255,23 @@ def test_bad_geometry_and_plans_are_refused(generator):
         LaunchConfig(pack_gqa=1)
 
 
+def test_gpu_launch_heuristic_packs_gqa_groups_at_head_dim_128(monkeypatch):
+    import importlib
+
+    from entropyinfer_sgl.kernels import prefill_launch_config
+
+    # the heuristic for compiled kernels (not the interpreter's): no GPU needed to read it
+    monkeypatch.setattr(importlib.import_module("entropyinfer_sgl.kernels.sparse_prefill"), "interpret_mode",
+                        lambda: False)
+    packed = prefill_launch_config(512, 8, 128, torch.bfloat16, group_size=4)
+    assert (packed.block_m, packed.block_n, packed.pack_gqa) == (256, 64, True)
+    assert prefill_launch_config(512, 8, 128, torch.float16, group_size=3).pack_gqa  # padded to 4 rows a token
+    assert not prefill_launch_config(512, 8, 128, torch.bfloat16, group_size=1).pack_gqa
+    assert not prefill_launch_config(512, 8, 64, torch.bfloat16, group_size=4).pack_gqa
+    assert not prefill_launch_config(512, 8, 128, torch.float32, group_size=4).pack_gqa
+    assert not prefill_launch_config(32, 8, 128, torch.bfloat16, group_size=4).pack_gqa  # 64-token tiles > segment
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="interpreter-only limitation")
 def test_bfloat16_is_refused_under_the_interpreter(generator):
     assert interpret_mode()
@@ -266,8 +283,8 @@ def test_bfloat16_is_refused_under_the_interpreter(generator):
 # --- GPU: bf16 and real sizes ----------------------------------------------------------------------------------
 @pytest.mark.gpu
 @requires_cuda
-@pytest.mark.parametrize("launch", [None, LaunchConfig(block_m=128, block_n=64, num_warps=8, num_stages=2,
-                                                       pack_gqa=True)], ids=["default", "packed-gqa"])
+@pytest.mark.parametrize("launch", [None, LaunchConfig(block_m=128, block_n=32, num_warps=4, num_stages=3)],
+                         ids=["default", "per-head"])
 @pytest.mark.parametrize("keep", ["profiled", "sparse"])
 def test_gpu_bf16_real_size(keep, launch, generator):
     seq_len, num_q_heads, num_kv_heads, head_dim = 8192, 32, 8, 128
