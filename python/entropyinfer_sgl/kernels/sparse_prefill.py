@@ -185,8 +185,8 @@ def prefill_launch_config(segment_size_tokens: int, block_size_tokens: int, head
 
     16-bit inputs on the GPU (measured on an H200, bf16, Hq 32 / Hkv 8, see kernels/README.md):
     head_dim <= 64: 128 queries x 64 keys, 8 warps, 3 stages; head_dim 128 with GQA (group_size >= 2): packed GQA,
-    256 rows (the group's q heads of 256 / group tokens) x 64 keys, 8 warps, 2 stages (128k sweep: 390-417 TFLOP/s
-    at densities 1 to 0.05, 1.02-1.05x the per-head launch); head_dim 128 otherwise: 128 x 32, 4 warps, 3 stages;
+    256 rows (the group's q heads of 256 / group tokens) x 64 keys, 8 warps, 3 stages (128k sweep: 396-436 TFLOP/s
+    at densities 1 to 0.05, 1.06-1.15x the per-head launch); head_dim 128 otherwise: 128 x 32, 4 warps, 3 stages;
     head_dim 256: 64 x 32, 8 warps, 1 stage. block_m is capped by the largest power of two dividing the segment.
     float32 inputs (IEEE products, no tensor cores: a testing path) use small tiles. Interpreter: mid-size tiles
     (fewer simulated programs).
@@ -203,7 +203,7 @@ def prefill_launch_config(segment_size_tokens: int, block_size_tokens: int, head
     elif block_d <= 128:
         packed_tokens = 256 // next_power_of_two(group_size)
         if group_size >= 2 and block_m >= packed_tokens:
-            return LaunchConfig(block_m=256, block_n=64, num_warps=8, num_stages=2, pack_gqa=True)
+            return LaunchConfig(block_m=256, block_n=64, num_warps=8, num_stages=3, pack_gqa=True)
         block_m, block_n, warps, stages = min(block_m, 128), 32, 4, 3
     else:
         block_m, block_n, warps, stages = min(block_m, 64), 32, 8, 1
