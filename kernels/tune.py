@@ -64,8 +64,8 @@ def bench_prefill(seq_lens, *, num_q_heads=32, num_kv_heads=8, head_dim=128, dty
         del q, k, v, qt, kt, vt
 
 
-DEFAULT_SWEEP = ("128x32w4s3,128x64w8s2,128x64w8s3,64x32w4s3,"  # one q head per program
-                 "128x32w4s3p,128x64w8s2p,128x64w4s3p,256x64w8s2p,64x64w4s2p")  # p: the q heads of a kv head
+DEFAULT_SWEEP = ("128x32w4s3,128x64w8s3,64x32w4s3,"  # one q head per program
+                 "256x64w8s3p,256x64w8s2p,128x32w4s3p,128x64w4s2p,256x32w8s3p")  # p: the q heads of a kv head
 
 
 def sweep_prefill(configs: str = DEFAULT_SWEEP, seq_len=16384, head_dims=(128, 64), *, num_q_heads=32,
