@@ -185,8 +185,9 @@ def prefill_launch_config(segment_size_tokens: int, block_size_tokens: int, head
 
     16-bit inputs on the GPU (measured on an H200, bf16, Hq 32 / Hkv 8, see kernels/README.md):
     head_dim <= 64: 128 queries x 64 keys, 8 warps, 3 stages; head_dim 128 with GQA (group_size >= 2): packed GQA,
-    256 rows (the group's q heads of 256 / group tokens) x 64 keys, 8 warps, 3 stages (128k sweep: 396-436 TFLOP/s
-    at densities 1 to 0.05, 1.06-1.15x the per-head launch); head_dim 128 otherwise: 128 x 32, 4 warps, 3 stages;
+    256 rows (the group's q heads of 256 / G tokens, G the group size's next power of two) x 64 keys, 8 warps,
+    3 stages (128k sweep: 396-436 TFLOP/s at densities 1 to 0.05, 1.06-1.15x the per-head launch); head_dim 128
+    otherwise: 128 x 32, 4 warps, 3 stages;
     head_dim 256: 64 x 32, 8 warps, 1 stage. block_m is capped by the largest power of two dividing the segment.
     float32 inputs (IEEE products, no tensor cores: a testing path) use small tiles. Interpreter: mid-size tiles
     (fewer simulated programs).
