@@ -114,7 +114,10 @@ class Server:
         self.log = log_dir / f"server_{name}.log"
         args = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model), "--device", "cpu",
                 "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32", "--max-total-tokens", "16384",
-                "--mem-fraction-static", "0.3", "--random-seed", "0", "--skip-server-warmup", *extra_args]
+                "--mem-fraction-static", "0.3", "--random-seed", "0", "--skip-server-warmup",
+                # idle schedulers block on their sockets instead of polling them in a busy loop: tests run several
+                # servers at once on two cores, and busy idle servers starved the one that had work
+                "--sleep-on-idle", *extra_args]
         self._out = open(self.log, "w")
         self.proc = subprocess.Popen(args, stdout=self._out, stderr=subprocess.STDOUT, env=env or subprocess_env(),
                                      start_new_session=True)
