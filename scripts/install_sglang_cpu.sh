@@ -6,7 +6,7 @@
 #
 # Idempotent: about 1 s when everything is already there (nothing of sglang is imported for that check).
 #
-# What it does, and why (../shared/notes/sglang_memo.md §2):
+# What it does, and why:
 # 1. Keeps the installed torch/torchvision (torch 2.14.1 + torchvision 0.29.1 here). SGLang pins its own torch and
 #    a CUDA-only dependency set (sglang-kernel, flashinfer, flash-attn-4, ...), so sglang is installed with
 #    --no-deps and the dependencies that CPU serving really imports are installed explicitly, under a constraints

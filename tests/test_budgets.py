@@ -6,7 +6,7 @@ import torch
 
 from entropyinfer_sgl import EntropyInferConfig, head_budgets, keep_blocks
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "budget_recurrence.json"
+VECTORS = Path(__file__).resolve().parent / "data" / "budget_recurrence.json"  # the project's own copy
 
 
 def _cases():

@@ -6,7 +6,7 @@ Haystack text, in order of preference:
 2. a fallback that ships with Python: the docstrings of standard-library modules and their public members
    (natural English prose, technical).
 
-Prompt shape (see /work/shared/notes/model_report.md, "prompt pitfalls"): the needle is "The pass key is NNNNN.
+Prompt shape (chosen on SmolLM2 with full attention, where shorter phrasings were missed): the needle is "The pass key is NNNNN.
 Remember it. NNNNN is the pass key." inserted at a sentence boundary, and the question goes inside the chat
 template's user turn ending with "Answer with only the number." so that the model answers "The pass key is NNNNN."
 """

@@ -5,7 +5,7 @@ use super::*;
 use crate::SchedulerError;
 use proptest::prelude::*;
 
-/// One row of `/work/shared/vectors/budget_recurrence.json`: entropies -> (rigid, budgets). The JSON prints the
+/// One row of `tests/data/budget_recurrence.json`: entropies -> (rigid, budgets). The JSON prints the
 /// float32 results with 8 significant digits; each parses back to the same float32 (checked below).
 struct Case {
     entropy: &'static [f32],

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The whole GPU step of a session, run on the H200 device machine from the repository root:
+# The whole GPU step of a session, run on the GPU machine (H100 or H200) from the repository root:
 #   GPU tests (kernels vs float32 references, bf16 at real sizes) + kernel benchmarks, results under $OUT;
-#   `bash scripts/gpu_run.sh sweep`: sparse_prefill launch configurations (packed GQA included) at $SWEEP_SEQ_LEN
+#   `bash scripts/gpu/run.sh sweep`: sparse_prefill launch configurations (packed GQA included) at $SWEEP_SEQ_LEN
 #   tokens (default 131072), head_dim 128 (`kernels/tune.py --sweep`; rows in $OUT/sweep.jsonl).
-# Carried files: see scripts/gpu_setup.sh.
+# Carried files: see scripts/gpu/setup.sh.
 set -uo pipefail
-source scripts/gpu_setup.sh
+source scripts/gpu/setup.sh
 STAGE=${1:-all}
 if [ "$STAGE" = all ] || [ "$STAGE" = tests ]; then
   timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -q -p no:cacheprovider --maxfail=20 -rs tests/kernels \

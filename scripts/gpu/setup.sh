@@ -1,6 +1,7 @@
-# Sourced by the H200 scripts (gpu_run.sh, gpu_sglang.sh): the device machine's environment, from carried files.
-# Needs (carried, git-ignored): .whl/ (pytest wheels), .bundle/sglang-0.5.17-bundle.tar.xz (sglang + flashinfer,
-# built by ../shared/device/make_sglang_bundle.sh), python/entropyinfer_sgl/_scheduler*.so (the Rust planner, abi3).
+# Sourced by the GPU scripts (scripts/gpu/run.sh, scripts/gpu/sglang.sh): the device machine's environment, from
+# carried files. Needs (carried, git-ignored; scripts/gpu/prepare.sh makes them): .whl/ (pytest wheels),
+# .bundle/sglang-0.5.17-bundle.tar.xz (sglang + flashinfer, scripts/gpu/make_sglang_bundle.sh),
+# python/entropyinfer_sgl/_scheduler*.so (the Rust planner, abi3).
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1

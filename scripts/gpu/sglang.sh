@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# SGLang end to end on the H200 (issue 5), from the repository root:
-#   bash scripts/gpu_sglang.sh [tests] [chunk_path] [one_batch] [dense_graph] [ei_graph] [profile] [serving] [capacity]
+# SGLang end to end on the GPU machine (H100 or H200), from the repository root:
+#   bash scripts/gpu/sglang.sh [tests] [chunk_path] [one_batch] [dense_graph] [ei_graph] [profile] [serving] [capacity]
+#                              [shared_prefix]
 #   (default: tests one_batch serving)
 # - tests: the kernel path's and the device planner's GPU tests (tests/kernels, bf16);
 # - chunk_path: one layer of chunked prefill in isolation (`benchmarks/bench_chunk_path.py`, $CHUNK_SEQ_LEN tokens,
@@ -21,11 +22,15 @@
 #   $CAPACITY_BUDGET (default 2048) per kv head; the most requests running at once is read from the server log.
 #   EntropyInfer prefills each prompt in one chunk; dense FlashInfer in $CAPACITY_DENSE_CHUNK-token chunks (default
 #   16384: one 128k chunk runs out of memory at 0.85 beside the pool).
-# Model: the Llama-3.1-8B-geometry dummy (../shared/device/llama8b_dummy copied to .carry/, --load-format dummy).
+# - shared_prefix (issue 17): `benchmarks/shared_prefix.py` against a server with the radix cache on, dense vs the
+#   default config: one $SHARED_DOC_TOKENS-token document (default 65536) asked 8 questions of $SHARED_QUESTION_TOKENS
+#   (default 2048) one after another (the later ones hit the cached document), then 8 fresh documents; time to
+#   first token per request, and the EntropyInfer requests' stats lines (typing resumed, sparse chunks).
+# Model: the Llama-3.1-8B-geometry dummy (scripts/gpu/llama8b_dummy: config + SmolLM2 tokenizer, --load-format dummy).
 # Results: $OUT/one_batch.log, $OUT/serving.log (full output), $OUT/summary.txt (the figures' lines).
 set -uo pipefail
-source scripts/gpu_setup.sh
-MODEL=${MODEL:-.carry/llama8b_dummy}
+source scripts/gpu/setup.sh
+MODEL=${MODEL:-scripts/gpu/llama8b_dummy}
 LENS=${LENS:-131072 65536 32768}
 OUTPUT_LEN=${OUTPUT_LEN:-64}
 CONTEXT_LEN=${CONTEXT_LEN:-131328}
@@ -57,7 +62,7 @@ start_server() {  # $1: log file, then server args; sets $port and $pid once the
   local log=$1; shift
   port=$((30000 + RANDOM % 2000))
   python3 -m entropyinfer_sgl.sglang.launch_server --model-path "$MODEL" --load-format dummy \
-    --context-length "$CONTEXT_LEN" --mem-fraction-static 0.85 --port "$port" --host 127.0.0.1 "${EXTRA[@]}" "$@" \
+    --context-length "$CONTEXT_LEN" --mem-fraction-static "${MEM_FRACTION:-0.85}" --port "$port" --host 127.0.0.1 "${EXTRA[@]}" "$@" \
     > "$log" 2>&1 &
   pid=$!
   for _ in $(seq 400); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 1; done
@@ -122,6 +127,21 @@ PY
         { echo "== serving $variant"; grep -E "^(Successful|Mean TTFT|Median TTFT|Mean TPOT|Median TPOT|[A-Za-z ]*throughput)" \
           "$OUT/serving_$variant.tmp"; } >> "$SUMMARY"
         rm -f "$OUT/serving_$variant.tmp"; mv "$OUT/server_$variant.tmp" "$OUT/server_$variant.log"
+      done ;;
+    shared_prefix)
+      for variant in ${SHARED_VARIANTS:-dense entropyinfer}; do
+        extra=(--attention-backend "$DENSE_BACKEND")
+        [ "$variant" = entropyinfer ] && extra=(--enable-entropyinfer)
+        log="$OUT/shared_server_$variant.log"
+        start_server "$log" "${extra[@]}"
+        timeout "${SHARED_TIMEOUT:-300}" python3 benchmarks/shared_prefix.py --url "http://127.0.0.1:$port" \
+          --doc-tokens "${SHARED_DOC_TOKENS:-65536}" --question-tokens "${SHARED_QUESTION_TOKENS:-2048}" \
+          --questions 8 --fresh 8 --tag "$variant" --out "$OUT/shared_$variant.json" > "$OUT/shared_$variant.log" 2>&1
+        echo "bench exit $?" >> "$OUT/shared_$variant.log"
+        kill $pid; wait $pid 2>/dev/null
+        { echo "== shared_prefix $variant"; grep -E "summary|bench exit|Error" "$OUT/shared_$variant.log"
+          grep -oE "EntropyInfer request $variant-[a-z0-9]+ freed: .*" "$log" | cut -c1-400
+          grep -E "Traceback|out of memory" "$log" | head -5; } >> "$SUMMARY"
       done ;;
     capacity)
       for run in ${CAPACITY_RUNS:-dense:10 phase1:10 phase2:48}; do
