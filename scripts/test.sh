@@ -23,24 +23,45 @@ fi
 if [ "$sglang_0523" = 1 ]; then
   bash scripts/install_sglang_cpu.sh 0.5.23
 fi
+# The newest transformers inside pyproject's range, in its own venv (transformers 5.25 once broke hf.enable
+# silently): tests/hf and the demo's own checks run there too. ENTROPYINFER_TEST_TRANSFORMERS_LATEST=auto|1|0, as
+# above (1: tests/hf, or the pytest arguments given).
+transformers_latest="${ENTROPYINFER_TEST_TRANSFORMERS_LATEST:-auto}"
+if [ "$transformers_latest" = auto ]; then
+  if [ "$#" -eq 0 ]; then transformers_latest=1; else transformers_latest=0; fi
+fi
+if [ "$transformers_latest" = 1 ]; then
+  latest_py=$(bash scripts/install_transformers_latest.sh)
+fi
 cargo test --locked --quiet
 set +e
-python -m pytest -q "$@"
-status=$?
-if [ "$status" -eq 5 ]; then  # pytest: no tests collected (e.g. a marker filter that matched nothing)
-  echo "pytest collected no tests"
-  status=0
-fi
-if [ "$sglang_0523" = 1 ]; then
-  echo "tests/sglang against sglang 0.5.23 ($SGLANG_VENV)"
-  if [ "$#" -eq 0 ]; then set -- tests/sglang; fi
-  "$SGLANG_VENV/bin/python" -m pytest -q "$@"
-  status_0523=$?
-  if [ "$status_0523" -eq 5 ]; then
-    echo "pytest (sglang 0.5.23) collected no tests"
-    status_0523=0
+status=0
+run_pytest() {  # $1: a label, $2: the python, then pytest's arguments; keeps the first failure in $status
+  local label=$1 py=$2; shift 2
+  echo "pytest: $label"
+  "$py" -m pytest -q "$@"
+  local rc=$?
+  if [ "$rc" -eq 5 ]; then  # pytest: no tests collected (e.g. a marker filter that matched nothing)
+    echo "pytest ($label) collected no tests"
+    rc=0
   fi
-  if [ "$status" -eq 0 ]; then status=$status_0523; fi
+  if [ "$status" -eq 0 ]; then status=$rc; fi
+}
+run_pytest "main environment" python "$@"
+if [ "$sglang_0523" = 1 ]; then
+  if [ "$#" -eq 0 ]; then args=(tests/sglang); else args=("$@"); fi
+  run_pytest "tests/sglang against sglang 0.5.23 ($SGLANG_VENV)" "$SGLANG_VENV/bin/python" "${args[@]}"
+fi
+if [ "$transformers_latest" = 1 ]; then
+  if [ "$#" -eq 0 ]; then args=(tests/hf); else args=("$@"); fi
+  run_pytest "newest transformers ($latest_py)" "$latest_py" "${args[@]}"
+  if [ "$#" -eq 0 ]; then
+    echo "demo: newest transformers (fails unless decode compression really ran)"
+    "$latest_py" -m entropyinfer_sgl.demo --tokens 1500 --new-tokens 24 --heatmap out/demo_ci_heatmap.png \
+      | tail -12
+    rc=${PIPESTATUS[0]}
+    if [ "$status" -eq 0 ]; then status=$rc; fi
+  fi
 fi
 set -e
 exit "$status"

@@ -31,6 +31,23 @@ def _generate(model, input_ids: torch.Tensor, new_tokens: int) -> tuple[torch.Te
     return out[0, input_ids.shape[1]:], time.perf_counter() - start
 
 
+def compression_missing(config: EntropyInferConfig, stats, prompt_tokens: int, new_tokens: int) -> str | None:
+    """Why the demo's EntropyInfer run did not do what it claims (no compression event, or nothing evicted), or None.
+
+    The demo generates more than `decode_delay_steps` tokens from a prompt longer than the decode budget, so a
+    config with decode compression on must have compressed; a run that did not is a silent fallback, not a result.
+    """
+    if not config.decode_compression or new_tokens <= config.decode_delay_steps:
+        return None
+    if prompt_tokens <= config.decode_budget_tokens:
+        return None
+    if stats.compression_events < 1:
+        return "decode compression is on but no compression event fired"
+    if stats.kv_kept_fraction is None or not stats.kv_kept_fraction < 1.0:
+        return f"decode compression kept every entry (kv_kept_fraction={stats.kv_kept_fraction})"
+    return None
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -98,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"heatmap: {written.resolve()}")
     print(f"total wall time {time.perf_counter() - t0:.1f} s")
+    problem = compression_missing(config, stats, prompt.num_tokens, len(ei_ids))
+    if problem is not None:
+        print(f"error: {problem}: the method did not run as configured", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -166,11 +166,25 @@ def test_stats_present():
     assert "prefill_density=" in stats.summary()
 
 
-def test_no_cache_forward_runs():
+def test_no_cache_forward_runs_sparse_prefill_only():
     model = tiny_model()
-    with hf.enable(model, SPARSE) as handle:
+    with hf.enable(model, SPARSE.replace(decode_compression=False)) as handle:
         logits = _logits(model, prompt(150), use_cache=False)
     assert torch.isfinite(logits).all() and handle.stats.prefill_density < 1.0
+
+
+def test_no_cache_with_decode_compression_is_refused():
+    """Decode compression needs the cache: without one the method cannot run, and says so (no silent fallback)."""
+    model = tiny_model()
+    with hf.enable(model, SPARSE), pytest.raises(ValueError, match="no KV cache reached the attention"):
+        _logits(model, prompt(150), use_cache=False)
+
+
+@pytest.mark.parametrize("name", hf.integration.CACHE_KWARGS)
+def test_the_cache_is_found_under_either_transformers_name(name):
+    cache = object()
+    assert hf.integration.cache_argument({name: cache, "use_cache": True}) is cache
+    assert hf.integration.cache_argument({"cache": None, "past_key_values": None}) is None
 
 
 def test_continued_prompt_uses_the_cache_densely():

@@ -133,6 +133,20 @@ def check_supported(model: nn.Module) -> None:
                          "transformers' AttentionInterface")
 
 
+# The attention modules' keyword for the KV cache: transformers <= 5.17 passes `past_key_values`, later 5.x
+# releases pass `cache` (`past_key_values` is deprecated until 5.40 and renamed by a decorator on `forward`, which
+# runs after our pre-hook, so the hook sees whichever name the caller used).
+CACHE_KWARGS = ("cache", "past_key_values")
+
+
+def cache_argument(kwargs: dict):
+    """The cache object an attention module's forward receives, under either of transformers' names (or None)."""
+    for name in CACHE_KWARGS:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return None
+
+
 def _check_config(config: EntropyInferConfig) -> None:
     if not isinstance(config, EntropyInferConfig):
         raise TypeError(f"config must be an EntropyInferConfig, got {type(config).__name__}")
@@ -200,7 +214,7 @@ class EntropyInferHandle:
 
     # --- hooks -----------------------------------------------------------------------------------------
     def _pre_hook(self, module: nn.Module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = cache_argument(kwargs)
         layer_idx = module.layer_idx
         if cache is None:
             self._current_layer[layer_idx] = None
@@ -237,6 +251,12 @@ class EntropyInferHandle:
         scale = scaling if scaling is not None else 1.0 / math.sqrt(head_dim)
         layer_idx = module.layer_idx
         cache_layer = self._current_layer.get(layer_idx)
+        if cache_layer is None and self.config.decode_compression:
+            raise ValueError(
+                "EntropyInfer (hf.enable): decode compression is on but no KV cache reached the attention of layer "
+                f"{layer_idx} (a forward with use_cache=False, or a transformers release that passes the cache "
+                "under another name). Pass use_cache=True (generate does), or enable with "
+                "config.replace(decode_compression=False) to run sparse prefill only.")
         q, k, v = query[0], key[0], value[0]  # [Hq, L, D], [Hkv, T, D]
         fresh = k.shape[1] == q_len
         if fresh:
