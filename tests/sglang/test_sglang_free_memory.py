@@ -98,6 +98,21 @@ def test_phase2_frees_memory_serves_the_same_tokens_and_admits_more(tiny_model, 
         assert again["output_ids"] == servers["phase1"].generate(text, max_new_tokens=30, rid="phase1-again",
                                                                  timeout=400)["output_ids"]
 
+        # a document asked three questions, the last two at once: both read the cached document while the other
+        # compacts (a request unlocks its radix nodes only once it reads its own copies), same tokens as phase 1
+        document = tiny_llama.prompt(300, seed=45)
+        questions = [f"{document} {tiny_llama.prompt(60, seed=46 + i)}" for i in range(3)]
+        answers = {}
+        for name in ("phase1", "phase2"):
+            servers[name].generate(questions[0], max_new_tokens=30, rid=f"{name}-q0", timeout=400)
+            answers[name] = servers[name].generate(questions[1:], max_new_tokens=30, rid=[f"{name}-q1", f"{name}-q2"],
+                                                   timeout=600)
+        assert [a["output_ids"] for a in answers["phase2"]] == [a["output_ids"] for a in answers["phase1"]]
+        assert all(a["meta_info"]["cached_tokens"] > 300 for a in answers["phase2"])
+        for rid in ("phase2-q1", "phase2-q2"):
+            line = servers["phase2"].freed_line(rid)
+            assert "typing_resumed=1" in line and "slots_released=0" not in line, line
+
         # four ~500-token requests at once (one batched /generate, so that they reach the scheduler together
         # however busy the client machine is): phase 1 holds two at a time; phase 2 admits more as events free slots
         prompts = [tiny_llama.prompt(360, seed=50 + i) for i in range(4)]

@@ -250,18 +250,99 @@ def test_abort_mid_prefill_frees_the_state(servers):
     assert len(server.generate("still serving", max_new_tokens=3)["output_ids"]) == 3
 
 
-def test_radix_cache_prefix_reuse(servers):
+def _ids(count: int, seed: int) -> list[int]:
+    import random
+
+    rng = random.Random(seed)
+    return [rng.randrange(10, 10_000) for _ in range(count)]
+
+
+def _hit_stats(server, rid: str) -> dict[str, float]:
+    line = server.freed_line(rid)
+    return {name: _stat(line, name) for name in ("prefix_cached_tokens", "typing_resumed", "typing_bridged",
+                                                 "typing_defaulted", "sparse_chunks", "prefill_density")}
+
+
+def test_prefix_cache_hits_keep_the_method_on(servers):
+    """Shared prefixes come from the radix cache (on by default): a chat template's system prompt (shorter than a
+    segment), a long document asked several questions, a previous turn with its answer. Every long request still
+    runs its own segments sparse, with head typing resumed from the typing records."""
+    import requests
+
+    engaged = servers["engaged"]
+    before = requests.get(engaged.url + "/metrics", timeout=30).text
+    system = _ids(24, seed=1)
+    for i in range(3):
+        out = engaged.generate(input_ids=system + _ids(200, seed=10 + i), max_new_tokens=4, rid=f"chat-{i}")
+        stats = _hit_stats(engaged, f"chat-{i}")
+        assert stats["sparse_chunks"] > 0 and stats["prefill_density"] < 1.0, stats
+        if i:
+            assert out["meta_info"]["cached_tokens"] >= 24 and stats["prefix_cached_tokens"] >= 24, stats
+            assert stats["typing_resumed"] == 1, stats  # nothing is typed before a prefix shorter than a segment
+
+    document = _ids(320, seed=2)  # ten segments of 32 tokens
+    for i in range(3):
+        out = engaged.generate(input_ids=document + _ids(100, seed=20 + i), max_new_tokens=4, rid=f"doc-{i}")
+        stats = _hit_stats(engaged, f"doc-{i}")
+        assert stats["sparse_chunks"] > 0 and stats["prefill_density"] < 1.0, stats
+        if i:
+            assert out["meta_info"]["cached_tokens"] >= 320 and stats["typing_resumed"] == 1, stats
+
+    turn = _ids(200, seed=3)
+    first = engaged.generate(input_ids=turn, max_new_tokens=64, rid="turn-1")
+    second = engaged.generate(input_ids=turn + first["output_ids"] + _ids(150, seed=4), max_new_tokens=4,
+                              rid="turn-2")
+    stats = _hit_stats(engaged, "turn-2")
+    # the previous turn's answer is cached too, but no prefill typed it: typing bridges over its segments
+    assert second["meta_info"]["cached_tokens"] > 200 and stats["typing_bridged"] == 1, stats
+    assert stats["sparse_chunks"] > 0, stats
+
+    deadline = time.time() + 20
+    while True:  # the scheduler writes the series; /metrics (another process) reads them
+        after = requests.get(engaged.url + "/metrics", timeout=30).text
+        grown = (_metric(after, "entropyinfer_typing_bridged_total")
+                 > _metric(before, "entropyinfer_typing_bridged_total"))
+        if grown:
+            break
+        assert time.time() < deadline, after[-3000:]
+        time.sleep(0.5)
+    assert _metric(after, "entropyinfer_typing_resumed_total") >= _metric(before, "entropyinfer_typing_resumed_total") + 4
+    assert _metric(after, "entropyinfer_prefix_cached_tokens_total") > _metric(before, "entropyinfer_prefix_cached_tokens_total")
+
+
+def test_shared_prefix_benchmark_smoke(servers, tmp_path):
+    """`benchmarks/shared_prefix.py` (the GPU shared-document workload) end to end on the tiny model."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "shared.json"
+    proc = run([sys.executable, str(repo / "benchmarks" / "shared_prefix.py"), "--url", servers["engaged"].url,
+                "--doc-tokens", "200", "--question-tokens", "70", "--questions", "3", "--fresh", "1",
+                "--vocab", "10000", "--tag", "smoke", "--out", str(out)], timeout=300, log=tmp_path / "bench.log")
+    assert proc.returncode == 0, proc.stdout
+    result = json.loads(out.read_text())
+    kinds = [row["kind"] for row in result["rows"]]
+    assert kinds == ["first question", "shared document", "shared document", "fresh document"]
+    assert [row["cached_tokens"] >= 192 for row in result["rows"]] == [False, True, True, False]
+    assert {line["summary"] for line in result["summary"]} == {"first question", "shared document", "fresh document"}
+    assert "typing_resumed=1" in servers["engaged"].freed_line("smoke-q2")
+
+
+def test_radix_cache_hits_with_the_method_disabled_equal_dense(servers):
     text = tiny_llama.prompt(200, seed=31)
-    first = servers["engaged"].generate(text, max_new_tokens=16, rid="radix-1")
-    second = servers["engaged"].generate(text, max_new_tokens=16, rid="radix-2")
-    assert second["meta_info"]["cached_tokens"] > 0 and len(second["output_ids"]) == 16
-    assert first["meta_info"]["cached_tokens"] == 0
-    assert "prefix-cache hit" in servers["engaged"].freed_line("radix-2")  # its own chunk ran dense
-    # with the method disabled, reusing a cached prefix gives exactly the dense result
     dense = servers["dense"].generate(text, max_new_tokens=16)
-    servers["disabled"].generate(text, max_new_tokens=16)
-    again = servers["disabled"].generate(text, max_new_tokens=16)
-    assert again["meta_info"]["cached_tokens"] > 0 and again["output_ids"] == dense["output_ids"]
+    first = servers["disabled"].generate(text, max_new_tokens=16, rid="radix-1")
+    again = servers["disabled"].generate(text, max_new_tokens=16, rid="radix-2")
+    assert first["meta_info"]["cached_tokens"] == 0 and again["meta_info"]["cached_tokens"] > 0
+    assert again["output_ids"] == dense["output_ids"] == first["output_ids"]
+    assert "prefix-cache hit" not in servers["disabled"].freed_line("radix-2")  # no dense fallback any more
+    document = _ids(320, seed=5)
+    for i in range(2):
+        question = document + _ids(100, seed=50 + i)
+        dense = servers["dense"].generate(input_ids=question, max_new_tokens=16)
+        disabled = servers["disabled"].generate(input_ids=question, max_new_tokens=16, rid=f"radix-doc-{i}")
+        assert disabled["output_ids"] == dense["output_ids"]
+    assert _stat(servers["disabled"].freed_line("radix-doc-1"), "typing_resumed") == 1
 
 
 FRONTEND = """

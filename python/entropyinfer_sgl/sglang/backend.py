@@ -12,7 +12,8 @@ request, layer and step the method leaves dense. Per forward:
   Otherwise, per request: gather its K/V (prefix from `req_to_token` + the new chunk, from the pool), profile and
   plan the chunk (`state.plan_chunk`: `profile_prefill` + `plan_prefill`, causal typing carried across chunks),
   and run block-sparse attention for the chunk's queries through SDPA. Requests of the batch whose plan selects
-  every visible block run the dense backend's own code (bitwise dense).
+  every visible block run the dense backend's own code (bitwise dense). A request whose prefix came from the
+  radix cache is a chunk after a prefix: its typing resumes from the typing records (`typing_records.py`).
 - `forward_decode`: dense until a request's first compression event; then that request attends, per layer and
   kv head, only to its kept positions plus every token appended since (phase 1: the KV stays in the pool; phase 2,
   `decode_free_memory`: after the event's forward, `compact` moves the kept entries to the request's own slots at
@@ -46,6 +47,7 @@ from .kernel_path import (ArenaDecode, DecodeTableArena, chunk_has_sparse_segmen
                           dense_requests_by_kernel, kernels_wanted, prefill_chunk)
 from .state import (STORE, ChunkPlan, RequestState, StateStore, compress_layer, dense_pair_count, plan_chunk,
                     plan_pair_counts)
+from .typing_records import TypingRecords
 
 logger = logging.getLogger("entropyinfer_sgl.sglang")
 
@@ -104,6 +106,12 @@ class EntropyInferAttnBackend(_AttentionBackend):
         self.max_windows = self._compressible_requests()  # requests that may hold observation windows at once
         self.arena = self._create_arena(view) if self.use_kernels and config.decode_compression else None
         self.store.on_release = self._release_table
+        if self.store.records is None or self.store.records.segment_size_tokens != config.segment_size_tokens:
+            self.store.records = TypingRecords(config.segment_size_tokens)
+        if not config.causal_head_typing and not compat.resolved_field(view.server_args, "disable_radix_cache", True):
+            logger.warning("EntropyInfer: causal_head_typing=false (paper typing) types heads over a whole prompt, "
+                           "so a request with a prefix-cache hit runs its prefill dense; use causal_head_typing=true "
+                           "(the default) or --disable-radix-cache to run every long prompt sparse")
         self.store.compact = self.compact if config.decode_free_memory else None
         if view.metrics_enabled and self.store.metrics is None:
             from .metrics import EntropyInferMetrics
@@ -409,14 +417,12 @@ class EntropyInferAttnBackend(_AttentionBackend):
             slots = self._request_slots(info)
             k_all = k_buf[slots].to(q3.dtype)
             q_chunk = q3[info.q_start:info.q_start + info.extend_len]
+            typing = st.typing_for(lv.layer_id, info.prefix_len, lv.num_kv_heads, cfg, q3.device)
             result = plan_chunk(q_chunk, k_all, cfg, prefix_len=info.prefix_len, layer_idx=lv.layer_id,
-                                typing=st.typing.get(lv.layer_id), previous_block_scores=info.previous_scores,
+                                typing=typing, previous_block_scores=info.previous_scores,
                                 prompt_len_tokens=info.prompt_len)
             info.previous_scores = result.block_scores
-            if result.typing is None:
-                st.typing.pop(lv.layer_id, None)
-            else:
-                st.typing[lv.layer_id] = result.typing
+            st.keep_typing(lv.layer_id, result.typing, result.typed)
             if lv.layer_id < cfg.num_dense_layers:
                 continue
             if result.reason is not None and result.plan is None and info.prefix_len > 0 and result.typing is None:
@@ -473,14 +479,12 @@ class EntropyInferAttnBackend(_AttentionBackend):
             st = info.state
             rows = slice(info.q_start, info.q_start + info.extend_len)
             k_all, v_all = self._chunk_kv(info, q3, k3, v3, layer_id)
+            typing = st.typing_for(layer_id, info.prefix_len, lv.num_kv_heads, cfg, q3.device)
             result = prefill_chunk(q3[rows], k_all, v_all, cfg, prefix_len=info.prefix_len, layer_idx=layer_id,
-                                   typing=st.typing.get(layer_id), previous_block_scores=info.previous_scores,
+                                   typing=typing, previous_block_scores=info.previous_scores,
                                    scale=lv.scaling, attend=attend, prompt_len_tokens=info.prompt_len)
             info.previous_scores = result.block_scores
-            if result.typing is None:
-                st.typing.pop(layer_id, None)
-            else:
-                st.typing[layer_id] = result.typing
+            st.keep_typing(layer_id, result.typing, result.typed)
             if not attend:
                 continue
             if result.reason is not None and info.prefix_len > 0 and result.typing is None:

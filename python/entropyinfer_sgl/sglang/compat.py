@@ -259,6 +259,14 @@ def request_prefill_tokens(req: Any) -> int | None:
     return len(prompt) + (len(output) if output is not None else 0)
 
 
+def request_prefill_ids(req: Any) -> list[int] | None:
+    """The token ids a scheduler `Req` prefills: `origin_input_ids` + `output_ids` (both releases)."""
+    prompt, output = getattr(req, "origin_input_ids", None), getattr(req, "output_ids", None)
+    if prompt is None:
+        return None
+    return list(prompt) + list(output or ())
+
+
 def request_custom_params(req: Any) -> dict | None:
     """The request's `custom_params` (sampling params of `/generate`, `custom_params` of the OpenAI API)."""
     params = getattr(getattr(req, "sampling_params", None), "custom_params", None)

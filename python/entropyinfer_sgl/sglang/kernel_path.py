@@ -22,7 +22,7 @@ import torch
 from ..config import EntropyInferConfig
 from ..device_plan import plan_prefill_device
 from ..plan import sparse_segment_mask
-from .state import ChunkTyping, DecodeTable, plan_chunk, plan_pair_counts
+from .state import ChunkTyping, DecodeTable, TypedSegments, plan_chunk, plan_pair_counts
 
 ENV_USE_KERNELS = "ENTROPYINFER_USE_KERNELS"
 
@@ -55,6 +55,7 @@ class ChunkResult:
     pairs_dense: float  # the same for dense attention (host arithmetic)
     sparse: bool  # some segment of the chunk runs sparse (host-known from the length gate and the chunk's end)
     reason: str | None  # why there is no plan
+    typed: TypedSegments | None = None  # the segments this chunk typed (`state.ChunkPlan.typed`)
 
 
 def chunk_has_sparse_segment(prefix_len: int, seq_len: int, config: EntropyInferConfig, layer_idx: int,
@@ -83,18 +84,21 @@ def prefill_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tenso
                                             prompt_len_tokens=prompt_len_tokens)
         carried = _carried_typing(profile, q_chunk, config) if config.causal_head_typing else None
         rigid, scores, reason = profile.rigid, profile.block_scores, None
+        typed = (TypedSegments(None, profile.entropy[:, :seq_len // segment]) if config.causal_head_typing
+                 else None)
     else:
         result = plan_chunk(q_chunk, k_all, config, prefix_len=prefix_len, layer_idx=layer_idx, typing=typing,
                             previous_block_scores=previous_block_scores, on_device=True,
                             prompt_len_tokens=prompt_len_tokens)
         plan, carried, rigid, scores, reason = result.plan, result.typing, result.rigid, result.block_scores, \
             result.reason
+        typed = result.typed
     sparse = plan is not None and chunk_has_sparse_segment(prefix_len, seq_len, config, layer_idx, prompt_len_tokens)
     if not (sparse and attend):
-        return ChunkResult(None, carried, scores, rigid, None, 0.0, sparse, reason)
+        return ChunkResult(None, carried, scores, rigid, None, 0.0, sparse, reason, typed)
     out, _ = sparse_prefill(q_chunk, k_all, v_all, plan, prefix_len=prefix_len, scale=scale)
     computed, dense = plan_pair_counts(plan, prefix_len)
-    return ChunkResult(out, carried, scores, rigid, computed, dense, True, None)
+    return ChunkResult(out, carried, scores, rigid, computed, dense, True, None, typed)
 
 
 # FlashInfer's dense prefill over our Triton kernel's speed on the same pairs (H200: ~600 vs ~370 TFLOP/s,

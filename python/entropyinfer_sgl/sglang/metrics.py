@@ -27,6 +27,10 @@ COUNTERS = {
     "entries_kept": ("kv_entries_kept", "KV entries kept by compression events (layers x kv heads)"),
     "slots_released": ("kv_pool_slots_released",
                        "KV pool slots requests stopped holding at compression events (phase 2: freed or evictable)"),
+    "prefix_cached_tokens": ("prefix_cached_tokens", "prompt tokens found in the prefix (radix) cache"),
+    "typing_resumed": ("typing_resumed", "prefix-cache hits whose typing resumed from the record at their end"),
+    "typing_bridged": ("typing_bridged", "prefix-cache hits whose typing resumed from an earlier boundary's record"),
+    "typing_defaulted": ("typing_defaulted", "prefix-cache hits with no typing record (heads typed afresh)"),
 }
 
 

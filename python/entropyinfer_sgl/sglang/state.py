@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -34,6 +34,9 @@ from ..device_plan import plan_from_scores_device
 from ..plan import PrefillPlan, plan_prefill
 from ..profile import LAYER_FUSION_PREVIOUS_WEIGHT, HeadProfile, attention_entropy, block_causal_mask
 from ..transfer import host_to_device
+
+if TYPE_CHECKING:
+    from .typing_records import ResumePoint, TypingRecords
 
 logger = logging.getLogger("entropyinfer_sgl.sglang")
 
@@ -47,15 +50,35 @@ class ChunkTyping:
 
     state: typing over the first `state.segments_seen` *complete* segments (None: none yet).
     partial_max / partial_min: `[Hq, D]` representatives of the incomplete segment the last chunk ended in.
+    tail_cached: the tokens before this chunk come from the prefix cache and end inside a segment whose cached
+    tokens' queries were never seen (no representatives): the new tokens alone represent that segment.
     """
 
     state: HeadTypingState | None
     partial_max: torch.Tensor | None = None
     partial_min: torch.Tensor | None = None
+    tail_cached: bool = False
 
     @property
     def segments_typed(self) -> int:
         return 0 if self.state is None else self.state.segments_seen
+
+
+@dataclass(frozen=True)
+class TypedSegments:
+    """What one prefill chunk of one layer typed: the state before its first typed segment (None: the prompt's
+    start) and the entropies `[Hkv, n]` of the n segments it typed (what `typing_records` keeps)."""
+
+    start: HeadTypingState | None
+    entropy: torch.Tensor
+
+    @property
+    def first_segment(self) -> int:
+        return 0 if self.start is None else self.start.segments_seen
+
+    @property
+    def count(self) -> int:
+        return int(self.entropy.shape[1])
 
 
 @dataclass(frozen=True)
@@ -68,6 +91,7 @@ class ChunkPlan:
     # chunk's segments only, from prefix_len // segment on; on the host: every segment)
     rigid: torch.Tensor | None  # bool [Hkv] rigid so far
     reason: str | None  # why there is no plan
+    typed: TypedSegments | None = None  # the segments this chunk typed (None: none, or paper typing)
 
     def sparse(self, prefix_len: int) -> bool:
         """Whether some query of this chunk skips a key block it could see (else dense attention is exact)."""
@@ -133,7 +157,8 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
         if typing is None:
             return ChunkPlan(None, None, None, None, "no typing state for the tokens before this chunk")
         aligned = prefix_len % segment == 0
-        if typing.segments_typed != prefix_len // segment or (typing.partial_max is None) != aligned:
+        if (typing.segments_typed != prefix_len // segment
+                or (typing.partial_max is None) != (aligned or typing.tail_cached)):
             return ChunkPlan(None, None, None, None, "typing state does not match the chunk boundary")
     num_segments = -(-seq_len // segment)
     first = prefix_len // segment
@@ -157,10 +182,12 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
     state = None if typing is None else typing.state
     if num_segments == 1:  # one (partial or just complete) segment: nothing to score yet
         rigid = None if state is None else state.rigid_so_far
+        typed_here = None
         if complete > typed and config.causal_head_typing:  # segment 0 types as rigid with budget β
-            rigid, _, state = head_budgets(torch.zeros(num_kv_heads, 1), config, causal=True, state=state)
+            typed_here = TypedSegments(state, torch.zeros(num_kv_heads, 1))
+            rigid, _, state = head_budgets(typed_here.entropy, config, causal=True, state=state)
         return ChunkPlan(None, ChunkTyping(state, *partial) if config.causal_head_typing else None, None, rigid,
-                         "the sequence is one segment long")
+                         "the sequence is one segment long", typed_here)
 
     p = _scores_from_representatives(q_max, q_min, k_all, config, seq_len, first_segment=row0)
     if config.layer_fusion and previous_block_scores is not None and previous_block_scores.shape == p.shape:
@@ -169,10 +196,12 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
     entropy = attention_entropy(p)  # rows from row0 on
     budgets = torch.full((num_kv_heads, num_segments), float(config.base_budget_tokens), dtype=torch.float32,
                          device=p.device)
+    typed_here = None
     if config.causal_head_typing:
         rigid = None if state is None else state.rigid_so_far
         if complete > typed:
             new_entropy = entropy[:, typed - row0:complete - row0]  # typed == first (checked above)
+            typed_here = TypedSegments(state, new_entropy)
             if on_device:
                 from ..kernels.budget_scan import head_budgets_device
 
@@ -198,7 +227,7 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
                               budget_tokens=budgets, keep_blocks=keep, block_scores=p, seq_len_tokens=seq_len,
                               segment_size_tokens=segment, block_size_tokens=config.block_size_tokens)
         plan = plan_prefill(profile, config, layer_idx=layer_idx, prompt_len_tokens=prompt_len_tokens)
-    return ChunkPlan(plan, carried, p, rigid, None)
+    return ChunkPlan(plan, carried, p, rigid, None, typed_here)
 
 
 def _segment_reduce(rows: torch.Tensor, offset: int, segment: int, op: str) -> torch.Tensor:
@@ -344,6 +373,10 @@ class RequestStats:
     entries_before: int = 0
     entries_kept: int = 0
     slots_released: int = 0  # phase 2 (decode_free_memory): pool slots the request stopped holding at events
+    prefix_cached_tokens: int = 0  # tokens its prefill found in the prefix (radix) cache
+    typing_resumed: int = 0  # a prefix-cache hit resumed typing from the record at its last segment boundary
+    typing_bridged: int = 0  # ... from an earlier boundary's record (segments in between never prefilled)
+    typing_defaulted: int = 0  # ... found no record: kv heads typed as in a fresh prompt from the first new segment
 
     @property
     def prefill_density(self) -> float | None:
@@ -377,7 +410,14 @@ class RequestStats:
         return (f"prefill_density={fmt(self.prefill_density)} rigid_fraction={fmt(self.rigid_fraction)} "
                 f"kv_kept_fraction={fmt(self.kv_kept_fraction)} sparse_chunks={self.sparse_chunks} "
                 f"dense_chunks={self.dense_chunks} compression_events={self.compression_events} "
-                f"slots_released={self.slots_released}")
+                f"slots_released={self.slots_released} prefix_cached_tokens={self.prefix_cached_tokens} "
+                f"typing_resumed={self.typing_resumed} typing_bridged={self.typing_bridged} "
+                f"typing_defaulted={self.typing_defaulted}")
+
+    def add_resume(self, kind: str, prefix_len: int) -> None:
+        self.prefix_cached_tokens += prefix_len
+        name = f"typing_{kind}"
+        setattr(self, name, getattr(self, name) + 1)
 
 
 @dataclass
@@ -389,6 +429,8 @@ class RequestState:
     extended_tokens: int = 0  # positions covered by this request's extend chunks so far
     prefill_dense_reason: str | None = None  # once set, the rest of this request's prefill runs dense
     typing: dict[int, ChunkTyping] = field(default_factory=dict)  # per layer
+    resume: "ResumePoint | None" = None  # a prefix-cache hit: where its first chunk's typing starts
+    typed_chunk: dict[int, TypedSegments] = field(default_factory=dict)  # per layer: what the last chunk typed
     prompt_len: int | None = None  # set at the first decode step
     window: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer: [<=W, Hq, D]
     window_end: dict[int, int] = field(default_factory=dict)  # per layer: position after the window's last query
@@ -418,6 +460,24 @@ class RequestState:
         if self.device_rigid_heads is not None:
             self.stats.rigid_heads += int(self.device_rigid_heads)
             self.device_rigid_heads = None
+
+    def typing_for(self, layer_id: int, prefix_len: int, num_kv_heads: int, config: EntropyInferConfig,
+                   device: torch.device) -> ChunkTyping | None:
+        """The typing a chunk starting at `prefix_len` carries in for one layer: the previous chunk's, or, for the
+        first chunk after a prefix-cache hit, the resumed one."""
+        typing = self.typing.get(layer_id)
+        if typing is None and self.resume is not None and prefix_len == self.resume.prefix_len:
+            typing = self.resume.typing(layer_id, num_kv_heads, config, device)
+        return typing
+
+    def keep_typing(self, layer_id: int, typing: ChunkTyping | None, typed: TypedSegments | None) -> None:
+        """What a chunk of one layer hands on: typing for the next chunk, and the segments it typed (recorded)."""
+        if typing is None:
+            self.typing.pop(layer_id, None)
+        else:
+            self.typing[layer_id] = typing
+        if typed is not None:
+            self.typed_chunk[layer_id] = typed
 
     def drop_windows(self) -> None:
         """No later compression event reads them (or none will run): free the observation windows."""
@@ -452,6 +512,8 @@ class StateStore:
         self.on_release: Callable[[RequestState], None] | None = None  # the backend returns the request's table
         self._method_enabled: dict[str, bool] = {}  # per-request overrides, from admission to the first chunk
         self._prefill_tokens: dict[str, int] = {}  # tokens each admitted request holds once its prefill is done
+        self.records: "TypingRecords | None" = None  # typing at segment boundaries (the backend sets it)
+        self._segment_keys: dict[str, list[bytes]] = {}  # per admitted request: its boundary keys
         self.totals = RequestStats()
         self.finished = 0
         self.metrics = None  # metrics.EntropyInferMetrics when SGLang runs with --enable-metrics
@@ -486,6 +548,32 @@ class StateStore:
         with self._lock:
             self._prefill_tokens[rid] = tokens
 
+    def set_prefill_ids(self, rid: str | None, token_ids: Sequence[int] | None) -> None:
+        """The tokens an admitted request prefills (prompt, plus generated tokens after a retraction): their
+        segment boundary keys, for typing records (computed once per prefill length)."""
+        records = self.records
+        if rid is None or token_ids is None or records is None:
+            return
+        complete = len(token_ids) // records.segment_size_tokens
+        if len(self._segment_keys.get(rid, ())) == complete:
+            return
+        keys = records.keys_for(token_ids[:complete * records.segment_size_tokens])
+        with self._lock:
+            self._segment_keys[rid] = keys
+
+    def flush_typing(self, st: RequestState) -> None:
+        """Record what the request's last chunk typed (every layer), under its boundary keys."""
+        typed, st.typed_chunk = st.typed_chunk, {}
+        st.resume = None
+        if not typed or self.records is None:
+            return
+        some = next(iter(typed.values()))
+        first, count = some.first_segment, some.count
+        keys = self._segment_keys.get(st.rid, [])
+        if count and first + count <= len(keys) and all(
+                t.first_segment == first and t.count == count for t in typed.values()):
+            self.records.add(first, typed, keys[first:first + count])
+
     def prefill_tokens(self, rid: str) -> int | None:
         """The tokens the request holds once its prefill is done; None when SGLang's admission was not seen."""
         return self._prefill_tokens.get(rid)
@@ -495,14 +583,20 @@ class StateStore:
         the radix cache (no typing state for it), starts a fresh state."""
         with self._lock:
             st = self._states.get(rid)
+            if st is not None:
+                self.flush_typing(st)
             if st is not None and (st.req_pool_idx != req_pool_idx or st.extended_tokens != prefix_len
                                    or st.prompt_len is not None):
                 self._finish(rid)  # retracted and re-prefilled, or an inconsistent continuation: start over
                 st = None
             if st is None:
                 st = RequestState(rid=rid, req_pool_idx=req_pool_idx, extended_tokens=prefix_len)
-                if prefix_len > 0:
-                    st.prefill_dense_reason = "prefix-cache hit: no typing state for the cached prefix"
+                if prefix_len > 0:  # a prefix-cache hit: typing resumes from the records (typing_records.py)
+                    if self.records is None:
+                        st.prefill_dense_reason = "prefix-cache hit: no typing records in this process"
+                    else:
+                        st.resume = self.records.resume(self._segment_keys.get(rid, []), prefix_len)
+                        st.stats.add_resume(st.resume.kind, prefix_len)
                 self._states[rid] = st
             if not self._method_enabled.pop(rid, True):
                 st.method_enabled = False
@@ -512,6 +606,8 @@ class StateStore:
     def begin_decode(self, rid: str, req_pool_idx: int, seq_len: int) -> RequestState:
         with self._lock:
             st = self._states.get(rid)
+            if st is not None:
+                self.flush_typing(st)
             if st is None or st.req_pool_idx != req_pool_idx:
                 st = RequestState(rid=rid, req_pool_idx=req_pool_idx, extended_tokens=seq_len - 1)
                 self._states[rid] = st
@@ -525,26 +621,29 @@ class StateStore:
             return
         with self._lock:
             self._prefill_tokens.pop(rid, None)
-            self._finish(rid)
+            self._finish(rid)  # records what its last chunk typed, under its keys
+            self._segment_keys.pop(rid, None)
 
     def clear(self) -> None:
         with self._lock:
             self._prefill_tokens.clear()
             for rid in list(self._states):
                 self._finish(rid)
+            self._segment_keys.clear()
 
     def _finish(self, rid: str) -> None:
         self._method_enabled.pop(rid, None)
         st = self._states.pop(rid, None)
         if st is None:
             return
+        self.flush_typing(st)
         if st.table_id is not None and self.on_release is not None:
             self.on_release(st)
         st.fold_device_stats()
         self.totals.add(st.stats)
         self.finished += 1
         if self.metrics is not None:
-            self.metrics.request_finished(st.stats, sum(s.side_table_bytes() for s in self._states.values()))
+            self.metrics.request_finished(st.stats, self._side_table_bytes())
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("EntropyInfer request %s freed: %s%s", rid, st.stats.summary(),
                          f" dense_prefill_reason={st.prefill_dense_reason!r}" if st.prefill_dense_reason else "")
@@ -552,11 +651,16 @@ class StateStore:
                 logger.debug("EntropyInfer totals over %d requests: %s", self.finished, self.totals.summary())
             else:
                 logger.debug("EntropyInfer: %d requests hold %d bytes of side tables", len(self._states),
-                             sum(s.side_table_bytes() for s in self._states.values()))
+                             self._side_table_bytes())
+
+    def _side_table_bytes(self) -> int:
+        records = 0 if self.records is None else self.records.nbytes
+        return sum(st.side_table_bytes() for st in self._states.values()) + records
 
     def side_table_bytes(self) -> int:
+        """Bytes of side state: every request's windows, decode tables and typing, and the typing records."""
         with self._lock:
-            return sum(st.side_table_bytes() for st in self._states.values())
+            return self._side_table_bytes()
 
     def take_compactions(self) -> list[tuple[str, int]]:
         due, self.compaction_due = self.compaction_due, []
