@@ -17,7 +17,7 @@ import math
 import torch
 
 from entropyinfer_sgl import EntropyInferConfig
-from entropyinfer_sgl.sglang.kernel_path import prefill_chunk
+from entropyinfer_sgl.runtime.kernel_path import prefill_chunk
 
 
 def timed(fn, repeats: int = 5) -> float:

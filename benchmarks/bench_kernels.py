@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from entropyinfer_sgl import EntropyInferConfig
-from entropyinfer_sgl.device_plan import plan_prefill_device
+from entropyinfer_sgl.core.device_plan import plan_prefill_device
 from entropyinfer_sgl.kernels import compressed_decode, sparse_prefill
 
 
@@ -129,10 +129,10 @@ def prefill_rows(seq_len, args, meta):
 
 def profiling_breakdown_rows(seq_len, args, meta):
     """Where the profile+plan time goes: each stage of `plan_prefill_device` timed on its own."""
-    from entropyinfer_sgl.budgets import keep_blocks
+    from entropyinfer_sgl.core.budgets import keep_blocks
     from entropyinfer_sgl.kernels.budget_scan import head_budgets_device
     from entropyinfer_sgl.kernels.entropy_profile import block_scores_and_entropy
-    from entropyinfer_sgl.profile import block_representatives, segment_representatives
+    from entropyinfer_sgl.core.profile import block_representatives, segment_representatives
 
     gen = torch.Generator(device="cuda").manual_seed(seq_len)
     q = torch.randn(seq_len, args.q_heads, args.head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)

@@ -17,8 +17,8 @@ import time
 import torch
 
 from entropyinfer_sgl import EntropyInferConfig, head_budgets, keep_blocks, select_blocks
-from entropyinfer_sgl import rust_planner
-from entropyinfer_sgl.plan import sparse_segment_mask
+from entropyinfer_sgl.core import rust_planner
+from entropyinfer_sgl.core.plan import sparse_segment_mask
 
 
 def plan_layers(summaries, cfg, seq_len, backend):

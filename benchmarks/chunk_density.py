@@ -17,7 +17,7 @@ import argparse
 import torch
 
 from entropyinfer_sgl import EntropyInferConfig
-from entropyinfer_sgl.sglang.state import plan_chunk, plan_pair_counts
+from entropyinfer_sgl.runtime.chunk_plan import plan_chunk, plan_pair_counts
 
 
 def chunked_pairs(q: torch.Tensor, k: torch.Tensor, config: EntropyInferConfig, ends: list[int],

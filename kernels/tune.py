@@ -15,7 +15,7 @@ import torch
 def _plan(seq_len: int, num_kv_heads: int, keep_fraction: float, *, segment: int = 512, block: int = 8,
           device: str = "cuda"):
     """A random plan keeping `keep_fraction` of each segment's earlier blocks (1.0 = dense causal)."""
-    from entropyinfer_sgl.plan import PrefillPlan, select_blocks
+    from entropyinfer_sgl.core.plan import PrefillPlan, select_blocks
 
     nseg = -(-seq_len // segment)
     per_segment = segment // block

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from entropyinfer_sgl import EntropyInferConfig, plan_prefill, profile_prefill
-from entropyinfer_sgl.plan import select_blocks, sparse_segment_mask
+from entropyinfer_sgl.core.plan import select_blocks, sparse_segment_mask
 from attention_inputs import structured_qk
 
 CFG = EntropyInferConfig().replace(segment_size_tokens=64, block_size_tokens=8, base_budget_tokens=64,
@@ -101,7 +101,7 @@ def test_density_counts_causal_block_pairs():
     indptr, indices = select_blocks(scores, keep, torch.tensor([False, True]), seq_len_tokens=32,
                                     segment_size_tokens=16, block_size_tokens=8)
     assert csr_rows(indptr, indices) == [[0, 1], [1, 2, 3]]
-    from entropyinfer_sgl.plan import PrefillPlan
+    from entropyinfer_sgl.core.plan import PrefillPlan
     plan = PrefillPlan(indptr, indices, keep, torch.tensor([False, True]), 1, 32, 16, 8)
     # causal pairs: 1 + 2 + 3 + 4 = 10; computed: 1 + 2 + (1+1) + (1+2) = 8
     assert plan.density() == pytest.approx(0.8)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from entropyinfer_sgl import EntropyInferConfig, plan_prefill, profile_prefill
-from entropyinfer_sgl.reference import compressed_decode_reference, dense_prefill_reference, sparse_prefill_reference
+from entropyinfer_sgl.core.reference import compressed_decode_reference, dense_prefill_reference, sparse_prefill_reference
 from attention_inputs import structured_qk
 
 CFG = EntropyInferConfig().replace(segment_size_tokens=32, block_size_tokens=8, base_budget_tokens=16,

@@ -6,7 +6,8 @@ import torch
 
 from entropyinfer_sgl import (EntropyInferConfig, adaptive_budgets, eviction_order, head_budgets, keep_blocks,
                               plan_decode_compression, plan_prefill, profile_prefill, select_blocks)
-from entropyinfer_sgl import _scheduler, rust_planner
+from entropyinfer_sgl import _scheduler
+from entropyinfer_sgl.core import rust_planner
 from attention_inputs import structured_qk
 
 SEEDS = range(12)

@@ -3,9 +3,9 @@
 Importing this package has no side effects: integrations are enabled explicitly.
 """
 
-from .budgets import HeadTypingState, head_budgets, keep_blocks
-from .config import EntropyInferConfig
-from .decode import (
+from .core.budgets import HeadTypingState, head_budgets, keep_blocks
+from .core.config import EntropyInferConfig
+from .core.decode import (
     DecodeCompressionPlan,
     adaptive_budgets,
     compression_due,
@@ -13,9 +13,9 @@ from .decode import (
     observation_scores,
     plan_decode_compression,
 )
-from .plan import PrefillPlan, plan_prefill, select_blocks
-from .profile import HeadProfile, profile_prefill
-from .reference import compressed_decode_reference, dense_prefill_reference, sparse_prefill_reference
+from .core.plan import PrefillPlan, plan_prefill, select_blocks
+from .core.profile import HeadProfile, profile_prefill
+from .core.reference import compressed_decode_reference, dense_prefill_reference, sparse_prefill_reference
 
 __all__ = [
     "DecodeCompressionPlan",

@@ -43,7 +43,7 @@ def _load(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from .models import load_model, load_smollm2
+    from .evaluation.models import load_model, load_smollm2
 
     t0 = time.perf_counter()
     if args.model == "smollm2":
@@ -116,8 +116,8 @@ def write_report(results, table: Path | None = None, plot: Path | None = None, *
 def cmd_eval(args) -> int:
     from .evaluation.harness import evaluate
     from .evaluation.results import ResultStore
-    from .methods import METHOD_NAMES, parse_method_spec
-    from .tasks import TASKS
+    from .evaluation.methods import METHOD_NAMES, parse_method_spec
+    from .evaluation.tasks import TASKS
 
     methods = [parse_method_spec(s) for s in split_specs(args.methods or ",".join(METHOD_NAMES))]
     tasks = split_specs(args.tasks or ",".join(TASKS))
@@ -163,7 +163,7 @@ def cmd_profile(args) -> int:
     import torch
 
     from . import hf
-    from .config import EntropyInferConfig
+    from .core.config import EntropyInferConfig
     from .evaluation.profile_report import layer_table, write_heatmap
 
     config = EntropyInferConfig.load(args.config)
@@ -175,13 +175,13 @@ def cmd_profile(args) -> int:
     if args.prompt_file:
         text = Path(args.prompt_file).read_text()
         if args.chat:
-            from .tasks.common import render_chat
+            from .evaluation.tasks.common import render_chat
 
             text = render_chat(tokenizer, text)
         input_ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         what = f"{args.prompt_file}"
     else:
-        from .haystack import build_passkey_prompt
+        from .evaluation.haystack import build_passkey_prompt
 
         prompt = build_passkey_prompt(tokenizer, total_tokens=args.passkey_tokens, seed=args.seed)
         input_ids, what = prompt.input_ids, f"passkey prompt ({prompt.source})"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .config import EntropyInferConfig
+from .core.config import EntropyInferConfig
 from .evaluation.profile_report import layer_table, write_heatmap  # noqa: F401 (re-exported for callers of demo)
-from .haystack import build_passkey_prompt
+from .evaluation.haystack import build_passkey_prompt
 
 
 def _generate(model, input_ids: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, float]:
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     from . import hf
-    from .models import load_smollm2
+    from .evaluation.models import load_smollm2
 
     t0 = time.perf_counter()
     config = EntropyInferConfig.load(args.config)

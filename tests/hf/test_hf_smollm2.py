@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from entropyinfer_sgl import EntropyInferConfig, hf
-from entropyinfer_sgl.haystack import build_passkey_prompt
+from entropyinfer_sgl.evaluation.haystack import build_passkey_prompt
 
 pytestmark = [
     pytest.mark.slow,
@@ -24,7 +24,7 @@ NEW_TOKENS = 24  # > decode_delay_steps (16): the compressed cache produces the 
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from entropyinfer_sgl.models import load_smollm2
+    from entropyinfer_sgl.evaluation.models import load_smollm2
 
     return load_smollm2()
 

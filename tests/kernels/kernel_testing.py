@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from entropyinfer_sgl.plan import PrefillPlan
+from entropyinfer_sgl.core.plan import PrefillPlan
 
 # (atol, rtol) for outputs, atol for the LSE; float32 inputs use IEEE float32 products in the kernels.
 TOLERANCE = {

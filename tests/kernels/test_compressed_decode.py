@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from entropyinfer_sgl import EntropyInferConfig, observation_scores, plan_decode_compression
-from entropyinfer_sgl.reference import compressed_decode_reference
+from entropyinfer_sgl.core.reference import compressed_decode_reference
 
 from .conftest import DEVICE, requires_cuda
 from .kernel_testing import assert_attention_close

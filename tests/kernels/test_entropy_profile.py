@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from entropyinfer_sgl import EntropyInferConfig, head_budgets, plan_prefill, profile_prefill
-from entropyinfer_sgl.profile import attention_entropy, block_scores
+from entropyinfer_sgl.core.profile import attention_entropy, block_scores
 from attention_inputs import structured_qk
 
 CFG = EntropyInferConfig().replace(segment_size_tokens=64, block_size_tokens=8, base_budget_tokens=64,
@@ -54,7 +54,7 @@ def test_budget_scan_equals_torch_planner(causal, generator):
                                     CFG.replace(max_budget_tokens=2048)])
 @pytest.mark.parametrize("seq_len, num_q_heads, num_kv_heads", [(700, 4, 2), (333, 8, 1), (640, 2, 2)])
 def test_device_plan_equals_oracle_plan(config, seq_len, num_q_heads, num_kv_heads, generator):
-    from entropyinfer_sgl.device_plan import plan_prefill_device
+    from entropyinfer_sgl.core.device_plan import plan_prefill_device
 
     q, k = structured_qk(seq_len, num_q_heads, num_kv_heads, 32, generator=generator, rigid_kv_heads=(0,))
     profile, plan = plan_prefill_device(q.to(DEVICE), k.to(DEVICE), config, layer_idx=2)
@@ -75,7 +75,7 @@ def test_device_plan_equals_oracle_plan(config, seq_len, num_q_heads, num_kv_hea
 def test_device_plan_from_a_segment_on_equals_oracle_rows(config, first_segment, generator):
     """A chunk after a prefix scores and selects only its own segments: those rows equal the oracle plan's rows
     (same scores, same keep counts), every earlier row is empty."""
-    from entropyinfer_sgl.device_plan import plan_from_scores_device
+    from entropyinfer_sgl.core.device_plan import plan_from_scores_device
 
     seq_len, heads = 700, 2
     q, k = structured_qk(seq_len, 4, heads, 32, generator=generator, rigid_kv_heads=(0,))
@@ -113,7 +113,7 @@ def _cpu(profile):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_device_plan_bf16_real_size(generator):
-    from entropyinfer_sgl.device_plan import plan_prefill_device
+    from entropyinfer_sgl.core.device_plan import plan_prefill_device
 
     cfg = EntropyInferConfig()
     q = torch.randn(16384, 32, 128, generator=generator).to("cuda", torch.bfloat16)

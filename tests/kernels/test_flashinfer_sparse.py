@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from entropyinfer_sgl import EntropyInferConfig, plan_prefill, profile_prefill
-from entropyinfer_sgl.reference import sparse_prefill_reference
+from entropyinfer_sgl.core.reference import sparse_prefill_reference
 from attention_inputs import structured_qk
 
 from .kernel_testing import assert_attention_close, make_plan

@@ -1,4 +1,4 @@
-"""The SGLang backend's kernel path (`entropyinfer_sgl.sglang.kernel_path`) against the reference path and the
+"""The SGLang backend's kernel path (`entropyinfer_sgl.runtime.kernel_path`) against the reference path and the
 float32 oracles: chunk planning + block-sparse attention with a cached prefix, achieved-pair counts, and decode
 over per-(layer, kv head) slot tables in a shuffled token-major pool. CPU: Triton interpreter, float32."""
 
@@ -11,12 +11,13 @@ import torch
 
 from attention_inputs import structured_qk
 from entropyinfer_sgl import EntropyInferConfig, plan_prefill, profile_prefill, sparse_prefill_reference
-from entropyinfer_sgl.reference import compressed_decode_reference
-from entropyinfer_sgl.decode import max_kept_per_head_tokens
-from entropyinfer_sgl.reference import dense_prefill_reference
-from entropyinfer_sgl.sglang.kernel_path import (ArenaDecode, DecodeTableArena, dense_chunk, dense_requests_by_kernel,
+from entropyinfer_sgl.core.reference import compressed_decode_reference
+from entropyinfer_sgl.core.decode import max_kept_per_head_tokens
+from entropyinfer_sgl.core.reference import dense_prefill_reference
+from entropyinfer_sgl.runtime.kernel_path import (ArenaDecode, DecodeTableArena, dense_chunk, dense_requests_by_kernel,
                                                  kernels_wanted, prefill_chunk)
-from entropyinfer_sgl.sglang.state import compress_layer, dense_pair_count, plan_chunk, plan_pair_counts
+from entropyinfer_sgl.runtime.chunk_plan import dense_pair_count, plan_chunk, plan_pair_counts
+from entropyinfer_sgl.runtime.decode_table import compress_layer
 
 from .conftest import DEVICE, requires_cuda
 
@@ -129,7 +130,7 @@ def test_dense_chunk_is_dense_attention(prefix_len, dtype, generator):
 
 
 def test_dense_plan_lists_every_visible_block():
-    from entropyinfer_sgl.device_plan import dense_plan_device
+    from entropyinfer_sgl.core.device_plan import dense_plan_device
 
     plan = dense_plan_device(230, CFG, num_kv_heads=2, device=DEVICE, first_segment=3)
     indptr, indices = plan.indptr.cpu().long(), plan.indices.cpu()

@@ -11,7 +11,7 @@ import torch
 
 from attention_inputs import structured_qk
 from entropyinfer_sgl import EntropyInferConfig, plan_prefill, profile_prefill
-from entropyinfer_sgl.reference import dense_prefill_reference, sparse_prefill_reference
+from entropyinfer_sgl.core.reference import dense_prefill_reference, sparse_prefill_reference
 
 from .conftest import DEVICE, HAS_CUDA, requires_cuda
 from .kernel_testing import assert_attention_close, make_plan, random_qkv

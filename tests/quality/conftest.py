@@ -19,7 +19,7 @@ def smollm2():
     """(model, tokenizer): SmolLM2-135M-Instruct, float32, CPU (about 15-40 s to load)."""
     if not (HAVE_SMOLLM2 and HAVE_GGUF):
         pytest.skip(SMOLLM2_MISSING)
-    from entropyinfer_sgl.models import load_smollm2
+    from entropyinfer_sgl.evaluation.models import load_smollm2
 
     return load_smollm2()
 
@@ -31,6 +31,6 @@ def smollm2_tokenizer(request):
         pytest.skip(SMOLLM2_MISSING)
     from transformers import AutoTokenizer
 
-    from entropyinfer_sgl.models import SMOLLM2_GGUF, smollm2_dir
+    from entropyinfer_sgl.evaluation.models import SMOLLM2_GGUF, smollm2_dir
 
     return AutoTokenizer.from_pretrained(str(smollm2_dir()), gguf_file=SMOLLM2_GGUF, local_files_only=True)

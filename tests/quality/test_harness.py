@@ -12,8 +12,8 @@ from entropyinfer_sgl import hf
 from entropyinfer_sgl.evaluation.harness import evaluate, plan_runs
 from entropyinfer_sgl.evaluation.results import ResultStore
 from entropyinfer_sgl.evaluation.runner import run_sample
-from entropyinfer_sgl.methods import DENSE_GATE_TOKENS, Method, get_method
-from entropyinfer_sgl.tasks import Sample
+from entropyinfer_sgl.evaluation.methods import DENSE_GATE_TOKENS, Method, get_method
+from entropyinfer_sgl.evaluation.tasks import Sample
 from hf_helpers import SPARSE, prompt, tiny_model
 
 NEW_TOKENS = 30  # several compressions with SPARSE (after 4 generated tokens, every 6)
@@ -91,7 +91,7 @@ def test_delay_zero_compresses_at_the_end_of_the_prompt():
 
 
 def _tiny_sample(task, tokenizer, length, seed):
-    from entropyinfer_sgl.tasks import make
+    from entropyinfer_sgl.evaluation.tasks import make
 
     return make(task, tokenizer, length, seed)
 

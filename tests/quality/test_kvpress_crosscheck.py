@@ -29,7 +29,7 @@ import torch
 from transformers import DynamicCache
 
 from entropyinfer_sgl import EntropyInferConfig, hf, observation_scores
-from entropyinfer_sgl.methods import streaming_scores
+from entropyinfer_sgl.evaluation.methods import streaming_scores
 
 from hf_helpers import prompt, tiny_model  # tests/hf, on sys.path through conftest.py
 from kvpress_oracle import load_kvpress
@@ -175,7 +175,7 @@ def test_snapkv_matches_kvpress_on_smollm2_1k(smollm2):
 
     Scores agree to float tolerance; the kept sets agree up to near-ties at the budget boundary (kvpress recomputes
     the window queries from hidden states, so scores differ in the last bits)."""
-    from entropyinfer_sgl.tasks import make
+    from entropyinfer_sgl.evaluation.tasks import make
 
     model, tokenizer = smollm2
     ids = make("passkey", tokenizer, 1000, 0).prompt_ids

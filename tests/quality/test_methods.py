@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from entropyinfer_sgl import EntropyInferConfig
-from entropyinfer_sgl.methods import (BASE, BUDGETS, DENSE_GATE_TOKENS, METHOD_NAMES, all_methods, get_method,
+from entropyinfer_sgl.evaluation.methods import (BASE, BUDGETS, DENSE_GATE_TOKENS, METHOD_NAMES, all_methods, get_method,
                                       parse_method_spec, streaming_scores)
 
 import torch

@@ -13,7 +13,7 @@ import pytest
 from quality_markers import needs_smollm2
 from entropyinfer_sgl.evaluation.harness import evaluate
 from entropyinfer_sgl.evaluation.results import ResultStore
-from entropyinfer_sgl.methods import get_method
+from entropyinfer_sgl.evaluation.methods import get_method
 
 pytestmark = [pytest.mark.slow, needs_smollm2]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from quality_markers import needs_smollm2_tokenizer
-from entropyinfer_sgl.tasks import TASKS, get_task, make
-from entropyinfer_sgl.tasks.common import ordered_copy_score, recall_score, word_set_score
+from entropyinfer_sgl.evaluation.tasks import TASKS, get_task, make
+from entropyinfer_sgl.evaluation.tasks.common import ordered_copy_score, recall_score, word_set_score
 
 pytestmark = needs_smollm2_tokenizer
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from entropyinfer_sgl.sglang.compaction import compact_request
-from entropyinfer_sgl.sglang.state import DecodeTable
+from entropyinfer_sgl.runtime.compaction import compact_request
+from entropyinfer_sgl.runtime.decode_table import DecodeTable
 
 LAYERS, HKV, D, POOL = 3, 2, 4, 96
 LOCAL = 3  # newest positions every head keeps (the local window)

@@ -16,7 +16,7 @@ pytestmark = requires_sglang
 def _backend(**overrides):
     from entropyinfer_sgl import EntropyInferConfig
     from entropyinfer_sgl.sglang.backend import EntropyInferAttnBackend
-    from entropyinfer_sgl.sglang.state import StateStore
+    from entropyinfer_sgl.runtime.requests import StateStore
 
     config = EntropyInferConfig(decode_delay_steps=16, observation_window_tokens=32, **overrides)
     fake = SimpleNamespace(config=config, arena=object(), store=StateStore())

@@ -72,13 +72,13 @@ def test_registered_once(sglang_args):
 
 
 def test_cli_flags_select_the_backend_and_carry_the_config(sglang_args, tiny_model):
-    from entropyinfer_sgl.sglang import compat
+    from entropyinfer_sgl.sglang import compat, policy
 
     sa = _parse(sglang_args, ["--model-path", str(tiny_model), "--device", "cpu", "--enable-entropyinfer",
                               "--entropyinfer-config", json.dumps(ENGAGED)])
     assert compat.resolved_field(sa, "attention_backend") == "entropyinfer"
     assert compat.resolved_field(sa, "disable_cuda_graph")  # turned off for the method
-    assert not compat._graph_phase_backends(compat.resolved_field(sa, "cuda_graph_config"))  # no phase enabled
+    assert not policy._graph_phase_backends(compat.resolved_field(sa, "cuda_graph_config"))  # no phase enabled
     carried = json.loads(sa._entropyinfer["config"])
     assert {k: carried[k] for k in ENGAGED} == ENGAGED
     assert json.loads(os.environ["ENTROPYINFER_CONFIG"]) == carried  # inherited by spawned processes
@@ -150,9 +150,9 @@ def test_free_memory_turns_the_overlap_scheduler_off_or_is_refused(sglang_args, 
 
 
 def test_no_decode_graphs_on_cpu(sglang_args, tiny_model):
-    from entropyinfer_sgl.sglang import compat
+    from entropyinfer_sgl.sglang import policy
 
-    assert not compat.decode_graphs_supported(_build(sglang_args, model_path=str(tiny_model), device="cpu"))
+    assert not policy.decode_graphs_supported(_build(sglang_args, model_path=str(tiny_model), device="cpu"))
 
 
 def test_decode_graphs_stay_where_the_method_captures_them(sglang_args, tiny_model, monkeypatch):
@@ -160,7 +160,7 @@ def test_decode_graphs_stay_where_the_method_captures_them(sglang_args, tiny_mod
     left to SGLang (full allowed, other backends and prefill graphs refused)."""
     from entropyinfer_sgl.sglang import compat
 
-    if not getattr(compat._rel(), "GRAPH_DECODE", False):
+    if not compat.release_captures_decode():
         pytest.skip(f"sglang {compat.SGLANG_VERSION}: EntropyInfer keeps every CUDA graph off with this release")
     monkeypatch.setattr(compat, "decode_graphs_supported", lambda sa: True)
     sa = _build(sglang_args, model_path=str(tiny_model), device="cpu", attention_backend="entropyinfer")
@@ -209,7 +209,7 @@ def test_request_override_is_read_at_admission(sglang_args, choice, recorded, ca
     from types import SimpleNamespace
 
     from entropyinfer_sgl.sglang import plugin
-    from entropyinfer_sgl.sglang.state import STORE
+    from entropyinfer_sgl.runtime.requests import STORE
 
     req = SimpleNamespace(rid="override-unit", req_pool_idx=0,
                           sampling_params=SimpleNamespace(custom_params={"entropyinfer": choice, "other": 1}))

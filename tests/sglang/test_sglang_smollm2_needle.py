@@ -20,7 +20,7 @@ def smollm2_checkpoint(tmp_path_factory):
     pytest.importorskip("transformers")
     import torch
 
-    from entropyinfer_sgl.models import load_smollm2
+    from entropyinfer_sgl.evaluation.models import load_smollm2
 
     try:
         model, tokenizer = load_smollm2(torch.float32)
@@ -40,7 +40,7 @@ def smollm2_checkpoint(tmp_path_factory):
 
 
 def test_passkey_is_retrieved_through_the_server(smollm2_checkpoint, tmp_path):
-    from entropyinfer_sgl.haystack import build_passkey_prompt
+    from entropyinfer_sgl.evaluation.haystack import build_passkey_prompt
 
     require_entry_point()
     path, tokenizer = smollm2_checkpoint

@@ -13,8 +13,10 @@ import torch
 from entropyinfer_sgl import (EntropyInferConfig, observation_scores, plan_decode_compression, plan_prefill,
                               profile_prefill, sparse_prefill_reference)
 from entropyinfer_sgl.sglang import compat, site_hooks
-from entropyinfer_sgl.sglang.attention import sparse_chunk_attention
-from entropyinfer_sgl.sglang.state import ChunkTyping, StateStore, compress_layer, plan_chunk
+from entropyinfer_sgl.runtime.chunk_plan import ChunkTyping, plan_chunk
+from entropyinfer_sgl.runtime.decode_table import compress_layer
+from entropyinfer_sgl.runtime.requests import StateStore
+from entropyinfer_sgl.runtime.sparse_attention import sparse_chunk_attention
 
 CFG = EntropyInferConfig(segment_size_tokens=32, block_size_tokens=8, min_sparse_len_tokens=64, base_budget_tokens=16,
                          max_budget_tokens=48, decode_budget_tokens=40, decode_delay_steps=4, sink_tokens=4,
@@ -320,11 +322,40 @@ print("OK")
     assert out.returncode == 0 and out.stdout.strip() == "OK", out.stderr[-2000:]
 
 
-def test_importing_the_subpackage_imports_no_sglang():
+def test_importing_the_plugin_and_the_runtime_imports_no_sglang():
     code = ("import sys, entropyinfer_sgl.sglang, entropyinfer_sgl.sglang.plugin, entropyinfer_sgl.sglang.compat, "
-            "entropyinfer_sgl.sglang.state, entropyinfer_sgl.sglang.attention; "
+            "entropyinfer_sgl.runtime.requests, entropyinfer_sgl.runtime.chunk_plan, entropyinfer_sgl.runtime.kernel_path, "
+            "entropyinfer_sgl.runtime.typing_records, entropyinfer_sgl.runtime.compaction, "
+            "entropyinfer_sgl.runtime.sparse_attention; "
             "print(sorted(m for m in sys.modules if m == 'sglang' or m.startswith('sglang.')))")
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("release", ["v0_5_17", "v0_5_23"])
+def test_every_release_module_implements_the_compat_interface(release):
+    import importlib
+
+    from entropyinfer_sgl.sglang.compat import release as interface
+
+    module = importlib.import_module(f"entropyinfer_sgl.sglang.compat.{release}")
+    assert interface.missing_members(module) == []
+    assert "disable_overlap_schedule" in interface.MEMBERS and "FREE_MEMORY" in interface.MEMBERS
+    stripped = type(module)("stripped")
+    for name in interface.MEMBERS:
+        if name != "request_identity":
+            setattr(stripped, name, getattr(module, name))
+    assert interface.missing_members(stripped) == ["request_identity"]
+
+
+def test_the_compat_layer_never_imports_the_plugin():
+    """compat is what the plugin adapts SGLang through; the site hooks' autoload imports the plugin, not compat."""
+    from pathlib import Path
+
+    import entropyinfer_sgl.sglang.compat as compat_package
+
+    for source in Path(compat_package.__file__).parent.glob("*.py"):
+        text = source.read_text()
+        assert "import plugin" not in text and "from ..plugin" not in text and "from .plugin" not in text, source

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from entropyinfer_sgl import EntropyInferConfig, profile_prefill
-from entropyinfer_sgl.sglang.state import ChunkTyping, StateStore, plan_chunk
-from entropyinfer_sgl.sglang.typing_records import (BRIDGED, DEFAULTED, RESUMED, TypingRecords, segment_keys,
+from entropyinfer_sgl.runtime.chunk_plan import ChunkTyping, plan_chunk
+from entropyinfer_sgl.runtime.requests import StateStore
+from entropyinfer_sgl.runtime.typing_records import (BRIDGED, DEFAULTED, RESUMED, TypingRecords, segment_keys,
                                                     state_after)
 
 SEG = 32

@@ -6,8 +6,8 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from ..methods import Method
-from ..tasks import make
+from .methods import Method
+from .tasks import make
 from .results import ResultStore, git_revision
 from .runner import run_sample
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..methods import BUDGETS, Method
+from .methods import BUDGETS, Method
 
 SCHEMA = 1
 

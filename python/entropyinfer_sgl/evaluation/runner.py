@@ -20,8 +20,8 @@ from typing import Sequence
 
 import torch
 
-from ..methods import Method
-from ..tasks import Sample
+from .methods import Method
+from .tasks import Sample
 
 
 @dataclass

@@ -13,8 +13,8 @@ import types
 import torch
 import torch.nn.functional as F
 
-from ..gather import block_token_positions
-from ..plan import PrefillPlan
+from ..core.plan import PrefillPlan
+from ..runtime.sparse_attention import sparse_chunk_attention
 
 KERNEL_MODULE = "entropyinfer_sgl.kernels"
 
@@ -31,50 +31,13 @@ def _grouped_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
 
 def sparse_prefill_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: PrefillPlan, *,
                         scale: float) -> torch.Tensor:
-    """Block-sparse causal prefill of one sequence through SDPA, computing only the plan's blocks.
-
-    q: [Hq, L, D]; k, v: [Hkv, L, D] (head-major, post-RoPE). Returns [Hq, L, D] in q's dtype.
-
-    Segments before the first sparse one run as one dense causal SDPA call. Every later segment gathers, per kv
-    head, the keys of its plan row (selected earlier blocks + its own blocks), padded to the longest row of the
-    segment, and runs one SDPA call over all kv heads with a boolean mask (row padding and causality inside the
-    segment). Work is proportional to the plan's density, unlike a dense L x L mask. Matches
-    `sparse_prefill_reference` (tests/hf/test_attention.py).
+    """Block-sparse causal prefill of one sequence through SDPA: q [Hq, L, D]; k, v [Hkv, L, D] (head-major, as HF
+    passes them) -> [Hq, L, D] in q's dtype. The runtime's `sparse_chunk_attention` (token-major, the same routine
+    as the SGLang reference path) with no prefix; matches `sparse_prefill_reference` (tests/hf/test_hf_attention.py).
     """
-    num_q_heads, seq_len, head_dim = q.shape
-    num_kv_heads = k.shape[0]
-    group = num_q_heads // num_kv_heads
-    segment, block = plan.segment_size_tokens, plan.block_size_tokens
-    num_segments = plan.num_segments
-    out = q.new_empty(num_q_heads, seq_len, head_dim)
-
-    sparse = plan.sparse_segments.cpu()
-    first_sparse = int(sparse.nonzero()[0, 0]) if bool(sparse.any()) else num_segments
-    dense_end = min(first_sparse * segment, seq_len)
-    if dense_end > 0:  # the dense prefix: queries and keys both start at 0, so top-left causal is right
-        out[:, :dense_end] = F.scaled_dot_product_attention(
-            q[None, :, :dense_end], k[None, :, :dense_end], v[None, :, :dense_end], is_causal=True, scale=scale,
-            enable_gqa=group > 1)[0]
-
-    indptr = plan.indptr.cpu().to(torch.int64).tolist()
-    indices = plan.indices.to(device=q.device, dtype=torch.int64)
-    heads = torch.arange(num_kv_heads, device=q.device)[:, None]
-    for s in range(first_sparse, num_segments):
-        q0, q1 = s * segment, min((s + 1) * segment, seq_len)
-        rows = [h * num_segments + s for h in range(num_kv_heads)]
-        blocks = [indices[indptr[r]: indptr[r + 1]] for r in rows]
-        own_end_block = -(-q1 // block)
-        query_pos = torch.arange(q0, q1, device=q.device)
-        if all(b.numel() == own_end_block for b in blocks):  # a dense row for every head: contiguous keys
-            keys, values = k[:, :q1], v[:, :q1]
-            mask = (torch.arange(q1, device=q.device)[None, :] <= query_pos[:, None])[None].expand(num_kv_heads, -1, -1)
-        else:
-            token, present = block_token_positions(blocks, block_size_tokens=block, seq_len_tokens=seq_len,
-                                                   device=q.device)
-            keys, values = k[heads, token], v[heads, token]  # [Hkv, width, D]
-            mask = present[:, None, :] & (token[:, None, :] <= query_pos[None, :, None])  # [Hkv, Sq, width]
-        out[:, q0:q1] = _grouped_sdpa(q[:, q0:q1], keys, values, mask, scale=scale)
-    return out
+    out = sparse_chunk_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), plan, prefix_len=0,
+                                 scale=scale)
+    return out.transpose(0, 1)
 
 
 def masked_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None, *,

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from ..config import EntropyInferConfig
-from ..decode import observation_scores, plan_decode_compression
-from ..validation import require
+from ..core.config import EntropyInferConfig
+from ..runtime.decode_table import select_kept_entries
+from ..core.validation import require
 
 
 @dataclass(frozen=True)
@@ -133,52 +133,18 @@ class EntropyInferCacheLayer(DynamicLayer):
         -inf, so it is evicted first and never kept) next and its newest entries last, aligned across heads.
         """
         require(self.keys.shape[0] == 1, "EntropyInfer decode compression supports batch size 1")
+        require(self.window_q is not None, "no observation window was recorded")
         keys, values = self.keys[0], self.values[0]  # [Hkv, T, D]
-        num_kv_heads, num_entries, head_dim = keys.shape
-        window = self.window_q
-        require(window is not None, "no observation window was recorded")
-        scorer = observation_scores if scorer is None else scorer
+        num_kv_heads = keys.shape[0]
+        held = None if self.valid is None else [self.valid[h].nonzero()[:, 0] for h in range(num_kv_heads)]
         positions = self.entry_positions()
-        total = self.cumulative_length
-        window_positions = torch.arange(total - window.shape[0], total, device=keys.device)
-        group = window.shape[1] // num_kv_heads
-
-        if self.valid is None:
-            counts = [num_entries] * num_kv_heads
-            require(bool((positions[:, num_entries - window.shape[0]:] == window_positions).all()),
-                    "observation window tokens were evicted (local_window_tokens too small for the interval)")
-            scores = scorer(window, keys.transpose(0, 1), config)  # [Hkv, T]
-            slot_to_entry = torch.arange(num_entries, device=keys.device)[None].expand(num_kv_heads, -1)
-        else:
-            held = [self.valid[h].nonzero()[:, 0] for h in range(num_kv_heads)]
-            counts = [int(e.numel()) for e in held]
-            width = max(counts)
-            scores = torch.full((num_kv_heads, width), float("-inf"), dtype=torch.float32, device=keys.device)
-            slot_to_entry = torch.full((num_kv_heads, width), -1, dtype=torch.int64, device=keys.device)
-            for h, entries in enumerate(held):
-                n = counts[h]
-                require(bool((positions[h, entries[n - window.shape[0]:]] == window_positions).all()),
-                        "observation window tokens were evicted (local_window_tokens too small for the interval)")
-                head_scores = scorer(window[:, h * group:(h + 1) * group], keys[h, entries][:, None],
-                                                 config)[0]
-                sink = min(config.sink_tokens, n)
-                slots = torch.cat([torch.arange(sink, device=keys.device),
-                                   torch.arange(width - (n - sink), width, device=keys.device)])
-                scores[h, slots] = head_scores
-                slot_to_entry[h, slots] = entries
-        plan = plan_decode_compression(scores, config)
-        kept_slots = plan.kept_indices.to(torch.int64)
-        kept = torch.where(kept_slots >= 0, slot_to_entry.gather(1, kept_slots.clamp(min=0)), -1)  # [Hkv, max_kept]
-        lengths = (kept >= 0).sum(dim=1)  # padding slots are never kept, but guard anyway
-        order = torch.sort(torch.where(kept >= 0, kept, num_entries), dim=1).values  # valid first, in order
-        max_kept = int(lengths.max())
-        order = order[:, :max_kept]
-        present = torch.arange(max_kept, device=keys.device)[None, :] < lengths[:, None]
-        index = torch.where(present, order, 0)
+        kept = select_kept_entries(self.window_q, keys.transpose(0, 1), config, held=held, positions=positions,
+                                   num_positions=self.cumulative_length, scorer=scorer)
         heads = torch.arange(num_kv_heads, device=keys.device)[:, None]
-        self.keys = keys[heads, index][None].contiguous()
-        self.values = values[heads, index][None].contiguous()
-        self.positions = positions.gather(1, index)
+        present = kept.present()
+        self.keys = keys[heads, kept.entries][None].contiguous()
+        self.values = values[heads, kept.entries][None].contiguous()
+        self.positions = positions.gather(1, kept.entries)
         self.valid = None if bool(present.all()) else present
         return CompressionRecord(layer_idx=layer_idx, generated_tokens=self.generated_tokens,
-                                 entries_before=torch.tensor(counts), entries_kept=lengths.cpu())
+                                 entries_before=kept.before, entries_kept=kept.lengths)

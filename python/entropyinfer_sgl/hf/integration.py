@@ -26,10 +26,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..config import EntropyInferConfig
-from ..decode import compression_due
-from ..plan import PrefillPlan, plan_prefill, sparse_segment_mask
-from ..profile import HeadProfile, profile_prefill
+from ..core.config import EntropyInferConfig
+from ..core.decode import compression_due
+from ..core.plan import PrefillPlan, plan_prefill, sparse_segment_mask
+from ..core.profile import HeadProfile, profile_prefill
 from .attention import load_prefill_kernel, masked_attention_sdpa, sparse_prefill_sdpa
 from .cache import CompressionRecord, EntropyInferCacheLayer
 
@@ -401,7 +401,7 @@ def enable(model: nn.Module, config: EntropyInferConfig | None = None, *,
     config: the hyperparameters (default `EntropyInferConfig()`; `EntropyInferConfig.small()` for 8k models).
     decode_scorer: optional replacement for the SnapKV observation scores at decode compression,
         `scorer(window_q [W, Hq, D], k_cache [T, Hkv, D], config) -> float32 [Hkv, T]` (baselines such as
-        StreamingLLM use it; see `entropyinfer_sgl.methods`).
+        StreamingLLM use it; see `entropyinfer_sgl.evaluation.methods`).
 
     Yields an `EntropyInferHandle`; `handle.stats` describes the latest prompt. On exit the attention
     implementation and hooks are restored, so the model behaves exactly as before. Caches compressed inside

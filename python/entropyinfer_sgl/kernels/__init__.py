@@ -20,7 +20,7 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         "entropyinfer_sgl.kernels needs Triton (`pip install triton`, shipped with CUDA builds of torch); "
-        "the float32 torch references in entropyinfer_sgl.reference work without it"
+        "the float32 torch references in entropyinfer_sgl.core.reference work without it"
     ) from err
 
 from ._common import LaunchConfig, interpret_mode

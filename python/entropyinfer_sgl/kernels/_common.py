@@ -83,7 +83,7 @@ def check_kernel_device(*tensors: torch.Tensor, kernels: tuple = ()) -> torch.de
             raise RuntimeError(
                 "entropyinfer_sgl.kernels got CPU tensors: the Triton kernels run on CUDA tensors, or on CPU only "
                 "under the Triton interpreter (set TRITON_INTERPRET=1 before importing Triton). There is no "
-                "CPU fallback; entropyinfer_sgl.reference has the float32 torch references")
+                "CPU fallback; entropyinfer_sgl.core.reference has the float32 torch references")
     elif device.type != "cuda":
         raise RuntimeError(f"entropyinfer_sgl.kernels runs on CUDA (or CPU under TRITON_INTERPRET=1), got {device}")
     wrong = [getattr(getattr(k, "fn", k), "__name__", repr(k)) for k in kernels

@@ -11,8 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..budgets import ENTROPY_EPSILON, HeadTypingState
-from ..config import EntropyInferConfig
+from ..core.budgets import ENTROPY_EPSILON, HeadTypingState
+from ..core.config import EntropyInferConfig
 
 
 # Lengths and offsets are not specialized on (Triton's default: == 1 and % 16): a server sees every value, and

@@ -260,7 +260,7 @@ def compressed_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     Returns
     -------
     out [B, Hq, D] in q's dtype; lse float32 [B, Hq], natural log. Matches
-    `entropyinfer_sgl.reference.compressed_decode_reference` per request.
+    `entropyinfer_sgl.core.reference.compressed_decode_reference` per request.
     """
     check_decode_inputs(q, k_cache, v_cache, kept_indices, kept_lengths, pool_rows=pool_rows)
     launch = DecodeLaunch(q, k_cache, v_cache, kept_indices, scale=scale, num_splits=num_splits, config=config,

@@ -20,9 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..config import EntropyInferConfig
-from ..profile import block_representatives, segment_representatives
-from ..validation import check_attention_inputs, require
+from ..core.config import EntropyInferConfig
+from ..core.profile import block_representatives, segment_representatives
+from ..core.validation import check_attention_inputs, require
 
 
 # Lengths and offsets are not specialized on (Triton's default: == 1 and % 16): a server sees every value, and

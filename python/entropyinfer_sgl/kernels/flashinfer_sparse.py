@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ..plan import PrefillPlan
+from ..core.plan import PrefillPlan
 
 LN2 = math.log(2.0)
 

@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..plan import PrefillPlan
-from ..transfer import host_to_device
+from ..core.plan import PrefillPlan
+from ..core.transfer import host_to_device
 from ._common import (
     LaunchConfig,
     check_dtype,
@@ -330,7 +330,7 @@ def sparse_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Pref
     -------
     out [L - prefix_len, Hq, D] in q's dtype; lse float32 [L - prefix_len, Hq], natural log of the sum of
     exp(scale * q.k) over the keys each query sees. Match the rows prefix_len.. of
-    `entropyinfer_sgl.reference.sparse_prefill_reference`.
+    `entropyinfer_sgl.core.reference.sparse_prefill_reference`.
     """
     seq_len, num_q_heads, num_kv_heads, head_dim = _check_qkv(q, k, v, prefix_len)
     device = check_kernel_device(q, k, v, kernels=_KERNELS)

@@ -4,13 +4,13 @@ The dense backend (torch_native on CPU; flashinfer or triton on CUDA) is created
 keeps doing everything EntropyInfer does not change: its metadata, its KV writes, and the attention of every
 request, layer and step the method leaves dense. Per forward:
 
-- `init_forward_metadata`: the dense backend's, then per request: start or continue its state (`state.py`),
+- `init_forward_metadata`: the dense backend's, then per request: start or continue its state (`runtime/requests.py`),
   decide whether this chunk can be profiled, and run due decode compression events (outside the attention
   path, over the KV already in the pool).
 - `forward_extend`: below the length gate, for layers < `num_dense_layers`, for layers the method does not support
   (sliding window, cross attention, ...), and for chunks that cannot be profiled: exactly the dense backend.
   Otherwise, per request: gather its K/V (prefix from `req_to_token` + the new chunk, from the pool), profile and
-  plan the chunk (`state.plan_chunk`: `profile_prefill` + `plan_prefill`, causal typing carried across chunks),
+  plan the chunk (`chunk_plan.plan_chunk`: `profile_prefill` + `plan_prefill`, causal typing carried across chunks),
   and run block-sparse attention for the chunk's queries through SDPA. Requests of the batch whose plan selects
   every visible block run the dense backend's own code (bitwise dense). A request whose prefix came from the
   radix cache is a chunk after a prefix: its typing resumes from the typing records (`typing_records.py`).
@@ -20,7 +20,7 @@ request, layer and step the method leaves dense. Per forward:
   the end of its row and the plugin returns the rest to SGLang, `compaction.py`).
 
 Two paths with one behaviour: the reference path (a Python loop over requests, SDPA on gathered keys: the CPU
-default) and the kernel path (`kernel_path.py`: on-device planning, one `sparse_prefill` launch per request and
+default) and the kernel path (`runtime/kernel_path.py`: on-device planning, one `sparse_prefill` launch per request and
 layer, `compressed_decode` over the `DecodeTableArena`: the CUDA default, or CPU under the Triton interpreter with
 ENTROPYINFER_USE_KERNELS=1).
 
@@ -37,17 +37,18 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import EntropyInferConfig
-from ..decode import compression_due, max_kept_per_head_tokens
-from ..reference import compressed_decode_reference
+from ..core.config import EntropyInferConfig
+from ..core.decode import compression_due, max_kept_per_head_tokens
+from ..core.reference import compressed_decode_reference
 from . import compat
-from .attention import sparse_chunk_attention
-from .compaction import compact_request
-from .kernel_path import (ArenaDecode, DecodeTableArena, chunk_has_sparse_segment, dense_chunk,
-                          dense_requests_by_kernel, kernels_wanted, prefill_chunk)
-from .state import (STORE, ChunkPlan, RequestState, StateStore, compress_layer, dense_pair_count, plan_chunk,
-                    plan_pair_counts)
-from .typing_records import TypingRecords
+from ..runtime.chunk_plan import ChunkPlan, dense_pair_count, plan_chunk, plan_pair_counts
+from ..runtime.compaction import compact_request
+from ..runtime.decode_table import compress_layer
+from ..runtime.kernel_path import (ArenaDecode, DecodeTableArena, chunk_has_sparse_segment, dense_chunk,
+                                   dense_requests_by_kernel, kernels_wanted, prefill_chunk)
+from ..runtime.requests import STORE, RequestState, StateStore
+from ..runtime.sparse_attention import sparse_chunk_attention
+from ..runtime.typing_records import TypingRecords
 
 logger = logging.getLogger("entropyinfer_sgl.sglang")
 

@@ -9,7 +9,7 @@ Importing this module has no side effects and imports no SGLang module. `registe
   spawned processes) and in `ENTROPYINFER_CONFIG` (inherited by them); `sgl.Engine(attention_backend=
   "entropyinfer")` reads `ENTROPYINFER_CONFIG` (see `engine()`);
 - refuses, at startup and with the reason, every configuration this increment does not serve correctly
-  (`compat.server_args_conflicts`); turns prefill CUDA graphs off for the method, and decode graphs too where
+  (`policy.server_args_conflicts`); turns prefill CUDA graphs off for the method, and decode graphs too where
   the method cannot capture them (CPU, SGLang 0.5.23); an explicit request for those is refused;
 - lets the decode graph runner replay only steps that need no Python of the method (`graph_step_allowed`), and
   adds the decode-table arena's bytes per KV-pool token to SGLang's per-token cost, so the pool sized from
@@ -28,8 +28,8 @@ import os
 import threading
 from typing import Any
 
-from ..config import EntropyInferConfig
-from . import compat
+from ..core.config import EntropyInferConfig
+from . import compat, policy
 
 logger = logging.getLogger("entropyinfer_sgl.sglang")
 
@@ -145,13 +145,13 @@ def _around_from_cli_args(original, cls, args, *rest, **kwargs):
 def _before_resolution(server_args) -> None:
     if not compat.uses_backend(server_args):
         return
-    _refuse(compat.server_args_conflicts(server_args))  # the user's own settings, before SGLang's resolution
+    _refuse(policy.server_args_conflicts(server_args))  # the user's own settings, before SGLang's resolution
     if resolve_config(server_args).decode_free_memory:
-        _refuse(compat.free_memory_conflicts(server_args))
+        _refuse(policy.free_memory_conflicts(server_args))
         if compat.disable_overlap_schedule(server_args):
             logger.info("EntropyInfer decode_free_memory: SGLang's overlap scheduler is turned off (phase 2 "
                         "returns pool slots between a forward and the processing of its results)")
-    explicit = compat.disable_graphs_before_resolution(server_args)
+    explicit = policy.disable_graphs_before_resolution(server_args)
     if explicit:
         raise ValueError("EntropyInfer captures only the decode phase in CUDA graphs (backend 'full', CUDA, SGLang "
                          "0.5.17); remove " + ", ".join(explicit))
@@ -160,7 +160,7 @@ def _before_resolution(server_args) -> None:
 def _after_resolution(server_args) -> None:
     if not compat.uses_backend(server_args):
         return
-    _refuse(compat.server_args_conflicts(server_args))  # and what resolution made of them
+    _refuse(policy.server_args_conflicts(server_args))  # and what resolution made of them
     compat.check_sglang_version()
     if compat.get_bookkeeping(server_args) is None:  # sgl.Engine(attention_backend="entropyinfer"): env or default
         config = resolve_config(None)
@@ -198,8 +198,8 @@ def _side_table_bytes_per_token(kvc, cell_size: int) -> int:
     config = resolve_config(facts.server_args)
     if not config.decode_compression:
         return 0
-    from ..decode import max_kept_per_head_tokens
-    from .kernel_path import DecodeTableArena
+    from ..core.decode import max_kept_per_head_tokens
+    from ..runtime.kernel_path import DecodeTableArena
 
     kv_heads = facts.num_kv_heads
     per_table = DecodeTableArena.bytes_per_table(facts.num_layers, kv_heads, max_kept_per_head_tokens(config, kv_heads))
@@ -211,7 +211,7 @@ def _side_table_bytes_per_token(kvc, cell_size: int) -> int:
 def _around_run_batch(original, scheduler, batch, *args, **kwargs):
     """Phase 2: after the forward, compact the requests whose compression event it ran and do SGLang's side
     (free their released slots, move their protected length, unlock the radix-cache nodes they held)."""
-    from .state import STORE
+    from ..runtime.requests import STORE
 
     try:
         return original(scheduler, batch, *args, **kwargs)
@@ -224,7 +224,7 @@ REQUEST_KEY = "entropyinfer"  # the request's custom_params key: {"enabled": boo
 
 
 def _on_request_admitted(req) -> None:
-    from .state import STORE
+    from ..runtime.requests import STORE
 
     rid, _ = compat.request_identity(req)
     STORE.set_prefill_tokens(rid, compat.request_prefill_tokens(req))
@@ -241,7 +241,7 @@ def _on_request_admitted(req) -> None:
 
 
 def _on_request_freed(req) -> None:
-    from .state import STORE
+    from ..runtime.requests import STORE
 
     rid, _ = compat.request_identity(req)
     STORE.free(rid)
@@ -249,7 +249,7 @@ def _on_request_freed(req) -> None:
 
 
 def _on_requests_cleared() -> None:
-    from .state import STORE
+    from ..runtime.requests import STORE
 
     STORE.clear()
 

@@ -10,7 +10,7 @@ The `.pth` file holds up to two lines:
   it holds a pure-Python `sgl_kernel` stand-in, because SGLang has no CPU build of `sgl_kernel` on PyPI;
 - `import _entropyinfer_sgl_site`: a small stdlib-only module (written next to the `.pth`) that adds a
   `sys.meta_path` finder. The finder does nothing until SGLang modules are imported; then it calls
-  `entropyinfer_sgl.sglang.compat.on_module_loading` / `on_module_loaded` for the modules listed in
+  `entropyinfer_sgl.sglang.autoload.on_module_loading` / `on_module_loaded` for the modules listed in
   `compat.SITE_HOOK_MODULES` (tolerant `qwen3_asr` registration for transformers >= 5.17; plugin autoload after
   `sglang.srt.server_args` when `ENTROPYINFER_AUTOLOAD=1`). `ENTROPYINFER_SITE_HOOKS=0` turns the finder off.
 
@@ -26,13 +26,13 @@ from pathlib import Path
 
 PTH_NAME = "entropyinfer_sgl_sglang.pth"
 SHIM_NAME = "_entropyinfer_sgl_site.py"
-# Must match compat.SITE_HOOK_MODULES (checked by tests/sglang/test_plugin_unit.py).
+# Must match compat.SITE_HOOK_MODULES (checked by tests/sglang/test_sglang_units.py::test_site_hooks_install_roundtrip).
 WATCHED_MODULES = ("sglang.srt.configs.qwen3_asr", "sglang.srt.server_args")
 
 SHIM_SOURCE = '''"""Written by `python -m entropyinfer_sgl.sglang.site_hooks install`; removed by `... uninstall`.
 
 A sys.meta_path finder that stays inert until one of the watched SGLang modules is imported, then hands over to
-entropyinfer_sgl.sglang.compat (see that module's on_module_loading / on_module_loaded). Stdlib only.
+entropyinfer_sgl.sglang.autoload (see that module's on_module_loading / on_module_loaded). Stdlib only.
 """
 import os
 import sys
@@ -58,10 +58,10 @@ class _EntropyInferSiteFinder:
         original = loader.exec_module  # a fresh loader object per module: patch this instance only
 
         def exec_module(module, _original=original, _name=name):
-            from entropyinfer_sgl.sglang import compat
-            with compat.on_module_loading(_name):
+            from entropyinfer_sgl.sglang import autoload
+            with autoload.on_module_loading(_name):
                 _original(module)
-            compat.on_module_loaded(_name)
+            autoload.on_module_loaded(_name)
 
         loader.exec_module = exec_module
         return spec

@@ -1,6 +1,6 @@
 //! EntropyInfer planner core, pure Rust (no Python): the contract of `docs/planner_spec.md`.
 //!
-//! The same planner exists in torch (`entropyinfer_sgl.planner`); this one runs on the CPU scheduler without
+//! The same planner exists in torch (`entropyinfer_sgl.core`: `budgets`, `plan`, `decode`); this one runs on the CPU scheduler without
 //! touching the GPU and is exposed to Python by the `entropyinfer-scheduler-py` shim. Inputs and outputs are
 //! flat row-major slices plus their dimensions, so the crate has no array dependency and the shim only copies.
 //!

@@ -40,8 +40,8 @@ def plan_prefill_device(q: torch.Tensor, k: torch.Tensor, config: EntropyInferCo
     q: [L, Hq, D], k: [L, Hkv, D] post-RoPE. `state` continues causal head typing from an earlier chunk.
     prompt_len_tokens: the whole prompt's length when this is its first chunk (`plan.sparse_segment_mask`).
     """
-    from .kernels.budget_scan import head_budgets_device
-    from .kernels.entropy_profile import block_scores_and_entropy
+    from ..kernels.budget_scan import head_budgets_device
+    from ..kernels.entropy_profile import block_scores_and_entropy
 
     seq_len = q.shape[0]
     segment, block = config.segment_size_tokens, config.block_size_tokens

@@ -38,6 +38,7 @@ BENCHMARK_MODULES = {"one_batch": "sglang.benchmark.one_batch",
 UPSTREAM_COMMANDS = dict(BENCHMARK_MODULES)
 TOLERANT_QWEN3_ASR = False
 GRAPH_DECODE = False  # EntropyInfer's decode CUDA graph: not run on a GPU with this release yet (graphs stay off)
+FREE_MEMORY = False  # phase 2 (decode_free_memory) is not ported to this release: refused at startup
 RANK_FIELDS = ("tp_size", "pp_size", "dp_size", "attn_dp_size")
 
 
@@ -83,6 +84,18 @@ def disable_graphs(sa: Any) -> None:
     from sglang.srt.arg_groups.overrides import declare_resolution
 
     declare_resolution(sa, DECLARATION_SOURCE, disable_cuda_graph=True)
+
+
+def disable_prefill_graphs(sa: Any) -> None:
+    """Only prefill graphs off is asked for where EntropyInfer captures its decode, which it does not on this
+    release (GRAPH_DECODE): every graph goes off."""
+    disable_graphs(sa)
+
+
+def disable_overlap_schedule(sa: Any) -> bool:
+    """Phase 2 turns the overlap scheduler off; phase 2 is refused on this release (FREE_MEMORY), so this is never
+    reached by the plugin."""
+    raise RuntimeError("EntropyInfer phase 2 (decode_free_memory) is not supported with SGLang 0.5.23")
 
 
 def resolve(sa: Any) -> None:

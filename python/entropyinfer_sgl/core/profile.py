@@ -91,28 +91,40 @@ def block_causal_mask(num_segments: int, num_blocks: int, blocks_per_segment: in
     return mask.masked_fill_(block >= segment * blocks_per_segment, torch.finfo(dtype).min)
 
 
-def block_scores(q: torch.Tensor, k: torch.Tensor, config: EntropyInferConfig) -> torch.Tensor:
-    """The block distribution p `[Hkv, nseg, num_blocks]` (input dtype) of one sequence's q `[L, Hq, D]`, k `[L, Hkv, D]`."""
-    seq_len, num_q_heads, num_kv_heads, head_dim = q.shape[0], q.shape[1], k.shape[1], q.shape[2]
+def scores_from_representatives(q_max: torch.Tensor, q_min: torch.Tensor, k: torch.Tensor,
+                                config: EntropyInferConfig, seq_len: int, first_segment: int = 0) -> torch.Tensor:
+    """The block distribution p `[Hkv, rows, num_blocks]` (q's dtype) of the segments from `first_segment` on.
+
+    q_max / q_min: `[rows, Hq, D]` those segments' representatives; k: `[>= num_blocks * block, Hkv, D]` keys of
+    a `seq_len`-token sequence. Whole prompts (`block_scores`) and prefill chunks (`runtime.chunk_plan`) both score
+    here, so a chunk's rows are the whole prompt's to the element in float32.
+    """
+    num_rows, num_q_heads, head_dim = q_max.shape
+    num_kv_heads = k.shape[1]
     group = num_q_heads // num_kv_heads
     segment, block = config.segment_size_tokens, config.block_size_tokens
-    num_segments = -(-seq_len // segment)
     blocks_per_segment = segment // block
+    num_segments = -(-seq_len // segment)
     num_blocks = (num_segments - 1) * blocks_per_segment
-
-    q_max, q_min = segment_representatives(q, segment)  # [nseg, Hq, D]
     k_max, k_min = block_representatives(k, num_blocks, block)  # [NB, Hkv, D]
     # Same batched matmul shapes as the prototype ([2*nseg, D] x [D, NB] per query head) so float32 matches
     # to the element; keys broadcast over the group instead of being copied per query head.
-    qq = torch.cat([q_max, q_min], dim=0).permute(1, 0, 2).reshape(num_kv_heads, group, 2 * num_segments, head_dim)
+    qq = torch.cat([q_max, q_min], dim=0).permute(1, 0, 2).reshape(num_kv_heads, group, 2 * num_rows, head_dim)
     k_max_t = k_max.permute(1, 2, 0)[:, None]  # [Hkv, 1, D, NB]
     k_min_t = k_min.permute(1, 2, 0)[:, None]
-    shape = (num_kv_heads, group, 2, num_segments, num_blocks)
+    shape = (num_kv_heads, group, 2, num_rows, num_blocks)
     scores_max = torch.matmul(qq, k_max_t).view(shape).mean(dim=2)
     scores_min = torch.matmul(qq, k_min_t).view(shape).mean(dim=2)
-    scores = torch.max(scores_max, scores_min).mean(dim=1)  # GQA mean before the softmax: [Hkv, nseg, NB]
-    scores = scores + block_causal_mask(num_segments, num_blocks, blocks_per_segment, scores.dtype, scores.device)
-    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    scores = torch.max(scores_max, scores_min).mean(dim=1)  # GQA mean before the softmax: [Hkv, rows, NB]
+    mask = block_causal_mask(num_segments, num_blocks, blocks_per_segment, scores.dtype, scores.device)
+    scores = scores + mask[first_segment:]
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q_max.dtype)
+
+
+def block_scores(q: torch.Tensor, k: torch.Tensor, config: EntropyInferConfig) -> torch.Tensor:
+    """The block distribution p `[Hkv, nseg, num_blocks]` (input dtype) of one sequence's q `[L, Hq, D]`, k `[L, Hkv, D]`."""
+    q_max, q_min = segment_representatives(q, config.segment_size_tokens)  # [nseg, Hq, D]
+    return scores_from_representatives(q_max, q_min, k, config, q.shape[0])
 
 
 def attention_entropy(p: torch.Tensor) -> torch.Tensor:

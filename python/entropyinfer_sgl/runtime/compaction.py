@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from .state import DecodeTable
+from .decode_table import DecodeTable
 
 
 @dataclass

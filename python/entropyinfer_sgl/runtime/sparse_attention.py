@@ -1,6 +1,7 @@
-"""Attention of the CPU reference path (plain torch SDPA over gathered keys), for `backend.py`.
+"""Block-sparse prefill attention through torch SDPA over gathered keys: the SGLang backend's reference path (a
+chunk after a prefix) and `hf.enable`'s CPU path (a whole prompt) run this one routine.
 
-No SGLang import: the tests run these against the float32 oracles of `entropyinfer_sgl.reference`.
+No engine import: the tests run it against the float32 oracle `entropyinfer_sgl.core.reference.sparse_prefill_reference`.
 """
 
 from __future__ import annotations
@@ -8,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..gather import block_token_positions
-from ..plan import PrefillPlan
+from ..core.gather import block_token_positions
+from ..core.plan import PrefillPlan
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -34,11 +35,14 @@ def sparse_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pl
     heads = torch.arange(num_kv_heads, device=q.device)[:, None]
 
     def dense_rows(q0: int, q1: int) -> None:  # queries q0..q1-1 over every earlier key: one SDPA call
-        query_pos = torch.arange(q0, q1, device=q.device)
-        mask = torch.arange(q1, device=q.device)[None, :] <= query_pos[:, None]
+        if q0 == 0:  # queries and keys both start at 0: top-left causal is exact (and needs no mask)
+            mask, causal = None, True
+        else:
+            query_pos = torch.arange(q0, q1, device=q.device)
+            mask, causal = torch.arange(q1, device=q.device)[None, :] <= query_pos[:, None], False
         out[:, q0 - prefix_len:q1 - prefix_len] = F.scaled_dot_product_attention(
             qh[None, :, q0 - prefix_len:q1 - prefix_len], kh[None, :, :q1], vh[None, :, :q1], attn_mask=mask,
-            scale=scale, enable_gqa=group > 1)[0]
+            is_causal=causal, scale=scale, enable_gqa=group > 1)[0]
 
     s = prefix_len // segment
     run_start = None

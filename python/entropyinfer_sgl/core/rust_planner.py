@@ -15,7 +15,7 @@ from .config import EntropyInferConfig
 
 def _module():
     try:
-        from . import _scheduler
+        from .. import _scheduler
     except ImportError as err:  # pragma: no cover - only without a built extension
         raise ImportError("entropyinfer_sgl._scheduler is not built: run `pip install -e .` at the repository root"
                           ) from err

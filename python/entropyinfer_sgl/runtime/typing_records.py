@@ -30,9 +30,9 @@ from typing import Sequence
 
 import torch
 
-from ..budgets import HeadTypingState, head_budgets
-from ..config import EntropyInferConfig
-from .state import ChunkTyping, TypedSegments
+from ..core.budgets import HeadTypingState, head_budgets
+from ..core.config import EntropyInferConfig
+from .chunk_plan import ChunkTyping, TypedSegments
 
 # The previous entropy a defaulted head starts from: the first new segment's growth ratio clamps to 0, so its
 # budget is β, as segment 1's is in a fresh prompt, and the segments after it grow from its entropy.

@@ -2,7 +2,8 @@
 
 Nothing else in `entropyinfer_sgl.sglang` names an SGLang module, class, method, field or environment variable:
 the plugin, the backend and the state only call the functions below. This module is the façade: what both
-releases share is here, what differs lives in one module per release (`_compat_v0_5_17`, `_compat_v0_5_23`),
+releases share is here, what differs lives in one module per release (`v0_5_17`, `v0_5_23`, each implementing
+the `release.SGLangRelease` interface),
 picked once, at import, from the installed sglang distribution's version (read from its metadata:
 `importlib.metadata`, sglang is not imported). Porting to another release means adding such a module (and its
 tests). Importing this module imports no SGLang module; each function imports what it needs when called. With
@@ -55,10 +56,12 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, Iterator
 
+from .release import missing_members
+
 logger = logging.getLogger("entropyinfer_sgl.sglang")
 
 # sglang version -> the module (in this package) holding what is particular to that release.
-_RELEASE_MODULES = {"0.5.17": "_compat_v0_5_17", "0.5.23": "_compat_v0_5_23"}
+_RELEASE_MODULES = {"0.5.17": "v0_5_17", "0.5.23": "v0_5_23"}
 SUPPORTED_SGLANG_VERSIONS = tuple(_RELEASE_MODULES)
 BACKEND_NAME = "entropyinfer"
 # Modules the `.pth` site hook watches (site_hooks.WATCHED_MODULES must list the same names).
@@ -107,7 +110,7 @@ def check_sglang_version() -> str:
     if version not in _RELEASE_MODULES:
         raise RuntimeError(
             f"entropyinfer_sgl.sglang supports {_supported_text()} exactly, found sglang=={version}: it patches "
-            "SGLang internals that change between releases (see entropyinfer_sgl/sglang/compat.py). Install one "
+            "SGLang internals that change between releases (see entropyinfer_sgl/sglang/compat/). Install one "
             "of those, or run without --enable-entropyinfer.")
     return version
 
@@ -117,7 +120,14 @@ def _load_release() -> ModuleType | None:
     import importlib
 
     name = _RELEASE_MODULES.get(sglang_version() or "")
-    return None if name is None else importlib.import_module(f"{__package__}.{name}")
+    if name is None:
+        return None
+    module = importlib.import_module(f"{__package__}.{name}")
+    missing = missing_members(module)
+    if missing:
+        raise TypeError(f"{module.__name__} does not implement the compat interface (release.SGLangRelease): "
+                        f"missing {', '.join(missing)}")
+    return module
 
 
 _release = _load_release()
@@ -144,7 +154,7 @@ def upstream_command(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Interpreter-start hooks (called by the `.pth` shim written by site_hooks.install)
+# Interpreter-start hooks (the `.pth` shim written by site_hooks.install calls them through `autoload`)
 # ---------------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def on_module_loading(name: str) -> Iterator[None]:
@@ -154,16 +164,6 @@ def on_module_loading(name: str) -> Iterator[None]:
             yield
         return
     yield
-
-
-def on_module_loaded(name: str) -> None:
-    """Called right after a watched SGLang module has executed."""
-    if name == "sglang.srt.server_args" and os.environ.get(ENV_AUTOLOAD) == "1":
-        # Upstream bench_one_batch / bench_offline_throughput parse CLI args before SGLang loads plugins:
-        # loading them here makes `--enable-entropyinfer` known to those parsers too.
-        from .plugin import ensure_loaded
-
-        ensure_loaded()
 
 
 @contextlib.contextmanager
@@ -302,7 +302,7 @@ _SAVED_SKIP_INSERT = "_entropyinfer_skip_radix_cache_insert"  # the request's ow
 
 
 def free_memory_supported() -> bool:
-    return bool(getattr(_rel(), "FREE_MEMORY", False))
+    return _rel().FREE_MEMORY
 
 
 def register_run_batch_hook(around: Callable[..., Any]) -> None:
@@ -371,17 +371,6 @@ def restore_request_flags(req: Any) -> None:
     if hasattr(req, _SAVED_SKIP_INSERT):
         req.skip_radix_cache_insert = getattr(req, _SAVED_SKIP_INSERT)
         delattr(req, _SAVED_SKIP_INSERT)
-
-
-def free_memory_conflicts(sa: Any) -> list[str]:
-    """ServerArgs settings phase 2 cannot serve (beyond `server_args_conflicts`)."""
-    if not free_memory_supported():
-        return [f"decode_free_memory on sglang {SGLANG_VERSION} (phase 2 runs on sglang 0.5.17 only)"]
-    problems = []
-    page_size = getattr(_view(sa), "page_size", 1)
-    if page_size not in (None, 1):
-        problems.append(f"decode_free_memory with --page-size={page_size} (phase 2 frees single slots: page size 1)")
-    return problems
 
 
 def disable_overlap_schedule(sa: Any) -> bool:
@@ -457,6 +446,30 @@ def _view(sa: Any) -> Any:
     return _rel().server_args_view(sa)
 
 
+def server_args_view(sa: Any) -> Any:
+    """ServerArgs as resolution has decided them so far (read-only use: `getattr(view, field, default)`)."""
+    return _view(sa)
+
+
+def rank_fields() -> tuple[str, ...]:
+    """The ServerArgs fields that count ranks on this release (EntropyInfer needs each to be 1)."""
+    return tuple(_rel().RANK_FIELDS)
+
+
+def release_captures_decode() -> bool:
+    """Whether the plugin hooks this release's decode CUDA graph runner (EntropyInfer's decode graph)."""
+    return _rel().GRAPH_DECODE
+
+
+def disable_graphs(sa: Any, *, keep_decode: bool) -> None:
+    """Make resolution turn CUDA graphs off: prefill graphs (and torch.compile graphs) only with `keep_decode`,
+    every graph without it (`disable_cuda_graph` / `disable_prefill_cuda_graph`: set on 0.5.17, declared on 0.5.23)."""
+    if keep_decode:
+        _rel().disable_prefill_graphs(sa)
+    else:
+        _rel().disable_graphs(sa)
+
+
 def server_args_backends(sa: Any) -> tuple[str | None, str | None, str | None]:
     view = _view(sa)
     return view.attention_backend, view.prefill_attention_backend, view.decode_attention_backend
@@ -486,107 +499,6 @@ def cli_namespace_flags(ns: Any) -> tuple[bool, str | None, str | None]:
 
 def set_cli_attention_backend(ns: Any, name: str) -> None:
     ns.attention_backend = name
-
-
-def decode_graphs_supported(sa: Any) -> bool:
-    """Whether EntropyInfer's CUDA-graph decode can serve this record: the kernel path on CUDA, with a release whose
-    decode graph runner the plugin hooks (0.5.17; on 0.5.23 graphs stay off: not run on a GPU yet)."""
-    if not getattr(_rel(), "GRAPH_DECODE", False) or is_cpu_engine():
-        return False
-    device = getattr(_view(sa), "device", None)
-    if device is not None and not str(device).startswith("cuda"):
-        return False
-    import torch
-
-    from .kernel_path import kernels_wanted
-
-    return torch.cuda.is_available() and kernels_wanted("cuda")
-
-
-def _graph_allowed(phase: str, backend: str, decode_graphs: bool) -> bool:
-    return backend.lower() == "disabled" or (decode_graphs and phase == "decode" and backend.lower() == "full")
-
-
-def disable_graphs_before_resolution(sa: Any) -> list[str]:
-    """Before resolution: turn prefill (and torch.compile) graphs off, and decode graphs too unless EntropyInfer
-    can capture its decode (`decode_graphs_supported`: then SGLang's default full decode graph stays).
-
-    Returns the explicit requests that conflict (the caller refuses them). Otherwise `disable_cuda_graph` or
-    `disable_prefill_cuda_graph` (fields; `disable_cuda_graph`'s CLI flag is deprecated) is set (0.5.17) or
-    declared (0.5.23), which makes resolution disable those graphs.
-    """
-    view = _view(sa)
-    decode_graphs = decode_graphs_supported(sa)
-    conflicts = []
-    for phase in ("decode", "prefill"):
-        value = getattr(view, f"cuda_graph_backend_{phase}", None)
-        backend = None if value is None else str(getattr(value, "value", value))
-        if backend is not None and not _graph_allowed(phase, backend, decode_graphs):
-            conflicts.append(f"--cuda-graph-backend-{phase}={backend}")
-    for phase, backend in _graph_phase_backends(getattr(view, "cuda_graph_config", None)):
-        if not _graph_allowed(phase, backend, decode_graphs):
-            conflicts.append(f"--cuda-graph-config ({phase} backend {backend!r})")
-    if not conflicts:
-        if decode_graphs:
-            _rel().disable_prefill_graphs(sa)
-        else:
-            _rel().disable_graphs(sa)
-    return conflicts
-
-
-def _graph_phase_backends(graph: Any) -> list[tuple[str, str]]:
-    """(phase, backend) of every enabled phase of a `cuda_graph_config` (a resolved CudaGraphConfig, a JSON dict
-    as given by the user, or None)."""
-    enabled = []
-    for phase in ("decode", "prefill"):
-        value = graph.get(phase) if isinstance(graph, dict) else getattr(graph, phase, None)
-        backend = value.get("backend") if isinstance(value, dict) else getattr(value, "backend", None)
-        backend = None if backend is None else str(getattr(backend, "value", backend))
-        if backend is not None and backend.lower() != "disabled":
-            enabled.append((phase, backend))
-    return enabled
-
-
-def server_args_conflicts(sa: Any) -> list[str]:
-    """Every ServerArgs setting EntropyInfer (this increment) cannot serve correctly (before resolution: the
-    user's settings; after it: what resolution made of them)."""
-    view = _view(sa)
-    problems = []
-    attention, prefill, decode = server_args_backends(sa)
-    for flag, value in (("--prefill-attention-backend", prefill), ("--decode-attention-backend", decode)):
-        if value is not None and value != BACKEND_NAME:
-            problems.append(f"{flag}={value} (EntropyInfer must serve both prefill and decode; use "
-                            f"--attention-backend {BACKEND_NAME} alone)")
-    if attention != BACKEND_NAME and (prefill == BACKEND_NAME or decode == BACKEND_NAME):
-        problems.append(f"--attention-backend={attention} with a split prefill/decode backend")
-    if getattr(view, "speculative_algorithm", None):
-        problems.append(f"--speculative-algorithm={view.speculative_algorithm} (speculative decoding)")
-    if getattr(view, "enable_mixed_chunk", False):
-        problems.append("--enable-mixed-chunk (decode tokens inside extend batches)")
-    for field in _rel().RANK_FIELDS:
-        if int(getattr(view, field, 1) or 1) != 1:
-            problems.append(f"--{field.replace('_', '-')}={getattr(view, field)} (only one rank is supported yet)")
-    if getattr(view, "enable_dp_attention", False):
-        problems.append("--enable-dp-attention")
-    if getattr(view, "enable_torch_compile", False):
-        problems.append("--enable-torch-compile (graph capture)")
-    decode_graphs = decode_graphs_supported(sa)
-    for phase, backend in _graph_phase_backends(getattr(view, "cuda_graph_config", None)):
-        if not _graph_allowed(phase, backend, decode_graphs):
-            problems.append(f"CUDA graph {phase} backend {backend!r} (EntropyInfer captures only the decode phase, "
-                            "with the 'full' backend, on CUDA with SGLang 0.5.17: drop the --cuda-graph-* flags)")
-    if getattr(view, "enable_hierarchical_cache", False):
-        problems.append("--enable-hierarchical-cache (HiCache)")
-    if getattr(view, "enable_hisparse", False):
-        problems.append("--enable-hisparse")
-    if str(getattr(view, "disaggregation_mode", "null")) != "null":
-        problems.append(f"--disaggregation-mode={view.disaggregation_mode}")
-    if getattr(view, "enable_two_batch_overlap", False) or getattr(view, "enable_pdmux", False):
-        problems.append("--enable-two-batch-overlap / --enable-pdmux (several attention backend instances)")
-    kv_dtype = str(getattr(view, "kv_cache_dtype", "auto"))
-    if kv_dtype not in ("auto", "bfloat16", "float16", "float32", "bf16", "fp16"):
-        problems.append(f"--kv-cache-dtype={kv_dtype} (quantized KV caches)")
-    return problems
 
 
 def set_bookkeeping(sa: Any, value: dict) -> None:

@@ -1,9 +1,9 @@
-"""The kernel path of the SGLang backend: Triton kernels over SGLang's token-major pool (CUDA; CPU under
-TRITON_INTERPRET=1 for tests). No SGLang import: `backend.py` hands plain tensors in.
+"""The kernel path of the serving runtime: Triton kernels over the engine's token-major KV pool (CUDA; CPU under
+TRITON_INTERPRET=1 for tests). No engine import: the SGLang backend hands plain tensors in.
 
 - `prefill_chunk`: profile, plan and attend one chunk of one request and layer. A chunk without a cached prefix
   is planned by the fused on-device planner (`plan_prefill_device`: no host sync); a chunk after a prefix
-  (chunked prefill, causal typing carried in `ChunkTyping`) by `state.plan_chunk`. Attention is one
+  (chunked prefill, causal typing carried in `ChunkTyping`) by `chunk_plan.plan_chunk`. Attention is one
   `sparse_prefill` launch over the chunk's queries and every earlier key. Achieved pairs stay on the device.
 - `dense_chunk`: a dense request of an extend batch whose other requests run sparse, through the same kernel
   with a dense plan (when that is cheaper than the dense backend over the whole batch).
@@ -19,10 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import EntropyInferConfig
-from ..device_plan import plan_prefill_device
-from ..plan import sparse_segment_mask
-from .state import ChunkTyping, DecodeTable, TypedSegments, plan_chunk, plan_pair_counts
+from ..core.config import EntropyInferConfig
+from ..core.device_plan import plan_prefill_device
+from ..core.plan import sparse_segment_mask
+from .chunk_plan import ChunkTyping, TypedSegments, plan_chunk, plan_pair_counts
+from .decode_table import DecodeTable
 
 ENV_USE_KERNELS = "ENTROPYINFER_USE_KERNELS"
 
@@ -55,7 +56,7 @@ class ChunkResult:
     pairs_dense: float  # the same for dense attention (host arithmetic)
     sparse: bool  # some segment of the chunk runs sparse (host-known from the length gate and the chunk's end)
     reason: str | None  # why there is no plan
-    typed: TypedSegments | None = None  # the segments this chunk typed (`state.ChunkPlan.typed`)
+    typed: TypedSegments | None = None  # the segments this chunk typed (`chunk_plan.ChunkPlan.typed`)
 
 
 def chunk_has_sparse_segment(prefix_len: int, seq_len: int, config: EntropyInferConfig, layer_idx: int,
@@ -117,7 +118,7 @@ def dense_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor,
                 prefix_len: int, scale: float) -> torch.Tensor:
     """Dense causal attention of one chunk (queries of positions prefix_len .. T-1 over every key) through
     `sparse_prefill` with a dense plan: `[Lc, Hq, D]` in q's dtype."""
-    from ..device_plan import dense_plan_device
+    from ..core.device_plan import dense_plan_device
     from ..kernels.sparse_prefill import sparse_prefill
 
     plan = dense_plan_device(k_all.shape[0], config, num_kv_heads=k_all.shape[1], device=q_chunk.device,
@@ -126,7 +127,7 @@ def dense_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor,
 
 
 def _carried_typing(profile, q_chunk: torch.Tensor, config: EntropyInferConfig) -> ChunkTyping:
-    """What a first chunk planned on the device carries to the next chunk (as `state.plan_chunk` would): typing
+    """What a first chunk planned on the device carries to the next chunk (as `chunk_plan.plan_chunk` would): typing
     over its complete segments, and the representatives of the incomplete segment it ends in (SGLang cuts chunks
     anywhere: a chunk that shares a batch's token budget with another request's ends where the budget does)."""
     segment = config.segment_size_tokens

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .config import EntropyInferConfig
+from ..core.config import EntropyInferConfig
 
 BASE = EntropyInferConfig.small()
 DENSE_GATE_TOKENS = 1 << 30  # min_sparse_len_tokens past any prompt: every segment runs dense
@@ -122,7 +122,7 @@ class Method:
         if self.config is None:
             yield None
             return
-        from . import hf
+        from .. import hf
 
         scorer = DECODE_SCORERS[self.decode_scorer] if self.decode_scorer else None
         with hf.enable(model, self.config, decode_scorer=scorer) as handle:

@@ -1,0 +1,229 @@
+"""Planning one prefill chunk of one request and layer, with causal head typing carried across chunks.
+
+No engine import: an adapter (the SGLang backend) hands plain tensors in.
+
+`plan_chunk` profiles and plans a chunk (`ChunkTyping` carries the typing from one chunk to the next). A prompt
+prefilled in one chunk gets exactly `profile_prefill` + `plan_prefill`; a chunked prompt gets, for every complete
+segment, the same block scores, entropies, typing and budgets as the whole prompt would (segment representatives
+are elementwise max/min, so a segment split by a chunk boundary is merged exactly). Given the prompt's length (the
+engine's admission), the plan rows are the whole prompt's too, so chunks cut at segment boundaries compute exactly
+what one chunk would; a segment that a chunk ends inside runs dense in that chunk (its representatives are not
+complete yet). Without it, the chunk end stands for the prompt's: the segment that ends a chunk is the "last" one
+(dense). A chunk after a prefix-cache hit starts from the typing `typing_records` resumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..core.budgets import HeadTypingState, head_budgets, keep_blocks
+from ..core.config import EntropyInferConfig
+from ..core.device_plan import plan_from_scores_device
+from ..core.plan import PrefillPlan, plan_prefill
+from ..core.profile import LAYER_FUSION_PREVIOUS_WEIGHT, HeadProfile, attention_entropy, scores_from_representatives
+from ..core.transfer import host_to_device
+
+
+@dataclass(frozen=True)
+class ChunkTyping:
+    """Causal typing carried from one chunk to the next (one request, one layer).
+
+    state: typing over the first `state.segments_seen` *complete* segments (None: none yet).
+    partial_max / partial_min: `[Hq, D]` representatives of the incomplete segment the last chunk ended in.
+    tail_cached: the tokens before this chunk come from the prefix cache and end inside a segment whose cached
+    tokens' queries were never seen (no representatives): the new tokens alone represent that segment.
+    """
+
+    state: HeadTypingState | None
+    partial_max: torch.Tensor | None = None
+    partial_min: torch.Tensor | None = None
+    tail_cached: bool = False
+
+    @property
+    def segments_typed(self) -> int:
+        return 0 if self.state is None else self.state.segments_seen
+
+
+@dataclass(frozen=True)
+class TypedSegments:
+    """What one prefill chunk of one layer typed: the state before its first typed segment (None: the prompt's
+    start) and the entropies `[Hkv, n]` of the n segments it typed (what `typing_records` keeps)."""
+
+    start: HeadTypingState | None
+    entropy: torch.Tensor
+
+    @property
+    def first_segment(self) -> int:
+        return 0 if self.start is None else self.start.segments_seen
+
+    @property
+    def count(self) -> int:
+        return int(self.entropy.shape[1])
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """What `plan_chunk` decided. `plan` is None when the chunk cannot be profiled (it then runs dense)."""
+
+    plan: PrefillPlan | None
+    typing: ChunkTyping | None  # the state to carry to the next chunk (None: typing is lost from here on)
+    block_scores: torch.Tensor | None  # [Hkv, rows, NB] for layer fusion in the next layer (on the device: the
+    # chunk's segments only, from prefix_len // segment on; on the host: every segment)
+    rigid: torch.Tensor | None  # bool [Hkv] rigid so far
+    reason: str | None  # why there is no plan
+    typed: TypedSegments | None = None  # the segments this chunk typed (None: none, or paper typing)
+
+    def sparse(self, prefix_len: int) -> bool:
+        """Whether some query of this chunk skips a key block it could see (else dense attention is exact)."""
+        plan = self.plan
+        if plan is None:
+            return False
+        seg, blk = plan.segment_size_tokens, plan.block_size_tokens
+        touched = torch.arange(prefix_len // seg, plan.num_segments)
+        visible = touched * (seg // blk)
+        keep = plan.keep_blocks.cpu()[:, touched]
+        rows = plan.sparse_segments.cpu()[touched][None, :] & (keep > 0) & (keep < visible[None, :])
+        return bool(rows.any())
+
+
+def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferConfig, *, prefix_len: int,
+               layer_idx: int, typing: ChunkTyping | None,
+               previous_block_scores: torch.Tensor | None = None, on_device: bool = False,
+               prompt_len_tokens: int | None = None) -> ChunkPlan:
+    """Profile and plan one prefill chunk of one request and layer.
+
+    q_chunk: `[Lc, Hq, D]` post-RoPE queries of positions `prefix_len .. prefix_len + Lc - 1`;
+    k_all: `[prefix_len + Lc, Hkv, D]` post-RoPE keys of every position so far (prefix from the pool + chunk);
+    typing: what the previous chunk carried (None for the first chunk, `prefix_len == 0`);
+    on_device: causal budgets and the CSR plan by the device planner's pieces (`head_budgets_device`,
+    `plan_from_scores_device`: no host sync; the kernel path) instead of `head_budgets` / `plan_prefill`;
+    prompt_len_tokens: the whole prompt's length (SGLang's admission knows it; None: the chunk's end), so that
+    a complete segment ending the chunk runs sparse as it would in the whole prompt (`plan.sparse_segment_mask`).
+    """
+    seq_len = k_all.shape[0]
+    chunk_len = q_chunk.shape[0]
+    segment = config.segment_size_tokens
+    if prefix_len + chunk_len != seq_len:
+        raise ValueError(f"chunk of {chunk_len} tokens after {prefix_len} does not end at {seq_len}")
+    if prefix_len > 0:
+        if not config.causal_head_typing:
+            return ChunkPlan(None, None, None, None,
+                             "paper head typing (causal_head_typing=false) needs the whole prompt in one chunk")
+        if typing is None:
+            return ChunkPlan(None, None, None, None, "no typing state for the tokens before this chunk")
+        aligned = prefix_len % segment == 0
+        if (typing.segments_typed != prefix_len // segment
+                or (typing.partial_max is None) != (aligned or typing.tail_cached)):
+            return ChunkPlan(None, None, None, None, "typing state does not match the chunk boundary")
+    num_segments = -(-seq_len // segment)
+    first = prefix_len // segment
+    num_q_heads, head_dim = q_chunk.shape[1], q_chunk.shape[2]
+    num_kv_heads = k_all.shape[1]
+    # scored rows: the chunk's own segments on the device (nothing else is executed or typed here); every segment
+    # on the host, whose plan is `plan_prefill`'s over a whole-prompt profile (the oracle)
+    row0 = first if on_device else 0
+    q_max = _segment_reduce(q_chunk, prefix_len - first * segment, segment, "max")
+    q_min = _segment_reduce(q_chunk, prefix_len - first * segment, segment, "min")
+    if row0 < first:  # rows before `first` are never read
+        q_max = torch.cat([q_max.new_zeros(first - row0, num_q_heads, head_dim), q_max])
+        q_min = torch.cat([q_min.new_zeros(first - row0, num_q_heads, head_dim), q_min])
+    if typing is not None and typing.partial_max is not None:
+        q_max[first - row0] = torch.maximum(q_max[first - row0], typing.partial_max)
+        q_min[first - row0] = torch.minimum(q_min[first - row0], typing.partial_min)
+    partial = (q_max[-1].clone(), q_min[-1].clone()) if seq_len % segment else (None, None)
+
+    complete = seq_len // segment
+    typed = 0 if typing is None else typing.segments_typed
+    state = None if typing is None else typing.state
+    if num_segments == 1:  # one (partial or just complete) segment: nothing to score yet
+        rigid = None if state is None else state.rigid_so_far
+        typed_here = None
+        if complete > typed and config.causal_head_typing:  # segment 0 types as rigid with budget β
+            typed_here = TypedSegments(state, torch.zeros(num_kv_heads, 1))
+            rigid, _, state = head_budgets(typed_here.entropy, config, causal=True, state=state)
+        return ChunkPlan(None, ChunkTyping(state, *partial) if config.causal_head_typing else None, None, rigid,
+                         "the sequence is one segment long", typed_here)
+
+    p = scores_from_representatives(q_max, q_min, k_all, config, seq_len, first_segment=row0)
+    if config.layer_fusion and previous_block_scores is not None and previous_block_scores.shape == p.shape:
+        previous = previous_block_scores.to(device=p.device, dtype=p.dtype)
+        p = previous * LAYER_FUSION_PREVIOUS_WEIGHT + p * (1 - LAYER_FUSION_PREVIOUS_WEIGHT)
+    entropy = attention_entropy(p)  # rows from row0 on
+    budgets = torch.full((num_kv_heads, num_segments), float(config.base_budget_tokens), dtype=torch.float32,
+                         device=p.device)
+    typed_here = None
+    if config.causal_head_typing:
+        rigid = None if state is None else state.rigid_so_far
+        if complete > typed:
+            new_entropy = entropy[:, typed - row0:complete - row0]  # typed == first (checked above)
+            typed_here = TypedSegments(state, new_entropy)
+            if on_device:
+                from ..kernels.budget_scan import head_budgets_device
+
+                rigid, new, state = head_budgets_device(new_entropy, config, state=state)
+            else:
+                rigid, new, state = head_budgets(new_entropy, config, causal=True, state=state)
+            budgets[:, typed:complete] = new
+        carried = ChunkTyping(state, *partial)
+    else:  # paper typing over the whole prompt (prefix_len == 0 == row0 here): exactly profile_prefill
+        rigid, budgets, _ = head_budgets(entropy, config, causal=False)
+        carried = None
+    keep = keep_blocks(budgets, seq_len_tokens=seq_len, segment_size_tokens=segment,
+                       block_size_tokens=config.block_size_tokens, prompt_len_tokens=prompt_len_tokens)
+    if first:
+        keep[:, :first] = 0  # rows of earlier chunks are not executed here
+    if rigid is None:  # no complete segment typed yet: every head is still rigid
+        rigid = torch.ones(num_kv_heads, dtype=torch.bool, device=p.device)
+    if on_device:
+        plan = plan_from_scores_device(p, keep[:, first:], config, seq_len=seq_len, layer_idx=layer_idx,
+                                       first_segment=first, prompt_len_tokens=prompt_len_tokens)
+    else:
+        profile = HeadProfile(entropy=entropy, rigid=rigid,
+                              budget_tokens=budgets, keep_blocks=keep, block_scores=p, seq_len_tokens=seq_len,
+                              segment_size_tokens=segment, block_size_tokens=config.block_size_tokens)
+        plan = plan_prefill(profile, config, layer_idx=layer_idx, prompt_len_tokens=prompt_len_tokens)
+    return ChunkPlan(plan, carried, p, rigid, None, typed_here)
+
+
+def _segment_reduce(rows: torch.Tensor, offset: int, segment: int, op: str) -> torch.Tensor:
+    """Elementwise max or min of `rows` (`[n, ...]`, the positions from `offset` within a segment on) per segment:
+    `[ceil((offset + n) / segment), ...]` in one reduction (padding is the reduction's identity)."""
+    count = -(-(offset + rows.shape[0]) // segment)
+    fill = float("-inf") if op == "max" else float("inf")
+    padded = rows.new_full((count * segment, *rows.shape[1:]), fill)
+    padded[offset:offset + rows.shape[0]] = rows
+    padded = padded.view(count, segment, *rows.shape[1:])
+    return padded.amax(dim=1) if op == "max" else padded.amin(dim=1)
+
+
+def dense_pair_count(prefix_len: int, seq_len: int, num_kv_heads: int, segment: int, block: int) -> float:
+    """Causal (query block, key block) pairs dense attention computes for the segments from `prefix_len` on."""
+    bps = segment // block
+    num_key_blocks = -(-seq_len // block)
+    seg = torch.arange(prefix_len // segment, -(-seq_len // segment), dtype=torch.float64)
+    own_start = seg * bps
+    own = torch.clamp((seg + 1) * bps, max=num_key_blocks) - own_start
+    return float((own_start * own + own * (own + 1) / 2).sum()) * num_kv_heads
+
+
+def plan_pair_counts(plan: PrefillPlan, prefix_len: int) -> tuple[torch.Tensor, float]:
+    """(computed, dense) causal block pairs of the plan's segments from `prefix_len` on, over all kv heads.
+
+    computed is a float64 scalar on the plan's device (read from `plan.indptr`: no host sync); dense is host
+    arithmetic. A row of `n` blocks whose last `own` are the segment's own computes `(n - own) * own` pairs with
+    earlier blocks plus the causal triangle of its own blocks.
+    """
+    segment, block = plan.segment_size_tokens, plan.block_size_tokens
+    bps = segment // block
+    num_key_blocks = -(-plan.seq_len_tokens // block)
+    seg = torch.arange(prefix_len // segment, plan.num_segments)
+    own = (torch.clamp((seg + 1) * bps, max=num_key_blocks) - seg * bps).to(torch.float64)
+    rows = (torch.arange(plan.num_kv_heads)[:, None] * plan.num_segments + seg[None, :]).flatten()
+    rows = host_to_device(rows, plan.indptr.device)
+    row_len = (plan.indptr[rows + 1] - plan.indptr[rows]).to(torch.float64).view(plan.num_kv_heads, -1)
+    own = host_to_device(own, row_len.device)[None, :]
+    computed = ((row_len - own) * own + own * (own + 1) / 2).sum()
+    dense = dense_pair_count(prefix_len, plan.seq_len_tokens, plan.num_kv_heads, segment, block)
+    return computed, dense
