@@ -7,6 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
+from .stats import Interval, mean_interval, paired_difference
+
 
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -25,8 +27,25 @@ def cell_scores(records: Sequence[dict]) -> dict[tuple[str, str, int], list[floa
     return cells
 
 
+def sample_scores(records: Sequence[dict], method: str,
+                  cells: Sequence[tuple[str, int]]) -> dict[tuple[str, int], dict[int, float]]:
+    """`method`'s scores per (task, length) cell of `cells`, keyed by sample index (what pairs two methods)."""
+    wanted = set(cells)
+    out: dict[tuple[str, int], dict[int, float]] = {cell: {} for cell in cells}
+    for r in records:
+        cell = (r["task"], int(r["length"]))
+        if r["method"] == method and cell in wanted:
+            out[cell][int(r["sample"])] = float(r["score"])
+    return out
+
+
+def _interval(text: Interval | None, signed: bool = False) -> str:
+    return "–" if text is None else text.format(signed=signed)
+
+
 def markdown_tables(data: dict, *, methods: Sequence[str] | None = None, reference: str = "full") -> str:
-    """Summary (method x length, averaged over tasks; Δ vs `reference`), then method x task for every length."""
+    """Summary (method x length, averaged over tasks, with 95% intervals; Δ vs `reference` paired), then method x
+    task for every length (each cell with its interval and N)."""
     records = data["records"]
     if not records:
         return "(no records)\n"
@@ -48,21 +67,35 @@ def markdown_tables(data: dict, *, methods: Sequence[str] | None = None, referen
         vals = [_mean(cells[(method, t, n)]) for t, n in common if length is None or n == length]
         return _mean(vals)
 
-    lines = ["| method | " + " | ".join(f"{n} tok" for n in lengths) + " | avg | Δ vs full | prefill density |"
-             " KV held at end | compressions | samples |",
+    def interval(method, length=None):
+        cells = [(t, n) for t, n in common if length is None or n == length]
+        return mean_interval(sample_scores(records, method, cells)) if cells else None
+
+    def delta(method, length=None):
+        cells = [(t, n) for t, n in common if length is None or n == length]
+        if not cells or reference not in methods or method == reference:
+            return None
+        try:
+            return paired_difference(sample_scores(records, method, cells), sample_scores(records, reference, cells))
+        except ValueError:  # no prompt scored by both
+            return None
+
+    lines = ["| method | " + " | ".join(f"{n} tok [95% CI]" for n in lengths) + f" | avg [95% CI] | Δ vs {reference} "
+             "[paired 95% CI] | N | prefill density | KV held at end | compressions |",
              "|---|" + "---:|" * (len(lengths) + 6)]
-    ref_avg = avg(reference) if reference in methods else None
     for m in methods:
-        a = avg(m)
-        delta = "–" if a is None or ref_avg is None else f"{100 * (a - ref_avg):+.1f}"
         rs = by_method[m]
-        lines.append(f"| `{m}` | " + " | ".join(pct(avg(m, n)) for n in lengths) + f" | **{pct(a)}** | {delta} | "
+        lines.append(f"| `{m}` | " + " | ".join(_interval(interval(m, n)) for n in lengths)
+                     + f" | **{_interval(interval(m))}** | {_interval(delta(m), signed=True)} | {len(rs)} | "
                      f"{_fmt(_mean(r['prefill_density'] for r in rs))} | {_fmt(_mean(r['cache_fraction'] for r in rs))} |"
-                     f" {_fmt(_mean(r['compression_events'] for r in rs), 1)} | {len(rs)} |")
-    out = ["Scores in percent (mean over samples, then over the task x length cells every method has: "
-           f"{len(common)} cells). Prefill density: computed / dense causal block pairs. KV held at end: cache entries "
-           "held after the last generated token / tokens seen (1.0 when no compression fired). Compressions: "
-           "compression events per sample.", "", *lines, ""]
+                     f" {_fmt(_mean(r['compression_events'] for r in rs), 1)} |")
+    out = ["Scores in percent: the mean over samples per task x length cell, then over the cells every method has "
+           f"({len(common)} cells), with 95% percentile-bootstrap intervals (samples resampled within each cell). "
+           f"Δ vs {reference}: paired over the prompts both scored. N: samples. Prefill density: computed / dense "
+           "causal block pairs. KV held at end: cache entries held after the last generated token / tokens seen (1.0 "
+           "when no compression fired). Compressions: compression events per sample. A bootstrap interval over a cell of "
+           "a few samples is too narrow (all-correct cells give [100, 100]): read cells below ~10 samples as "
+           "indicative only.", "", *lines, ""]
     for n in lengths:
         present = [t for t in tasks if any(cells.get((m, t, n)) for m in methods)]
         if not present:
@@ -71,8 +104,9 @@ def markdown_tables(data: dict, *, methods: Sequence[str] | None = None, referen
                 f"{', '.join(f'{t} {max(len(cells.get((m, t, n), [])) for m in methods)}' for t in present)})", "",
                 "| method | " + " | ".join(present) + " | avg |", "|---|" + "---:|" * (len(present) + 1)]
         for m in methods:
-            vals = [_mean(cells.get((m, t, n), [])) for t in present]
-            out.append(f"| `{m}` | " + " | ".join(pct(v) for v in vals) + f" | {pct(_mean(vals))} |")
+            vals = [mean_interval({(t, n): dict(enumerate(cells[(m, t, n)]))}) if cells.get((m, t, n)) else None
+                    for t in present]
+            out.append(f"| `{m}` | " + " | ".join(_interval(v) for v in vals) + f" | {pct(avg(m, n))} |")
         out.append("")
     return "\n".join(out)
 
