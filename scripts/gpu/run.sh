@@ -8,7 +8,7 @@ set -uo pipefail
 source scripts/gpu/setup.sh
 STAGE=${1:-all}
 if [ "$STAGE" = all ] || [ "$STAGE" = tests ]; then
-  timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -q -p no:cacheprovider --maxfail=20 -rs tests/kernels \
+  timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -q -p no:cacheprovider --maxfail=20 -rs tests/kernel_tests \
     tests/hf/test_hf_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
 fi
 if [ "$STAGE" = all ] || [ "$STAGE" = bench ]; then

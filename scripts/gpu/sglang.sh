@@ -3,7 +3,7 @@
 #   bash scripts/gpu/sglang.sh [tests] [chunk_path] [one_batch] [dense_graph] [ei_graph] [profile] [serving] [capacity]
 #                              [shared_prefix]
 #   (default: tests one_batch serving)
-# - tests: the kernel path's and the device planner's GPU tests (tests/kernels, bf16);
+# - tests: the kernel path's and the device planner's GPU tests (tests/kernel_tests, bf16);
 # - chunk_path: one layer of chunked prefill in isolation (`benchmarks/bench_chunk_path.py`, $CHUNK_SEQ_LEN tokens,
 #   default 65536, in $CHUNK_TOKENS-token chunks, default 8192);
 # - one_batch: `bench_one_batch` (batch 1, eager: --disable-cuda-graph) at $LENS tokens, dense FlashInfer vs
@@ -76,8 +76,8 @@ for stage in $STAGES; do
   case $stage in
     tests)
       timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider --maxfail=10 -rs \
-        tests/kernels/test_sglang_kernel_path.py tests/kernels/test_sparse_prefill.py tests/kernels/test_compressed_decode.py \
-        tests/kernels/test_entropy_profile.py -k "prefix or kernel_path or gpu or arena or pool_rows or max_kept or device_plan" \
+        tests/kernel_tests/test_sglang_kernel_path.py tests/kernel_tests/test_sparse_prefill.py tests/kernel_tests/test_compressed_decode.py \
+        tests/kernel_tests/test_entropy_profile.py -k "prefix or kernel_path or gpu or arena or pool_rows or max_kept or device_plan" \
         2>&1 | tee "$OUT/gpu_tests.log" | tail -5
       tail -3 "$OUT/gpu_tests.log" | sed 's/^/tests: /' >> "$SUMMARY" ;;
     chunk_path)

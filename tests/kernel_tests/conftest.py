@@ -5,8 +5,9 @@ before any test module imports Triton or `entropyinfer_sgl.kernels`: pytest impo
 TRITON_INTERPRET from the caller wins (setdefault). The shared fixtures (NaN-poisoned `torch.empty`, `generator`)
 come from tests/conftest.py.
 
-This folder is a package (tests/kernels/__init__.py) so that this conftest does not shadow tests/conftest.py for
-`from attention_inputs import structured_qk`.
+This folder is a package (tests/kernel_tests/__init__.py) so that this conftest does not shadow tests/conftest.py for
+`from attention_inputs import structured_qk`. It is not named `kernels`: with tests/ on sys.path, newer transformers
+(5.25) take a top-level `kernels` package for the HF kernel hub's and fail to import.
 """
 
 from __future__ import annotations

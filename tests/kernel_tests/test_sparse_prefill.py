@@ -1,6 +1,6 @@
 """Triton block-sparse prefill against the float32 oracle `sparse_prefill_reference`.
 
-CPU: the Triton interpreter (tests/kernels/conftest.py sets TRITON_INTERPRET=1), float32/float16, tiny shapes.
+CPU: the Triton interpreter (tests/kernel_tests/conftest.py sets TRITON_INTERPRET=1), float32/float16, tiny shapes.
 GPU (`-m gpu`): bfloat16 and real sizes.
 """
 
