@@ -121,3 +121,36 @@ def test_selection_refuses_bad_input():
     q, k = torch.randn(300, 2, 16), torch.randn(300, 2, 16)
     with pytest.raises(ValueError, match="segment/block sizes"):
         plan_prefill(profile_prefill(q, k, prof_cfg), CFG, layer_idx=1)
+
+
+@pytest.mark.parametrize("prompt_len", [1000, 1024, 1025])
+def test_dense_tail_runs_every_segment_holding_a_tail_token_dense(prompt_len):
+    """Segments (64 tokens, gate at 128) that hold one of the prompt's last `dense_tail_tokens` tokens run dense;
+    0 keeps only the last segment dense, as the prototype."""
+    def sparse_ends(config):
+        mask = sparse_segment_mask(prompt_len, config, layer_idx=5)
+        return [64 * (s + 1) for s in range(mask.numel()) if bool(mask[s])]
+
+    base = sparse_ends(CFG)
+    assert base[0] == 192 and base[-1] < prompt_len <= base[-1] + 64 + 63  # every segment but the last
+    for tail in (1, 40, 64, 130):
+        ends = sparse_ends(CFG.replace(dense_tail_tokens=tail))
+        assert all(end <= prompt_len - tail for end in ends)  # no sparse segment holds a tail token
+        assert ends == [end for end in base if end <= prompt_len - tail]  # and nothing else changed
+    assert sparse_ends(CFG.replace(dense_tail_tokens=1)) == base
+
+
+def test_dense_tail_is_the_same_for_a_chunk_given_the_prompt_length():
+    tail = CFG.replace(dense_tail_tokens=100)
+    whole = sparse_segment_mask(1000, tail, layer_idx=5)
+    chunk = sparse_segment_mask(640, tail, layer_idx=5, prompt_len_tokens=1000)
+    assert torch.equal(chunk, whole[:chunk.numel()])
+
+
+def test_dense_tail_raises_density_and_is_validated(generator):
+    q, k = structured_qk(1000, 8, 2, 32, generator=generator)
+    plain = plan_prefill(profile_prefill(q, k, CFG), CFG, layer_idx=5).density()
+    tail = CFG.replace(dense_tail_tokens=200)
+    assert plan_prefill(profile_prefill(q, k, tail), tail, layer_idx=5).density() > plain
+    with pytest.raises(ValueError, match="dense_tail_tokens"):
+        CFG.replace(dense_tail_tokens=-1)

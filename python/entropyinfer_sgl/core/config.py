@@ -45,6 +45,8 @@ class EntropyInferConfig:
     # --- beyond the prototype ---------------------------------------------------------------------------
     per_head_budgets: bool = True  # False = the prototype's execution: one k (max over kv heads) per segment
     causal_head_typing: bool = True  # True = "rigid so far" (chunked-prefill safe); False = whole-prompt test
+    dense_tail_tokens: int = 0  # segments holding any of the prompt's last this many tokens run dense (the
+    # question at a prompt's end attends to everything); 0 = only the last segment, as the prototype
 
     # --- decode: latent KV compression ------------------------------------------------------------------
     decode_compression: bool = True  # prototype `latent_decode`
@@ -156,6 +158,7 @@ _INT_FIELDS_MIN = {
     "local_window_tokens": 0,
     "sink_tokens": 0,
     "pooling_kernel_tokens": 1,
+    "dense_tail_tokens": 0,
     "schema_version": 1,
 }
 _BOOL_FIELDS = ("layer_fusion", "per_head_budgets", "causal_head_typing", "decode_compression",

@@ -75,7 +75,8 @@ class PrefillPlan:
 
 def sparse_segment_mask(seq_len_tokens: int, config: EntropyInferConfig, *, layer_idx: int,
                         device: torch.device | str = "cpu", prompt_len_tokens: int | None = None) -> torch.Tensor:
-    """bool [nseg]: segments that run sparse (the prototype: start >= the length gate, not the last segment).
+    """bool [nseg]: segments that run sparse (the prototype: start >= the length gate, not the last segment; and
+    none that holds one of the prompt's last `config.dense_tail_tokens` tokens).
 
     prompt_len_tokens: the whole prompt's length when `seq_len_tokens` is where a chunk of it ends (chunked
     prefill). The last segment is the prompt's, so a complete segment that ends a chunk can run sparse, as it
@@ -85,7 +86,8 @@ def sparse_segment_mask(seq_len_tokens: int, config: EntropyInferConfig, *, laye
     num_segments = -(-seq_len_tokens // config.segment_size_tokens)
     start = torch.arange(num_segments, device=device) * config.segment_size_tokens
     end = start + config.segment_size_tokens
-    sparse = (start >= config.min_sparse_len_tokens) & (end < prompt_len) & (end <= seq_len_tokens)
+    dense_from = prompt_len - max(config.dense_tail_tokens, 1)  # a segment ending past this holds a tail token
+    sparse = (start >= config.min_sparse_len_tokens) & (end <= dense_from) & (end <= seq_len_tokens)
     if layer_idx < config.num_dense_layers:
         sparse[:] = False
     return sparse
