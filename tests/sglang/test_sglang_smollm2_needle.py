@@ -18,25 +18,15 @@ CASES = ((0, 0.5), (3, 0.25))  # (seed of the key, needle depth); the first is t
 @pytest.fixture(scope="module")
 def smollm2_checkpoint(tmp_path_factory):
     pytest.importorskip("transformers")
-    import torch
+    from transformers import AutoTokenizer
 
-    from entropyinfer_sgl.evaluation.models import load_smollm2
+    from entropyinfer_sgl.evaluation.models import export_smollm2
 
     try:
-        model, tokenizer = load_smollm2(torch.float32)
+        out = export_smollm2(tmp_path_factory.mktemp("smollm2_hf"))
     except ModuleNotFoundError as exc:
         pytest.skip(str(exc))
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = model.config.to_dict()
-    config.pop("quantization_config", None)  # dequantized weights: save a plain checkpoint (GGUF ones can't be)
-    config = AutoConfig.for_model(**config)
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(model.state_dict())
-    out = tmp_path_factory.mktemp("smollm2_hf")
-    plain.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out, tokenizer
+    return out, AutoTokenizer.from_pretrained(str(out), local_files_only=True)
 
 
 def test_passkey_is_retrieved_through_the_server(smollm2_checkpoint, tmp_path):

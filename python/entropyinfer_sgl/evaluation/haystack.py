@@ -99,7 +99,8 @@ class PasskeyPrompt:
     depth: float
     needle_char_start: int
     source: str
-    text: str
+    text: str  # the chat-templated prompt `input_ids` encode
+    user_message: str  # the user turn inside it (what an OpenAI-API chat request sends)
 
     @property
     def num_tokens(self) -> int:
@@ -121,8 +122,11 @@ def build_passkey_prompt(tokenizer, *, total_tokens: int = 3000, depth: float = 
     key = key if key is not None else f"{random.Random(seed).randint(10_000, 99_999)}"
     needle = NEEDLE_TEMPLATE.format(key=key)
 
+    def user_message(context: str) -> str:
+        return f"{INSTRUCTION}\n\n{context}\n\n{QUESTION}"
+
     def render(context: str) -> str:
-        messages = [{"role": "user", "content": f"{INSTRUCTION}\n\n{context}\n\n{QUESTION}"}]
+        messages = [{"role": "user", "content": user_message(context)}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     overhead = len(tokenizer(render(needle), add_special_tokens=False)["input_ids"])
@@ -144,4 +148,4 @@ def build_passkey_prompt(tokenizer, *, total_tokens: int = 3000, depth: float = 
     prompt = render(context)
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     return PasskeyPrompt(input_ids=ids, key=key, depth=depth, needle_char_start=prompt.index(needle), source=name,
-                         text=prompt)
+                         text=prompt, user_message=user_message(context))

