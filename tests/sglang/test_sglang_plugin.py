@@ -158,11 +158,11 @@ def test_no_decode_graphs_on_cpu(sglang_args, tiny_model):
 def test_decode_graphs_stay_where_the_method_captures_them(sglang_args, tiny_model, monkeypatch):
     """Where EntropyInfer can capture its decode (CUDA, kernel path, 0.5.17): prefill graphs off, decode graphs
     left to SGLang (full allowed, other backends and prefill graphs refused)."""
-    from entropyinfer_sgl.sglang import compat
+    from entropyinfer_sgl.sglang import compat, policy
 
     if not compat.release_captures_decode():
         pytest.skip(f"sglang {compat.SGLANG_VERSION}: EntropyInfer keeps every CUDA graph off with this release")
-    monkeypatch.setattr(compat, "decode_graphs_supported", lambda sa: True)
+    monkeypatch.setattr(policy, "decode_graphs_supported", lambda sa: True)
     sa = _build(sglang_args, model_path=str(tiny_model), device="cpu", attention_backend="entropyinfer")
     assert compat.resolved_field(sa, "disable_prefill_cuda_graph") or compat.SGLANG_VERSION != "0.5.17"
     assert not compat.resolved_field(sa, "disable_cuda_graph")

@@ -303,7 +303,7 @@ real = metadata.version
 metadata.version = lambda name: {version!r} if name == "sglang" else real(name)
 from entropyinfer_sgl.sglang import compat
 assert compat.SGLANG_VERSION == {version!r}, compat.SGLANG_VERSION
-assert compat._release.__name__.endswith("_compat_v" + {version!r}.replace(".", "_"))
+assert compat._release.__name__ == "entropyinfer_sgl.sglang.compat.v" + {version!r}.replace(".", "_")
 assert compat.benchmark_module("one_batch") == "sglang.benchmark.one_batch"
 assert not [m for m in sys.modules if m == "sglang" or m.startswith("sglang.")]
 metadata.version = lambda name: "0.5.20" if name == "sglang" else real(name)
