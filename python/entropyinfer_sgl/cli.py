@@ -93,7 +93,7 @@ def merge_results(paths) -> dict:
 
 def write_report(results, table: Path | None = None, plot: Path | None = None, *,
                  methods: list[str] | None = None, tasks: list[str] | None = None,
-                 max_samples: int | None = None) -> tuple[Path, Path | None]:
+                 max_samples: int | None = None, reference: str = "full") -> tuple[Path, Path | None]:
     """Markdown table + PNG from one or more results files (default paths: the first file's, .md / .png)."""
     from .evaluation.report import markdown_tables, write_plot
 
@@ -110,7 +110,7 @@ def write_report(results, table: Path | None = None, plot: Path | None = None, *
                         f"{s['records']} records, updated {s['updated']})" for s in data["sources"])
     header = (f"# Quality results: {data.get('model')}\n\nSources: {sources}.\n\nBudgets: {data.get('budgets')}\n\n")
     table.parent.mkdir(parents=True, exist_ok=True)
-    table.write_text(header + markdown_tables(data, methods=methods))
+    table.write_text(header + markdown_tables(data, methods=methods, reference=reference))
     written = write_plot(data, plot, methods=methods, title=f"{data.get('model')}: score vs prompt length")
     return table, written
 
@@ -155,7 +155,7 @@ def cmd_report(args) -> int:
     methods = split_specs(args.methods) if args.methods else None
     tasks = split_specs(args.tasks) if args.tasks else None
     table, plot = write_report(args.results, args.table, args.plot, methods=methods, tasks=tasks,
-                               max_samples=args.samples)
+                               max_samples=args.samples, reference=args.reference)
     print(Path(table).read_text())
     print(f"table {table}; plot {plot or 'skipped (no matplotlib)'}")
     return 0
@@ -274,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=None, help="tasks to show (default: all)")
     p.add_argument("--samples", type=int, default=None,
                    help="only samples 0..N-1 of every cell (like-for-like when files have different counts)")
+    p.add_argument("--reference", default="full",
+                   help="the method every other is compared with, paired over the same prompts (default full)")
     p.add_argument("--table", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
     p.set_defaults(func=cmd_report)

@@ -59,6 +59,9 @@ def test_prefill_sharing_groups():
     assert keys["entropyinfer"] == keys["entropyinfer_immediate"]
     assert len({keys["entropyinfer"], keys["entropyinfer_paper"], keys["critiprefill"], keys["full"]}) == 4
     assert get_method("entropyinfer", beta=256).prefill_key() != keys["entropyinfer"]
+    # a prefill lever never shares another method's prefill; a decode-only change does
+    assert get_method("entropyinfer", dense_tail_tokens=128).prefill_key() != keys["entropyinfer"]
+    assert get_method("entropyinfer", decode_budget_tokens=512).prefill_key() == keys["entropyinfer"]
 
 
 def test_overrides_and_specs():

@@ -53,13 +53,17 @@ BUDGETS = {
     "decode_evict_interval_steps": BASE.decode_evict_interval_steps,
 }
 
-# Config fields that decide what prefill computes (and what it leaves in the cache): methods that agree on all of
-# them share one prefill in the evaluation runner.
-PREFILL_FIELDS = (
-    "segment_size_tokens", "block_size_tokens", "min_sparse_len_tokens", "num_dense_layers",
-    "rigid_entropy_threshold", "entropy_growth_threshold", "budget_growth_rate", "base_budget_tokens",
-    "max_budget_tokens", "layer_fusion", "per_head_budgets", "causal_head_typing",
+# Config fields that only decide what happens after the prompt's forward (decode compression): methods that agree
+# on every other field compute the same prefill and share one in the evaluation runner. Listed this way round so
+# that a new field counts as a prefill field until someone says otherwise (a prefill lever silently shared with
+# another method's prefill would make an ablation compare a method with itself).
+DECODE_ONLY_FIELDS = (
+    "decode_compression", "decode_budget_tokens", "decode_delay_steps", "decode_evict_interval_steps",
+    "observation_window_tokens", "local_window_tokens", "sink_tokens", "pooling_method", "pooling_kernel_tokens",
+    "decode_gqa_reduction", "adaptive_decode_budgets", "head_budget_floor_fraction", "decode_free_memory",
+    "schema_version",
 )
+PREFILL_FIELDS = tuple(f.name for f in dataclasses.fields(EntropyInferConfig) if f.name not in DECODE_ONLY_FIELDS)
 
 
 def streaming_scores(window_q: torch.Tensor, k_cache: torch.Tensor, config: EntropyInferConfig) -> torch.Tensor:
