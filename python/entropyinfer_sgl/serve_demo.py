@@ -111,9 +111,10 @@ def ask(server: DemoServer, message: str, *, rid: str, new_tokens: int, enabled:
     from openai import OpenAI
 
     client = OpenAI(base_url=server.url + "/v1", api_key="not-needed", timeout=900)
-    # at least `new_tokens` tokens (the end of turn held back until then), so that the decode compression event
-    # (after decode_delay_steps generated tokens) really fires, as in the HF demo
-    extra = {"rid": rid, "min_tokens": new_tokens}
+    # exactly `new_tokens` tokens (generation goes on past the end of turn: SGLang's CPU engine does not hold the end
+    # of turn back for min_tokens), so that the decode compression event, after decode_delay_steps generated
+    # tokens, really fires, as in the HF demo
+    extra = {"rid": rid, "ignore_eos": True}
     if not enabled:
         extra["custom_params"] = {"entropyinfer": {"enabled": False}}
     start = time.perf_counter()
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             label = "EntropyInfer on " if name == "entropyinfer" else "per-request off"
             print(f"  {label}: time to first token {ttft:6.1f} s, total {elapsed:6.1f} s, "
                   f"retrieved={prompt.retrieved(answer)} (key {prompt.key})")
-            print(f"      answer: {' '.join(answer.split())!r}")
+            print(f"      answer: {' '.join(answer.split())[:160]!r}")
             print("      " + " ".join(f"{key}={stats.get(key, 'n/a')}" for key in STATS))
         print("  /metrics (EntropyInfer's counters):")
         for line in metrics_lines(server):
