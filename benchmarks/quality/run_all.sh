@@ -21,6 +21,9 @@ case "${1:-all}" in
           --tasks passkey --lengths 2000 --samples 3 --out $Q/results_budget.json ;;
   ablate) python -m entropyinfer_sgl.cli eval --methods "entropyinfer[decode_compression=false],entropyinfer[decode_budget_tokens=512]" \
           --tasks passkey,multikey,multivalue,vartrack,commonwords,copylist --lengths 2000 --samples 3 --out $Q/results_ablate.json ;;
+  tail) python -m entropyinfer_sgl.cli eval --methods "full,entropyinfer,entropyinfer[dense_tail_tokens=128]" \
+          --tasks $TASKS --lengths 2000 --samples 12 --out $Q/results_tail_2000.json
+        python -m entropyinfer_sgl.cli report $Q/results_tail_2000.json --table $Q/tail.md --plot $Q/tail.png ;;
   report) python -m entropyinfer_sgl.cli report $Q/results_2000.json $Q/results_4000.json $Q/results_6000.json --table $Q/table.md --plot $Q/quality.png
           python -m entropyinfer_sgl.cli report $Q/results_4000.json $Q/results_6000.json $Q/results_beta.json --tasks passkey \
             --methods "full,entropyinfer[beta=256],entropyinfer,entropyinfer[beta=1024],critiprefill,snapkv,adakv" --table $Q/beta.md --plot $Q/beta.png
