@@ -242,8 +242,9 @@ class StateStore:
         return self._prefill_tokens.get(rid)
 
     def begin_extend(self, rid: str, req_pool_idx: int, prefix_len: int) -> RequestState:
-        """The state for an extend chunk starting at `prefix_len`; a new request, or one whose prefix came from
-        the radix cache (no typing state for it), starts a fresh state."""
+        """The state for an extend chunk starting at `prefix_len`. A new request (or one retracted and prefilled
+        again) starts a fresh state; if its prefix came from the radix cache, its typing resumes from the typing
+        records (`resume`, counted in its stats). Records what the request's previous chunk typed first."""
         with self._lock:
             st = self._states.get(rid)
             if st is not None:
