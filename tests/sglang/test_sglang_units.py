@@ -211,6 +211,9 @@ def test_request_prefill_tokens_counts_prompt_and_generated():
     assert compat.request_prefill_tokens(SimpleNamespace(origin_input_ids=[1] * 7, output_ids=[2, 3])) == 9
     assert compat.request_prefill_tokens(SimpleNamespace(origin_input_ids=[1] * 7, output_ids=None)) == 7
     assert compat.request_prefill_tokens(SimpleNamespace()) is None
+    assert compat.request_prefill_ids(SimpleNamespace(origin_input_ids=[1] * 2, output_ids=[2, 3])) == [1, 1, 2, 3]
+    assert compat.request_prefill_ids(SimpleNamespace(origin_input_ids=[4], output_ids=None)) == [4]
+    assert compat.request_prefill_ids(SimpleNamespace()) is None
 
 
 def test_observation_window_stays_contiguous(generator):

@@ -40,7 +40,7 @@ def _record_whole_prompt(records, q, k, tokens, layer_idx=1):
     result = plan_chunk(q, k, CFG, prefix_len=0, layer_idx=layer_idx, typing=None)
     typed = result.typed
     assert typed is not None and typed.first_segment == 0 and typed.count == len(tokens) // SEG
-    records.add(0, {layer_idx: typed}, records.keys_for(tokens)[:typed.count])
+    records.add({layer_idx: typed}, records.keys_for(tokens)[:typed.count])
     return result
 
 
@@ -131,13 +131,13 @@ def test_records_are_bounded_least_recently_used_first(generator):
     q, k = _qk(128, generator)
     typed = plan_chunk(q, k, CFG, prefix_len=0, layer_idx=1, typing=None).typed
     probe = TypingRecords(SEG)
-    probe.add(0, {1: typed}, probe.keys_for([0] * 128))
+    probe.add({1: typed}, probe.keys_for([0] * 128))
     records = TypingRecords(SEG, budget_bytes=2 * probe.nbytes)
     prompts = [[p] * 128 for p in range(3)]
-    records.add(0, {1: typed}, records.keys_for(prompts[0]))
-    records.add(0, {1: typed}, records.keys_for(prompts[1]))
+    records.add({1: typed}, records.keys_for(prompts[0]))
+    records.add({1: typed}, records.keys_for(prompts[1]))
     assert records.resume(records.keys_for(prompts[0]), 128).kind == RESUMED  # prompt 0 is now the newest
-    records.add(0, {1: typed}, records.keys_for(prompts[2]))
+    records.add({1: typed}, records.keys_for(prompts[2]))
     assert len(records) == 2 and records.nbytes <= records.budget_bytes
     assert records.resume(records.keys_for(prompts[1]), 128).kind == DEFAULTED  # evicted
     assert records.resume(records.keys_for(prompts[0]), 128).kind == RESUMED
@@ -158,7 +158,12 @@ def test_store_records_chunks_and_resumes_hits(generator):
     store = StateStore()
     store.records = TypingRecords(SEG)
     tokens = list(range(160))
-    store.set_prefill_ids("a", tokens)
+    store.set_prefill_ids("a", len(tokens), lambda: tokens)
+
+    def not_again():
+        raise AssertionError("keys for this length exist: the tokens are not read again")
+
+    store.set_prefill_ids("a", len(tokens), not_again)  # the next chunk's admission
     a = store.begin_extend("a", 0, 0)
     result = plan_chunk(q, k, CFG, prefix_len=0, layer_idx=1, typing=a.typing_for(1, 0, 2, CFG, q.device))
     a.keep_typing(1, result.typing, result.typed)
@@ -166,7 +171,8 @@ def test_store_records_chunks_and_resumes_hits(generator):
     store.free("a")  # its typed segments are recorded when its state goes
     assert len(store.records) == 1
 
-    store.set_prefill_ids("b", tokens[:128] + [999] * 40)
+    second = tokens[:128] + [999] * 40
+    store.set_prefill_ids("b", len(second), lambda: second)
     b = store.begin_extend("b", 1, 128)
     assert b.prefill_dense_reason is None and b.resume.kind == RESUMED
     assert b.stats.prefix_cached_tokens == 128 and b.stats.typing_resumed == 1

@@ -39,8 +39,8 @@ def sample_scores(records: Sequence[dict], method: str,
     return out
 
 
-def _interval(text: Interval | None, signed: bool = False) -> str:
-    return "–" if text is None else text.format(signed=signed)
+def _interval(interval: Interval | None, signed: bool = False) -> str:
+    return "–" if interval is None else interval.format(signed=signed)
 
 
 def markdown_tables(data: dict, *, methods: Sequence[str] | None = None, reference: str = "full") -> str:

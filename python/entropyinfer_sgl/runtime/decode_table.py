@@ -82,9 +82,8 @@ def select_kept_entries(window_q: torch.Tensor, keys: torch.Tensor, config: Entr
     window_positions = torch.arange(window_end - num_window, window_end, device=device)
     if held is None:
         counts = [num_entries] * num_kv_heads
-        held_positions = torch.arange(num_entries, device=device)[None].expand(num_kv_heads, -1) \
-            if positions is None else positions
-        _check_window(held_positions[:, num_entries - num_window:], window_positions)
+        if positions is not None:  # without positions, entry i is position i: the window is the newest by design
+            _check_window(positions[:, num_entries - num_window:], window_positions)
         scores = scorer(window_q, keys, config)  # [Hkv, T]
         slot_to_entry = torch.arange(num_entries, device=device)[None].expand(num_kv_heads, -1)
     else:

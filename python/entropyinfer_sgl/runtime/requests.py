@@ -211,16 +211,18 @@ class StateStore:
         with self._lock:
             self._prefill_tokens[rid] = tokens
 
-    def set_prefill_ids(self, rid: str | None, token_ids: Sequence[int] | None) -> None:
-        """The tokens an admitted request prefills (prompt, plus generated tokens after a retraction): their
-        segment boundary keys, for typing records (computed once per prefill length)."""
+    def set_prefill_ids(self, rid: str | None, tokens: int | None,
+                        token_ids: Callable[[], Sequence[int]]) -> None:
+        """The segment boundary keys of the `tokens` tokens an admitted request prefills (prompt, plus generated
+        tokens after a retraction), for typing records. `token_ids()` gives those tokens; it is called only when
+        the keys for that length are not there yet (SGLang admits a chunked prompt once per chunk)."""
         records = self.records
-        if rid is None or token_ids is None or records is None:
+        if rid is None or tokens is None or records is None:
             return
-        complete = len(token_ids) // records.segment_size_tokens
+        complete = tokens // records.segment_size_tokens
         if len(self._segment_keys.get(rid, ())) == complete:
             return
-        keys = records.keys_for(token_ids[:complete * records.segment_size_tokens])
+        keys = records.keys_for(token_ids()[:complete * records.segment_size_tokens])
         with self._lock:
             self._segment_keys[rid] = keys
 
@@ -235,7 +237,7 @@ class StateStore:
         keys = self._segment_keys.get(st.rid, [])
         if count and first + count <= len(keys) and all(
                 t.first_segment == first and t.count == count for t in typed.values()):
-            self.records.add(first, typed, keys[first:first + count])
+            self.records.add(typed, keys[first:first + count])
 
     def prefill_tokens(self, rid: str) -> int | None:
         """The tokens the request holds once its prefill is done; None when SGLang's admission was not seen."""

@@ -77,10 +77,9 @@ def state_after(typed: TypedSegments, count: int, config: EntropyInferConfig) ->
 class ChunkRecord:
     """The typed segments of one prefill chunk of one request, every layer, and the boundary keys they cover."""
 
-    def __init__(self, first_segment: int, layers: dict[int, TypedSegments], keys: list[bytes]):
-        self.first_segment = first_segment  # segments typed before the chunk
+    def __init__(self, layers: dict[int, TypedSegments], keys: list[bytes]):
         self.layers = layers
-        self.keys = keys  # keys of boundaries first_segment + 1 .. first_segment + len(keys)
+        self.keys = keys  # keys[i]: the boundary after the chunk's (i + 1)-th typed segment
         self.nbytes = sum(typed_nbytes(t) for t in layers.values()) + 64 * len(keys)
 
 
@@ -104,14 +103,10 @@ class ResumePoint:
                 state = replace(state, segments_seen=self.segments)
         elif self.segments == 0:
             state = None
-        else:
-            state = HeadTypingState(
-                rigid_so_far=torch.ones(num_kv_heads, dtype=torch.bool, device=device),
-                prev_entropy=torch.full((num_kv_heads,), REFERENCE_UNKNOWN_ENTROPY, dtype=torch.float32,
-                                        device=device),
-                prev_budget_tokens=torch.full((num_kv_heads,), float(config.base_budget_tokens),
-                                              dtype=torch.float32, device=device),
-                segments_seen=self.segments)
+        else:  # a fresh prompt's state, `segments` in, with the first new segment as the entropy reference
+            fresh = HeadTypingState.fresh(num_kv_heads, config, device)
+            state = replace(fresh, prev_entropy=torch.full_like(fresh.prev_entropy, REFERENCE_UNKNOWN_ENTROPY),
+                            segments_seen=self.segments)
         return ChunkTyping(state, tail_cached=self.prefix_len % config.segment_size_tokens != 0)
 
 
@@ -137,13 +132,13 @@ class TypingRecords:
     def keys_for(self, token_ids: Sequence[int]) -> list[bytes]:
         return segment_keys(token_ids, self.segment_size_tokens)
 
-    def add(self, first_segment: int, layers: dict[int, TypedSegments], keys: list[bytes]) -> None:
-        """Record a chunk that typed segments `first_segment .. first_segment + len(keys) - 1` (every layer's
-        `TypedSegments` covers them); boundaries already recorded keep their record."""
+    def add(self, layers: dict[int, TypedSegments], keys: list[bytes]) -> None:
+        """Record a chunk's typed segments (every layer's `TypedSegments` covers the same `len(keys)` segments,
+        `keys` their boundaries); boundaries already recorded keep their record."""
         new = [i for i, key in enumerate(keys) if key not in self._by_key]
         if not new or not layers:
             return
-        record = ChunkRecord(first_segment, layers, keys)
+        record = ChunkRecord(layers, keys)
         if record.nbytes > self.budget_bytes:
             return
         for i in new:

@@ -227,8 +227,9 @@ def _on_request_admitted(req) -> None:
     from ..runtime.requests import STORE
 
     rid, _ = compat.request_identity(req)
-    STORE.set_prefill_tokens(rid, compat.request_prefill_tokens(req))
-    STORE.set_prefill_ids(rid, compat.request_prefill_ids(req))
+    tokens = compat.request_prefill_tokens(req)
+    STORE.set_prefill_tokens(rid, tokens)
+    STORE.set_prefill_ids(rid, tokens, lambda: compat.request_prefill_ids(req))
     params = compat.request_custom_params(req)
     if params is None or REQUEST_KEY not in params:
         return

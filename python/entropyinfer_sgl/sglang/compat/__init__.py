@@ -250,21 +250,22 @@ def register_request_admission_hook(admitted: Callable[[Any], None]) -> None:
     register_hook(TARGET_REQ_POOL_ALLOC, after_alloc, "after")
 
 
+def _prefill_parts(req: Any) -> tuple[Any, Any]:
+    """What a scheduler `Req` prefills: the prompt and, after a retraction, the tokens it had generated
+    (`origin_input_ids`, `output_ids`: both releases)."""
+    return getattr(req, "origin_input_ids", None), getattr(req, "output_ids", None) or ()
+
+
 def request_prefill_tokens(req: Any) -> int | None:
-    """The tokens a scheduler `Req` holds once its prefill (every chunk) is done: the prompt plus, after a
-    retraction, the tokens it had generated (`origin_input_ids` + `output_ids`, both releases)."""
-    prompt, output = getattr(req, "origin_input_ids", None), getattr(req, "output_ids", None)
-    if prompt is None:
-        return None
-    return len(prompt) + (len(output) if output is not None else 0)
+    """The tokens a scheduler `Req` holds once its prefill (every chunk) is done (`_prefill_parts`)."""
+    prompt, output = _prefill_parts(req)
+    return None if prompt is None else len(prompt) + len(output)
 
 
 def request_prefill_ids(req: Any) -> list[int] | None:
-    """The token ids a scheduler `Req` prefills: `origin_input_ids` + `output_ids` (both releases)."""
-    prompt, output = getattr(req, "origin_input_ids", None), getattr(req, "output_ids", None)
-    if prompt is None:
-        return None
-    return list(prompt) + list(output or ())
+    """The token ids a scheduler `Req` prefills (`_prefill_parts`), as one list."""
+    prompt, output = _prefill_parts(req)
+    return None if prompt is None else list(prompt) + list(output)
 
 
 def request_custom_params(req: Any) -> dict | None:
