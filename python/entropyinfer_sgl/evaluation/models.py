@@ -71,6 +71,24 @@ def load_model(path_or_dir: str | Path, gguf_file: str | None = None, *, dtype: 
     return model, tokenizer
 
 
+def load_tokenizer(model: str | Path, gguf_file: str | None = None):
+    """Only the tokenizer of `model` ('smollm2' or a local HF folder / .gguf path), offline."""
+    from transformers import AutoTokenizer
+
+    if str(model) == "smollm2":
+        path, gguf_file = smollm2_dir(), SMOLLM2_GGUF
+    else:
+        path = Path(model).expanduser()
+        if gguf_file is None and path.is_file() and path.suffix == ".gguf":
+            path, gguf_file = path.parent, path.name
+        if not path.exists():
+            raise FileNotFoundError(f"{str(path)!r} does not exist; only local files are read (no hub downloads)")
+    kwargs = {"local_files_only": True}
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    return AutoTokenizer.from_pretrained(str(path), **kwargs)
+
+
 def load_smollm2(dtype: torch.dtype = torch.float32):
     """SmolLM2-135M-Instruct (Llama, 30 layers, 9 q / 3 kv heads, head_dim 64, 8k context) on CPU, offline.
 
