@@ -20,8 +20,16 @@ start=$SECONDS
 step() { echo "wheel smoke [$((SECONDS - start)) s]: $*"; }
 
 step "maturin build --release (abi3) and maturin sdist"
-maturin build --release --interpreter "$PY" --out "$work/dist" 2>&1 | grep -E "^(📦|⚠️|error|warning: unused)" || true
-maturin sdist --out "$work/dist" 2>&1 | grep -E "^(📦|error)" || true
+build() {  # maturin's output goes to a log, shown in full only when it fails
+  if ! "$@" >"$work/build.log" 2>&1; then
+    tail -n 60 "$work/build.log" >&2
+    echo "wheel smoke: FAILED: $*" >&2
+    exit 1
+  fi
+  grep -E "^📦 Built" "$work/build.log" || true
+}
+build maturin build --release --interpreter "$PY" --out "$work/dist"
+build maturin sdist --out "$work/dist"
 wheel=$(ls "$work"/dist/entropyinfer_sgl-*-abi3-*.whl)
 sdist=$(ls "$work"/dist/entropyinfer_sgl-*.tar.gz)
 # The sdist must build the extension on its own: the Cargo workspace, its lock file and both crates are inside.
