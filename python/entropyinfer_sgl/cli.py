@@ -161,7 +161,8 @@ def _load(args):
     except ModuleNotFoundError as err:
         raise UsageError(missing_module_message(err)) from None
     except (OSError, ValueError) as err:  # transformers: a folder without a model, a config it cannot read
-        raise UsageError(f"--model {args.model}: cannot load a causal LM from it ({err})") from None
+        reason = " ".join(str(err).split())  # transformers' messages span several lines
+        raise UsageError(f"--model {args.model}: cannot load a causal LM from it ({reason})") from None
     print(f"loaded {args.model} in {time.perf_counter() - t0:.1f} s ({torch.get_num_threads()} threads)",
           file=sys.stderr)
     return model, tokenizer
