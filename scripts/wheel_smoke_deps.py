@@ -16,6 +16,7 @@ range: then the smoke test could not tell whether the wheel's own requirements a
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -92,8 +93,6 @@ def venv_facts(venv_python: str) -> tuple[dict[str, str], Path]:
             "'platform_python_implementation': platform.python_implementation(), "
             "'implementation_name': sys.implementation.name, "
             "'implementation_version': platform.python_version()}}))")
-    import json
-
     facts = json.loads(subprocess.run([venv_python, "-I", "-c", code], check=True, capture_output=True,
                                       text=True).stdout)
     return facts["env"], Path(facts["site"])
