@@ -34,6 +34,12 @@ if [ "$transformers_latest" = 1 ]; then
   latest_py=$(bash scripts/install_transformers_latest.sh)
 fi
 cargo test --locked --quiet
+# What a pip user gets: the wheel (maturin build --release, abi3) and the sdist build; the wheel, installed into a
+# clean venv, passes a smoke test run outside the source tree. ENTROPYINFER_TEST_WHEEL=auto|1|0, as above.
+wheel="${ENTROPYINFER_TEST_WHEEL:-auto}"
+if [ "$wheel" = 1 ] || { [ "$wheel" = auto ] && [ "$#" -eq 0 ]; }; then
+  bash scripts/wheel_smoke.sh
+fi
 set +e
 status=0
 run_pytest() {  # $1: a label, $2: the python, then pytest's arguments; keeps the first failure in $status

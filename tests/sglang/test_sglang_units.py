@@ -284,13 +284,18 @@ def test_version_check(monkeypatch):
     for version in compat.SUPPORTED_SGLANG_VERSIONS:
         monkeypatch.setattr(compat, "sglang_version", lambda: version)
         assert compat.check_sglang_version() == version
-    monkeypatch.setattr(compat, "sglang_version", lambda: "0.5.20")
-    with pytest.raises(RuntimeError, match=r"supports sglang==0\.5\.17 or sglang==0\.5\.23 exactly, found "
-                                           r"sglang==0\.5\.20"):
-        compat.check_sglang_version()
+    install = ('Install a supported release: pip install "sglang==0.5.23" or pip install "sglang==0.5.17"; on a '
+               "CPU-only machine, from a source checkout: bash scripts/install_sglang_cpu.sh 0.5.23")
+    for version in ("0.5.20", "0.5.24", "0.6.0"):
+        monkeypatch.setattr(compat, "sglang_version", lambda: version)
+        with pytest.raises(RuntimeError) as refused:
+            compat.check_sglang_version()
+        assert (f"supports sglang==0.5.17 or sglang==0.5.23 exactly, found sglang=={version}" in str(refused.value)
+                and install in str(refused.value)), refused.value
     monkeypatch.setattr(compat, "sglang_version", lambda: None)
-    with pytest.raises(RuntimeError, match="not installed"):
+    with pytest.raises(RuntimeError) as refused:
         compat.check_sglang_version()
+    assert "sglang is not installed" in str(refused.value) and install in str(refused.value), refused.value
 
 
 @pytest.mark.parametrize("version", ["0.5.17", "0.5.23"])

@@ -2,46 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Callable, Sequence
 
 from .methods import Method
+from .progress import Progress
 from .tasks import make
 from .results import ResultStore, git_revision
 from .runner import run_sample
-
-
-class _Progress:
-    """tqdm when it is installed, else one printed line per update."""
-
-    def __init__(self, total: int, enabled: bool = True):
-        self.total, self.done, self.enabled, self._bar = total, 0, enabled, None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self._bar = tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr)
-            except ImportError:
-                pass
-
-    def update(self, count: int, note: str) -> None:
-        self.done += count
-        if self._bar is not None:
-            self._bar.set_postfix_str(note, refresh=False)
-            self._bar.update(count)
-        elif self.enabled:
-            print(f"[{self.done}/{self.total}] {note}", file=sys.stderr, flush=True)
-
-    def write(self, line: str) -> None:
-        if self._bar is not None:
-            self._bar.write(line)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 def plan_runs(store: ResultStore, methods: Sequence[Method], tasks: Sequence[str], lengths: Sequence[int],
@@ -73,7 +41,7 @@ def evaluate(model, tokenizer, store: ResultStore, methods: Sequence[Method], ta
     store.register(methods)
     store.save()
     todo = plan_runs(store, methods, tasks, lengths, samples, first_sample)
-    bar = _Progress(sum(len(m) for *_, m in todo), progress)
+    bar = Progress(sum(len(m) for *_, m in todo), progress)
     sha, dirty = git_revision()
     added = 0
     try:

@@ -61,6 +61,9 @@ def load_model(path_or_dir: str | Path, gguf_file: str | None = None, *, dtype: 
         raise FileNotFoundError(f"{str(path)!r} does not exist; load_model only reads local files (no hub downloads)")
     if gguf_file is not None and not (path / gguf_file).is_file():
         raise FileNotFoundError(f"{gguf_file!r} not found in {path}")
+    if gguf_file is None and path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json, so it is not an HF model folder (config.json, "
+                                "weights, tokenizer files)")
     kwargs = dict(local_files_only=True)
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file

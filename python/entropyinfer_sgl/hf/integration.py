@@ -107,24 +107,33 @@ def _text_config(model: nn.Module):
     return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
 
 
+# What to do with a model outside the supported set (appended to the refusals).
+_RUN_WITHOUT = (f"hf.enable runs decoder-only causal LMs of the {', '.join(SUPPORTED_MODEL_TYPES)} families with "
+                "full attention on every layer; run this model without hf.enable, or use one of those")
+
+
 def check_supported(model: nn.Module) -> None:
-    """Raise `ValueError` naming the reason when `model` is outside what `hf.enable` supports."""
-    config = model.config
+    """Raise `ValueError` naming the reason (and what to do) when `model` is outside what `hf.enable` supports;
+    `TypeError` when it is not a transformers model at all."""
+    config = getattr(model, "config", None)
+    if not isinstance(model, nn.Module) or config is None or not hasattr(config, "model_type"):
+        raise TypeError(f"hf.enable expects a transformers causal LM (e.g. AutoModelForCausalLM.from_pretrained("
+                        f"path)), got {type(model).__name__}")
     if getattr(config, "is_encoder_decoder", False):
-        raise ValueError(f"hf.enable: encoder-decoder models ({config.model_type}) are not supported")
+        raise ValueError(f"hf.enable: encoder-decoder models ({config.model_type}) are not supported; {_RUN_WITHOUT}")
     text = _text_config(model)
     model_type = getattr(text, "model_type", None)
     if any(getattr(text, name, None) for name in ("kv_lora_rank", "q_lora_rank")):
-        raise ValueError(f"hf.enable: multi-head latent attention (MLA, {model_type}) is not supported")
+        raise ValueError(f"hf.enable: multi-head latent attention (MLA, {model_type}) is not supported; "
+                         f"{_RUN_WITHOUT}")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"hf.enable: model_type={model_type!r} is not supported; supported families: "
-                         f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+        raise ValueError(f"hf.enable: model_type={model_type!r} is not supported; {_RUN_WITHOUT}")
     layer_types = getattr(text, "layer_types", None) or []
     if any(t != "full_attention" for t in layer_types):
         raise ValueError(f"hf.enable: {model_type} has non-full-attention layers {sorted(set(layer_types))}; "
-                         "sliding-window layers are not supported")
+                         f"sliding-window layers are not supported; {_RUN_WITHOUT}")
     if getattr(text, "use_sliding_window", False):
-        raise ValueError(f"hf.enable: {model_type} with use_sliding_window=True is not supported")
+        raise ValueError(f"hf.enable: {model_type} with use_sliding_window=True is not supported; {_RUN_WITHOUT}")
     if model_type == "mistral" and getattr(text, "sliding_window", None) is not None:
         raise ValueError(f"hf.enable: mistral with sliding_window={text.sliding_window} is not supported "
                          "(set config.sliding_window=None for full attention)")
@@ -149,7 +158,8 @@ def cache_argument(kwargs: dict):
 
 def _check_config(config: EntropyInferConfig) -> None:
     if not isinstance(config, EntropyInferConfig):
-        raise TypeError(f"config must be an EntropyInferConfig, got {type(config).__name__}")
+        raise TypeError(f"hf.enable: config must be an EntropyInferConfig (e.g. EntropyInferConfig.small(), or "
+                        f"EntropyInferConfig.load(preset_json_or_path)), got {type(config).__name__}")
 
 
 def _attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -164,8 +174,8 @@ def _attention_modules(model: nn.Module) -> list[nn.Module]:
 def _entropyinfer_mask(batch_size: int, q_length: int, kv_length: int, *args, attention_mask=None, **kwargs):
     """Mask function for `AttentionMaskInterface`: no padding allowed; causality is the attention's job."""
     if attention_mask is not None and not bool(attention_mask.all()):
-        raise ValueError("EntropyInfer (hf.enable) does not support padding masks yet: use batch size 1 without "
-                         "padding")
+        raise ValueError("EntropyInfer (hf.enable) does not support padding masks yet: give one prompt at a time "
+                         "(batch size 1), unpadded (attention_mask all ones, or none)")
     return None
 
 
@@ -241,9 +251,11 @@ class EntropyInferHandle:
     def _attend(self, module, query, key, value, attention_mask, *, dropout, scaling, **kwargs):
         batch, num_q_heads, q_len, head_dim = query.shape
         if batch != 1:
-            raise ValueError(f"EntropyInfer (hf.enable) supports batch size 1, got {batch}")
+            raise ValueError(f"EntropyInfer (hf.enable) supports batch size 1, got {batch}: run the prompts one at "
+                             "a time (a loop over the rows of input_ids)")
         if attention_mask is not None:
-            raise ValueError("EntropyInfer (hf.enable) does not take a custom attention mask (padding or 4D masks)")
+            raise ValueError("EntropyInfer (hf.enable) does not take a custom attention mask (padding or 4D masks): "
+                             "give one unpadded prompt and no attention mask (or one of all ones)")
         if kwargs.get("sliding_window") is not None:
             raise ValueError("EntropyInfer (hf.enable) does not support sliding-window attention layers")
         if dropout:

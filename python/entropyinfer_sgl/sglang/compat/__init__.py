@@ -101,17 +101,26 @@ def _supported_text() -> str:
     return " or ".join(f"sglang=={v}" for v in SUPPORTED_SGLANG_VERSIONS)
 
 
+def install_text() -> str:
+    """How to install a supported SGLang release (the newest first), for the refusal messages."""
+    newest_first = sorted(SUPPORTED_SGLANG_VERSIONS, key=lambda v: tuple(int(p) for p in v.split(".")), reverse=True)
+    commands = " or ".join(f'pip install "sglang=={v}"' for v in newest_first)
+    return (f"Install a supported release: {commands}; on a CPU-only machine, from a source checkout: "
+            f"bash scripts/install_sglang_cpu.sh {newest_first[0]}")
+
+
 def check_sglang_version() -> str:
-    """Return the sglang version, or raise RuntimeError unless it is one of the supported releases."""
+    """Return the sglang version, or raise RuntimeError unless it is one of the supported releases (the message
+    names them and the install command)."""
     version = sglang_version()
     if version is None:
-        raise RuntimeError(f"entropyinfer_sgl.sglang needs {_supported_text()}; sglang is not installed "
-                           "(CPU: bash scripts/install_sglang_cpu.sh [VERSION])")
+        raise RuntimeError(f"entropyinfer_sgl.sglang needs {_supported_text()}; sglang is not installed. "
+                           f"{install_text()}.")
     if version not in _RELEASE_MODULES:
         raise RuntimeError(
             f"entropyinfer_sgl.sglang supports {_supported_text()} exactly, found sglang=={version}: it patches "
-            "SGLang internals that change between releases (see entropyinfer_sgl/sglang/compat/). Install one "
-            "of those, or run without --enable-entropyinfer.")
+            "SGLang internals that change between releases (see entropyinfer_sgl/sglang/compat/). "
+            f"{install_text()}; or run without --enable-entropyinfer.")
     return version
 
 
