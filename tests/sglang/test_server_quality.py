@@ -1,7 +1,9 @@
 """The quality harness through the real server (`entropyinfer eval --server`): SmolLM2 served on CPU with
 `--enable-entropyinfer` (chunked prefill, radix cache, decode compression in the loop) answers the tasks' prompts;
-`server_full` (the request's off switch) gives the HF path's dense tokens, and the method engages on
-`server_entropyinfer` requests (the server's metrics count sparse chunks and compression events)."""
+`server_full` (the request's off switch) and `server_entropyinfer` give the HF path's tokens for the same method
+(dense, `small()`), and the method engages on `server_entropyinfer` requests (the server's metrics count sparse
+chunks and compression events), although `server_full` sent the same prompt first: the off switch keeps its KV in
+its own part of the radix cache."""
 
 from __future__ import annotations
 
@@ -52,10 +54,15 @@ def test_eval_through_the_server_matches_the_hf_path(smollm2_checkpoint, tmp_pat
     assert _metric(metrics, "entropyinfer_sparse_chunks_total") > 0, metrics
     assert _metric(metrics, "entropyinfer_compression_events_total") > 0, metrics
 
+    # the same method gives the same tokens on both front doors: dense = the off switch, and EntropyInferConfig.small()
+    # (chunked prefill of 1024 tokens, causal typing, a compression event after 16 generated tokens on multivalue)
     model, _ = load_model(path, dtype=torch.float32)
     for task in TASKS:
         sample = make(task, tokenizer, LENGTH, 0)
-        hf = run_sample(model, tokenizer, sample, [get_method("full")])
-        assert records[("server_full", task)]["output"] == hf["full"].text, (task, records[("server_full", task)],
-                                                                              hf["full"].text)
-        assert records[("server_full", task)]["score"] == hf["full"].score
+        hf = run_sample(model, tokenizer, sample, [get_method("full"), get_method("entropyinfer")])
+        for server_name, hf_name in (("server_full", "full"), ("server_entropyinfer", "entropyinfer")):
+            record = records[(server_name, task)]
+            assert record["output"] == hf[hf_name].text, (task, server_name, record["output"], hf[hf_name].text)
+            assert record["score"] == hf[hf_name].score
+        assert hf["entropyinfer"].prefill_density < 1.0
+    assert hf["entropyinfer"].compression_events > 0  # multivalue's answer runs past the delay

@@ -367,3 +367,26 @@ def test_the_compat_layer_never_imports_the_plugin():
     for source in Path(compat_package.__file__).parent.glob("*.py"):
         text = source.read_text()
         assert "import plugin" not in text and "from ..plugin" not in text and "from .plugin" not in text, source
+
+
+def test_requests_off_the_servers_settings_get_their_own_prefix_cache_namespace():
+    from types import SimpleNamespace
+
+    from entropyinfer_sgl.sglang import policy
+
+    assert policy.request_cache_namespace(None) is None
+    assert policy.request_cache_namespace({}) is None
+    assert policy.request_cache_namespace({"enabled": True}) is None  # the server's own settings: shared cache
+    off = policy.request_cache_namespace({"enabled": False})
+    assert off and off == policy.request_cache_namespace({"enabled": False})
+    budget = policy.request_cache_namespace({"enabled": True, "base_budget_tokens": 256})
+    assert budget and budget != off
+    assert budget == policy.request_cache_namespace({"base_budget_tokens": 256, "enabled": True})  # key order
+    assert policy.request_cache_namespace("bogus") not in (None, off)  # malformed: never the server's namespace
+
+    req = SimpleNamespace(extra_key=None)
+    compat.add_request_cache_namespace(req, off)
+    assert req.extra_key == off
+    salted = SimpleNamespace(extra_key="salt")  # a user's cache_salt stays part of the key
+    compat.add_request_cache_namespace(salted, off)
+    assert salted.extra_key == "salt" + off

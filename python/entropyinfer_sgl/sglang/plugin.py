@@ -57,6 +57,7 @@ def register() -> None:
         compat.register_resolution_hooks(_before_resolution, _after_resolution)
         compat.register_hook(compat.TARGET_SUPPORT_TRITON, _around_support_triton, "around")
         compat.register_request_release_hooks(_on_request_freed, _on_requests_cleared)
+        compat.register_request_creation_hook(_on_request_created)
         compat.register_request_admission_hook(_on_request_admitted)
         compat.register_decode_graph_hook(_graph_step_allowed)
         compat.register_cell_size_hook(_side_table_bytes_per_token)
@@ -221,6 +222,15 @@ def _around_run_batch(original, scheduler, batch, *args, **kwargs):
 
 
 REQUEST_KEY = "entropyinfer"  # the request's custom_params key: {"enabled": bool}
+
+
+def _on_request_created(req) -> None:
+    """A request that runs other settings than the server's gets its own part of the prefix cache
+    (`policy.request_cache_namespace`)."""
+    params = compat.request_custom_params(req)
+    namespace = None if params is None else policy.request_cache_namespace(params.get(REQUEST_KEY))
+    if namespace is not None:
+        compat.add_request_cache_namespace(req, namespace)
 
 
 def _on_request_admitted(req) -> None:

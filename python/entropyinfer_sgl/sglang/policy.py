@@ -6,6 +6,7 @@ resolution of the server arguments and refuses the server with every conflict na
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from . import compat
@@ -118,3 +119,20 @@ def free_memory_conflicts(sa: Any) -> list[str]:
     if page_size not in (None, 1):
         problems.append(f"decode_free_memory with --page-size={page_size} (phase 2 frees single slots: page size 1)")
     return problems
+
+
+def request_cache_namespace(choice: Any) -> str | None:
+    """The prefix-cache namespace of a request whose `custom_params["entropyinfer"]` is `choice`, or None when the
+    request runs the server's own settings (it shares the cache with every such request).
+
+    The KV a prefill leaves in the cache depends on how it was computed: past layer 0 a sparse prefill's keys and
+    values differ from a dense one's. A request that turned the method off (or changed its settings) must neither
+    reuse KV computed under the server's settings nor leave its own for requests that run them, or the off
+    switch would not be off: such a request gets a namespace of its own, one per distinct setting.
+    """
+    if not isinstance(choice, dict):
+        return None if choice is None else "|entropyinfer:" + json.dumps(choice, sort_keys=True, default=str)
+    own = {key: value for key, value in choice.items() if not (key == "enabled" and value is True)}
+    if not own:
+        return None
+    return "|entropyinfer:" + json.dumps(own, sort_keys=True, separators=(",", ":"), default=str)

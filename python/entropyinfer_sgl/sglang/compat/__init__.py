@@ -78,6 +78,7 @@ TARGET_SUPPORT_TRITON = "sglang.srt.utils.common.support_triton"
 TARGET_REQ_POOL_FREE = "sglang.srt.mem_cache.memory_pool.ReqToTokenPool.free"
 TARGET_REQ_POOL_CLEAR = "sglang.srt.mem_cache.memory_pool.ReqToTokenPool.clear"
 TARGET_REQ_POOL_ALLOC = "sglang.srt.mem_cache.memory_pool.ReqToTokenPool.alloc"
+TARGET_REQ_INIT = "sglang.srt.managers.schedule_batch.Req.__init__"
 TARGET_DECODE_GRAPH_CAN_RUN = "sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.can_run_graph"
 TARGET_CELL_SIZE = "sglang.srt.model_executor.pool_configurator.DefaultPoolConfigurator._compute_cell_size"
 TARGET_RUN_BATCH = "sglang.srt.managers.scheduler.Scheduler.run_batch"
@@ -257,6 +258,23 @@ def register_request_admission_hook(admitted: Callable[[Any], None]) -> None:
         return result
 
     register_hook(TARGET_REQ_POOL_ALLOC, after_alloc, "after")
+
+
+def register_request_creation_hook(created: Callable[[Any], None]) -> None:
+    """`created(req)` once the scheduler has built a `Req`, before its first prefix-cache lookup."""
+
+    def after_init(result, self, *args, **kwargs):
+        created(self)
+        return result
+
+    register_hook(TARGET_REQ_INIT, after_init, "after")
+
+
+def add_request_cache_namespace(req: Any, namespace: str) -> None:
+    """Put `req` in its own part of the prefix (radix) cache: SGLang matches and inserts a request's tokens
+    under its `extra_key` (the `cache_salt`/LoRA key of both releases), so requests whose KV is computed
+    differently never share it."""
+    req.extra_key = (getattr(req, "extra_key", None) or "") + namespace
 
 
 def _prefill_parts(req: Any) -> tuple[Any, Any]:
