@@ -10,7 +10,9 @@
 #       bf16, chunked prefill of CHUNK tokens, radix cache on): methods server_full (the request's off switch) and
 #       server_entropyinfer, SHARDS client processes per length; results in $OUT/quality/server_*.json
 # Variables (eval): METHODS, TASKS, LENGTHS (comma lists), SAMPLES (per cell), SHARDS (workers per length),
-# MINUTES (each worker starts no sample after this), DEVICE (cuda; cpu for a rehearsal). float32, as on CPU. Results: $OUT/quality/*.json, one
+# MINUTES (each worker starts no sample after this), DEVICE (cuda; cpu for a rehearsal). float32, as on CPU.
+# RESUME=benchmarks/quality/results_gpu.json: start every worker from that file's records (a fresh machine goes on
+# where an earlier run stopped; merge_shards.py keeps one copy of each record). Results: $OUT/quality/*.json, one
 # file per worker (benchmarks/quality/merge_shards.py joins them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,6 +45,8 @@ case "${1:?stage: stash a|b, or eval}" in
     for length in ${LENGTHS//,/ }; do
       for (( first = 0; first < SAMPLES; first += per )); do
         n=$(( first + per > SAMPLES ? SAMPLES - first : per ))
+        shard=$WORK/results/L${length}_s${first}.json
+        [ -n "${RESUME:-}" ] && [ ! -f "$shard" ] && cp "$RESUME" "$shard"  # skip what an earlier run has
         python3 -m entropyinfer_sgl.cli eval --device "${DEVICE:-cuda}" --methods "$METHODS" --tasks "$TASKS" --lengths "$length" \
           --first-sample "$first" --samples "$n" --out "$WORK/results/L${length}_s${first}.json" \
           --time-limit-min "$MINUTES" --no-progress > "$WORK/results/L${length}_s${first}.log" 2>&1 &
