@@ -263,3 +263,25 @@ def test_support_triton_is_false_for_the_cpu_path(sglang_args):
     if compat.SGLANG_VERSION == "0.5.17":  # a name blocklist there: only the hook makes `entropyinfer` False
         assert common.support_triton("triton")
     assert not common.support_triton("entropyinfer")  # torch_native underneath on this (CPU) machine
+
+
+@pytest.mark.parametrize("extra, reason", [
+    (["--entropyinfer-config", "{bad"], "error: --entropyinfer-config: EntropyInferConfig JSON is not valid"),
+    (["--entropyinfer-config", '{"base_budget_tokens": -1}'],
+     "error: --entropyinfer-config: EntropyInferConfig.base_budget_tokens=-1: must be >= 1"),
+    (["--tp-size", "2"], "error: EntropyInfer (--enable-entropyinfer / --attention-backend entropyinfer) does not "
+                         "support yet: --tp-size=2"),
+])
+def test_startup_refusals_are_one_line_and_exit_1(tiny_model, tmp_path, extra, reason):
+    """`python -m sglang.launch_server ... --enable-entropyinfer` with a configuration the plugin refuses ends with
+    one `error: <reason>` line and exit status 1, without a traceback (before any model is loaded)."""
+    import sys
+
+    from sglang_helpers import run
+
+    proc = run([sys.executable, "-m", "sglang.launch_server", "--model-path", str(tiny_model), "--device", "cpu",
+                "--enable-entropyinfer", *extra], timeout=180, log=tmp_path / "start.log")
+    assert proc.returncode == 1, proc.stdout
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(reason), proc.stdout
+    assert "Traceback" not in proc.stdout, proc.stdout

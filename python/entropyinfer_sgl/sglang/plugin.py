@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import threading
 from typing import Any
 
@@ -138,19 +139,47 @@ def _after_add_cli_args(result, parser, *args, **kwargs):
     return result
 
 
+class StartupRefused(ValueError):
+    """A server configuration the plugin refuses. Launched from the command line, it ends the process with one
+    line, `error: <reason>`, and exit status 1 (`_install_cli_excepthook`); in a library call it is a ValueError."""
+
+
+def _install_cli_excepthook() -> None:
+    """Print an uncaught StartupRefused as one `error: ...` line (no traceback; the interpreter exits with 1).
+    Installed when SGLang parses command-line arguments (only its launchers do); other exceptions go to the
+    hook that was there."""
+    previous = sys.excepthook
+    if getattr(previous, "_entropyinfer", False):
+        return
+
+    def hook(kind, value, tb):
+        if isinstance(value, StartupRefused):
+            print(f"error: {value}", file=sys.stderr, flush=True)
+            return
+        previous(kind, value, tb)
+
+    hook._entropyinfer = True
+    sys.excepthook = hook
+
+
 def _around_from_cli_args(original, cls, args, *rest, **kwargs):
+    _install_cli_excepthook()
     enabled, config_text, backend = compat.cli_namespace_flags(args)
     if enabled:
         if backend not in (None, compat.BACKEND_NAME):
-            raise ValueError(f"--enable-entropyinfer selects --attention-backend {compat.BACKEND_NAME} (over a "
+            raise StartupRefused(f"--enable-entropyinfer selects --attention-backend {compat.BACKEND_NAME} (over a "
                              f"dense backend it picks itself); it cannot be combined with --attention-backend "
                              f"{backend}")
         compat.set_cli_attention_backend(args, compat.BACKEND_NAME)
     elif config_text is not None and backend != compat.BACKEND_NAME:
-        raise ValueError("--entropyinfer-config needs --enable-entropyinfer")
+        raise StartupRefused("--entropyinfer-config needs --enable-entropyinfer")
     if enabled or backend == compat.BACKEND_NAME:
         text = config_text or os.environ.get(compat.ENV_CONFIG) or DEFAULT_PRESET
-        config = EntropyInferConfig.load(text)  # a clear ValueError for a bad path, JSON or field
+        try:
+            config = EntropyInferConfig.load(text)  # a clear ValueError for a bad path, JSON or field
+        except ValueError as err:
+            source = "--entropyinfer-config" if config_text else f"${compat.ENV_CONFIG}"
+            raise StartupRefused(f"{source}: {err}") from None
         os.environ[compat.ENV_CONFIG] = config.to_json()  # inherited by the spawned scheduler processes
     server_args = original(cls, args, *rest, **kwargs)
     if compat.uses_backend(server_args):
@@ -169,7 +198,7 @@ def _before_resolution(server_args) -> None:
                         "returns pool slots between a forward and the processing of its results)")
     explicit = policy.disable_graphs_before_resolution(server_args)
     if explicit:
-        raise ValueError("EntropyInfer captures only the decode phase in CUDA graphs (backend 'full', CUDA, SGLang "
+        raise StartupRefused("EntropyInfer captures only the decode phase in CUDA graphs (backend 'full', CUDA, SGLang "
                          "0.5.17); remove " + ", ".join(explicit))
 
 
@@ -186,7 +215,7 @@ def _after_resolution(server_args) -> None:
 
 def _refuse(problems: list[str]) -> None:
     if problems:
-        raise ValueError("EntropyInfer (--enable-entropyinfer / --attention-backend entropyinfer) does not support "
+        raise StartupRefused("EntropyInfer (--enable-entropyinfer / --attention-backend entropyinfer) does not support "
                          "yet: " + "; ".join(problems) + ". See docs/sglang.md.")
 
 
