@@ -50,6 +50,7 @@ class Outcome:
     status: str  # ok / aborted / 4xx / 5xx / error / unexpected
     detail: str = ""
     prompt_tokens: int = 0
+    retractions: int = 0  # times SGLang retracted it (KV pool full) and prefilled it again
 
 
 @dataclass
@@ -98,9 +99,9 @@ def _classify(kind: str, response: requests.Response, prompt_tokens: int) -> Out
     if code != 200:
         return Outcome(kind, "unexpected", f"{code}: {response.text[:300]}", prompt_tokens)
     body = response.json()
-    if _finish_type(body) == "abort":
-        return Outcome(kind, "aborted", "", prompt_tokens)
-    return Outcome(kind, "ok", "", prompt_tokens)
+    retractions = sum(int((item.get("meta_info") or {}).get("num_retractions") or 0)
+                      for item in (body if isinstance(body, list) else [body]))
+    return Outcome(kind, "aborted" if _finish_type(body) == "abort" else "ok", "", prompt_tokens, retractions)
 
 
 def _stream(s: SoakSettings, body: dict, kind: str, prompt_tokens: int, stop_after: int | None) -> Outcome:
@@ -212,6 +213,19 @@ def process_rss_mib(pid: int | None) -> float | None:
     return total / 2 ** 20
 
 
+def method_counters(url: str) -> dict[str, float]:
+    """EntropyInfer's counters from /metrics (what the method did over the run; empty: metrics off)."""
+    text = requests.get(url + "/metrics", timeout=30).text
+    totals: dict[str, float] = {}
+    for name in ("requests", "sparse_chunks", "dense_chunks", "compression_events", "kv_pool_slots_released",
+                 "typing_resumed", "typing_bridged", "typing_defaulted"):
+        values = [float(m.group(1)) for m in re.finditer(rf"^entropyinfer_{name}_total(?:{{[^}}]*}})? (\S+)$", text,
+                                                           re.MULTILINE)]
+        if values:
+            totals[name] = sum(values)
+    return totals
+
+
 def held_state(url: str) -> dict[str, float] | None:
     """`entropyinfer_held` by kind from /metrics (None: metrics off or no request freed yet)."""
     text = requests.get(url + "/metrics", timeout=30).text
@@ -256,6 +270,7 @@ def run_soak(s: SoakSettings, requests_total: int, *, min_concurrency: int = 4, 
     rng = random.Random(s.seed)
     s.document = _ids(rng, min(s.context // 2, max(2 * s.gate, 256)), s.vocab)
     log_offset = len(log.read_text(errors="replace")) if log is not None and log.is_file() else 0
+    counters_before = method_counters(s.url)
     first_probe = probe(s)
     outcomes: list[Outcome] = []
     rss_start = None
@@ -277,6 +292,7 @@ def run_soak(s: SoakSettings, requests_total: int, *, min_concurrency: int = 4, 
     last_probe = probe(s)
     held = wait_idle_held(s.url)
     rss_end = process_rss_mib(pid)
+    counters_after = method_counters(s.url)
     problems = [f"{o.kind}: {o.status}: {o.detail}" for o in outcomes if o.status in ("5xx", "error", "unexpected")]
     log_lines = log_problems(log, log_offset)
     checks = {
@@ -292,6 +308,8 @@ def run_soak(s: SoakSettings, requests_total: int, *, min_concurrency: int = 4, 
         "statuses": dict(Counter(o.status for o in outcomes)),
         "by_kind": {kind: dict(Counter(o.status for o in outcomes if o.kind == kind)) for kind in KINDS},
         "prompt_tokens_max": max((o.prompt_tokens for o in outcomes), default=0),
+        "retractions": sum(o.retractions for o in outcomes),
+        "method": {name: value - counters_before.get(name, 0.0) for name, value in counters_after.items()},
         "held_when_idle": held, "rss_mib_after_first_wave": rss_start, "rss_mib_end": rss_end,
         "problems": problems[:20], "log_problems": log_lines[:20], "checks": checks, "passed": all(checks.values()),
     }
