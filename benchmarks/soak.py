@@ -41,7 +41,7 @@ import requests
 
 KINDS = ("generate", "stream", "sample_n", "disconnect", "abort", "off", "own_budgets", "openai", "shared", "bad")
 WEIGHTS = (20, 14, 8, 8, 8, 8, 6, 8, 12, 8)
-LEAK_PATTERNS = ("Traceback", "memory leak", "leak detected")
+LEAK_PATTERNS = ("Traceback", "memory leak", "leak detected")  # SGLang's idle/busy pool checks (any case)
 
 
 @dataclass
@@ -260,7 +260,7 @@ def log_problems(log: Path | None, start_offset: int) -> list[str]:
     if log is None or not log.is_file():
         return []
     text = log.read_text(errors="replace")[start_offset:]
-    return [line for line in text.splitlines() if any(p in line for p in LEAK_PATTERNS)]
+    return [line for line in text.splitlines() if any(p.lower() in line.lower() for p in LEAK_PATTERNS)]
 
 
 def run_soak(s: SoakSettings, requests_total: int, *, min_concurrency: int = 4, max_concurrency: int = 16,

@@ -11,7 +11,8 @@ import json
 import pytest
 
 import tiny_llama
-from sglang_helpers import ENGAGED, Server, require_entry_point, requires_sglang, subprocess_env, tiny_model  # noqa: F401
+from sglang_helpers import (ENGAGED, Server, require_entry_point, requires_sglang, subprocess_env,  # noqa: F401
+                            tiny_model)
 
 pytestmark = requires_sglang
 FAULTS = "plan:fault-plan,compress:fault-compress"
@@ -115,7 +116,8 @@ def test_requests_that_would_crash_the_scheduler_are_400(server, body, message):
     _still_serving(server)
 
 
-@pytest.mark.parametrize("rid, what", [("fault-plan-1", "prefill planning"), ("fault-compress-1", "decode compression")])
+@pytest.mark.parametrize("rid, what", [("fault-plan-1", "prefill planning"),
+                                       ("fault-compress-1", "decode compression")])
 def test_a_request_whose_plan_fails_is_failed_alone(server, rid, what):
     """An injected fault in one request's planning (or compression event) fails that request with the reason; a
     request batched with it and the requests after it are served."""

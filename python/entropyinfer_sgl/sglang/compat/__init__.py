@@ -82,8 +82,9 @@ TARGET_DECODE_GRAPH_CAN_RUN = "sglang.srt.model_executor.runner.decode_cuda_grap
 TARGET_CELL_SIZE = "sglang.srt.model_executor.pool_configurator.DefaultPoolConfigurator._compute_cell_size"
 TARGET_RUN_BATCH = "sglang.srt.managers.scheduler.Scheduler.run_batch"
 TARGET_VALIDATE_REQUEST = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
-TARGETS_OPENAI_VALIDATE = ("sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat._validate_request",
-                           "sglang.srt.entrypoints.openai.serving_completions.OpenAIServingCompletion._validate_request")
+TARGETS_OPENAI_VALIDATE = (
+    "sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat._validate_request",
+    "sglang.srt.entrypoints.openai.serving_completions.OpenAIServingCompletion._validate_request")
 _BOOKKEEPING = "_entropyinfer"  # the ServerArgs attribute carrying the plugin's settings
 
 
