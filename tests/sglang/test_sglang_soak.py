@@ -14,7 +14,7 @@ import pytest
 
 from sglang_helpers import ENGAGED, Server, require_entry_point, requires_sglang, tiny_model  # noqa: F401
 
-pytestmark = requires_sglang
+pytestmark = [requires_sglang, pytest.mark.slow]  # about a minute
 REPO = Path(__file__).resolve().parents[2]
 
 
