@@ -226,6 +226,12 @@ def test_request_settings_are_read_at_admission(sglang_args, choice, enabled, ba
                                                     sampling_params=SimpleNamespace(custom_params=None)))
         assert STORE.request_settings("plain") is None
         STORE.free("plain")
+        # a malformed value that came around the request validation hook: failed (400), never run otherwise
+        bad = SimpleNamespace(rid="bad-unit", origin_input_ids=[1], output_ids=[],
+                              sampling_params=SimpleNamespace(custom_params={"entropyinfer": {"enabled": "no"}}))
+        plugin._on_request_admitted(bad)
+        assert bad.to_finish.status_code == 400 and "must be true or false" in bad.to_finish.message
+        STORE.free("bad-unit")
     finally:
         STORE.config = saved
 

@@ -299,8 +299,9 @@ def _on_request_admitted(req) -> None:
     STORE.set_prefill_tokens(rid, tokens)
     try:
         settings = parse_request_settings(compat.request_custom_params(req), server)
-    except ValueError as err:  # the request validation hook refused it already; only a path around it lands here
-        logger.error("EntropyInfer: request %s: %s; it runs with the server's settings", rid, err)
+    except ValueError as err:  # the request validation hook refuses these; only a path around it lands here
+        logger.error("EntropyInfer: request %s refused at admission: %s", rid, err)
+        compat.fail_request(req, f"EntropyInfer: {err}", bad_request=True)  # never run it with other settings
         settings = None
     if settings is not None:
         STORE.set_request_settings(rid, settings)

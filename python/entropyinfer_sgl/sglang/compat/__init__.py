@@ -383,14 +383,19 @@ def register_run_batch_hook(around: Callable[..., Any]) -> None:
     register_hook(TARGET_RUN_BATCH, around, "around")
 
 
-def fail_request(req: Any, message: str) -> None:
+def fail_request(req: Any, message: str, *, bad_request: bool = False) -> None:
     """Finish a scheduler `Req` with an error when SGLang next checks it (as `/abort_request` does: `to_finish`);
-    its client gets HTTP 500 with `message` (a streamed request: an error event). Both releases."""
+    its client gets HTTP 500 (400 with `bad_request`) with `message` (a streamed request: an error event). Both
+    releases."""
     from http import HTTPStatus
 
     from sglang.srt.managers.schedule_batch import FINISH_ABORT
 
-    req.to_finish = FINISH_ABORT(message, status_code=HTTPStatus.INTERNAL_SERVER_ERROR, err_type="InternalServerError")
+    if bad_request:
+        req.to_finish = FINISH_ABORT(message, status_code=HTTPStatus.BAD_REQUEST, err_type="BadRequest")
+    else:
+        req.to_finish = FINISH_ABORT(message, status_code=HTTPStatus.INTERNAL_SERVER_ERROR,
+                                     err_type="InternalServerError")
 
 
 def request_id(req: Any) -> str | None:
