@@ -21,7 +21,8 @@ def _backend(**overrides):
     config = EntropyInferConfig(decode_delay_steps=16, observation_window_tokens=32, **overrides)
     fake = SimpleNamespace(config=config, arena=object(), store=StateStore())
     fake._needs_python = lambda st, generated: EntropyInferAttnBackend._needs_python(fake, st, generated)
-    fake._window_reachable = lambda seq_len: EntropyInferAttnBackend._window_reachable(fake, seq_len)
+    fake._window_reachable = lambda st, seq_len: EntropyInferAttnBackend._window_reachable(fake, st, seq_len)
+    fake.request_config = lambda st: EntropyInferAttnBackend.request_config(fake, st)
     return fake, lambda batch: EntropyInferAttnBackend.graph_step_allowed(fake, batch)
 
 

@@ -62,10 +62,11 @@ def test_registered_once(sglang_args):
     assert ATTENTION_BACKEND_CHOICES.count("entropyinfer") == 1 and "entropyinfer" in ATTENTION_BACKENDS
     expected = {compat.TARGET_ADD_CLI_ARGS: 1, compat.TARGET_FROM_CLI_ARGS: 1, compat.TARGET_SUPPORT_TRITON: 1,
                 compat.TARGET_REQ_POOL_FREE: 1, compat.TARGET_REQ_POOL_CLEAR: 1,
-                compat.TARGET_DECODE_GRAPH_CAN_RUN: 1, compat.TARGET_CELL_SIZE: 1, compat.TARGET_REQ_POOL_ALLOC: 1}
+                compat.TARGET_DECODE_GRAPH_CAN_RUN: 1, compat.TARGET_CELL_SIZE: 1, compat.TARGET_REQ_POOL_ALLOC: 1,
+                compat.TARGET_RUN_BATCH: 1, compat.TARGET_VALIDATE_REQUEST: 1,
+                **{target: 1 for target in compat.TARGETS_OPENAI_VALIDATE}}
     if compat.SGLANG_VERSION == "0.5.17":  # resolution is ServerArgs.__post_init__: BEFORE and AFTER hooks
         expected["sglang.srt.server_args.ServerArgs.__post_init__"] = 2
-        expected[compat.TARGET_RUN_BATCH] = 1  # phase 2 (decode_free_memory)
     else:  # 0.5.23: SGLang's resolution hooks, no hook on ServerArgs' methods beyond the CLI pair
         expected.update({"resolution:handle_cuda_graph_config": 1, "resolution:handle_other_validations": 1})
     assert ours == expected
@@ -200,25 +201,64 @@ def test_side_tables_are_charged_per_pool_token(sglang_args, tiny_model, monkeyp
     assert plugin._side_table_bytes_per_token(kvc(attention_backend="entropyinfer"), 0) == 0
 
 
-@pytest.mark.parametrize("choice, recorded", [
-    ({"enabled": False}, False), ({"enabled": True}, True),
-    ({"enabled": "no"}, None), ({"enabled": False, "budget": 3}, None), (False, None),
+@pytest.mark.parametrize("choice, enabled, base_budget", [
+    ({"enabled": False}, False, 512), ({"enabled": True}, True, 512), ({"base_budget_tokens": 64}, True, 64),
 ])
-def test_request_override_is_read_at_admission(sglang_args, choice, recorded, caplog):
-    """What the ReqToTokenPool.alloc hook records per request; a malformed value is logged and ignored."""
+def test_request_settings_are_read_at_admission(sglang_args, choice, enabled, base_budget):
+    """What the ReqToTokenPool.alloc hook records per request (kept until SGLang frees the request)."""
     from types import SimpleNamespace
 
-    from entropyinfer_sgl.sglang import plugin
+    from entropyinfer_sgl.core.config import EntropyInferConfig
     from entropyinfer_sgl.runtime.requests import STORE
+    from entropyinfer_sgl.sglang import plugin
 
-    req = SimpleNamespace(rid="override-unit", req_pool_idx=0,
-                          sampling_params=SimpleNamespace(custom_params={"entropyinfer": choice, "other": 1}))
-    with caplog.at_level("ERROR", logger="entropyinfer_sgl.sglang"):
+    saved = STORE.config
+    STORE.config = EntropyInferConfig.small()
+    try:
+        req = SimpleNamespace(rid="override-unit", req_pool_idx=0, origin_input_ids=[1, 2, 3], output_ids=[],
+                              sampling_params=SimpleNamespace(custom_params={"entropyinfer": choice, "other": 1}))
         plugin._on_request_admitted(req)
-    assert STORE._method_enabled.pop("override-unit", None) is recorded
-    assert ("must be" in caplog.text) == (recorded is None)
-    plugin._on_request_admitted(SimpleNamespace(rid="plain", sampling_params=SimpleNamespace(custom_params=None)))
-    assert "plain" not in STORE._method_enabled
+        settings = STORE.request_settings("override-unit")
+        assert settings.enabled is enabled and settings.config.base_budget_tokens == base_budget
+        STORE.free("override-unit")
+        assert STORE.request_settings("override-unit") is None
+        plugin._on_request_admitted(SimpleNamespace(rid="plain", origin_input_ids=[1], output_ids=[],
+                                                    sampling_params=SimpleNamespace(custom_params=None)))
+        assert STORE.request_settings("plain") is None
+        STORE.free("plain")
+        # a malformed value that came around the request validation hook: failed (400), never run otherwise
+        bad = SimpleNamespace(rid="bad-unit", origin_input_ids=[1], output_ids=[],
+                              sampling_params=SimpleNamespace(custom_params={"entropyinfer": {"enabled": "no"}}))
+        plugin._on_request_admitted(bad)
+        assert bad.to_finish.status_code == 400 and "must be true or false" in bad.to_finish.message
+        STORE.free("bad-unit")
+    finally:
+        STORE.config = saved
+
+
+@pytest.mark.parametrize("facts, problem", [
+    (dict(input_ids=[1, 2, 100000]), "input_ids[2]=100000 is not a token id of this model"),
+    (dict(input_ids=[-1, 2]), "input_ids[0]=-1"),
+    (dict(input_ids=[]), "no input tokens"),
+    (dict(custom_params="notadict"), "custom_params must be a JSON object"),
+    (dict(custom_params={"entropyinfer": 5}), 'custom_params["entropyinfer"] must be a JSON object'),
+    (dict(custom_params={"entropyinfer": {"enabled": "yes"}}), '["enabled"]=\'yes\': must be true or false'),
+    (dict(custom_params={"entropyinfer": {"budget": 3}}), "unknown field(s) 'budget'; accepted:"),
+    (dict(custom_params={"entropyinfer": {"decode_budget_tokens": 10 ** 6}}), "above the server's"),
+    (dict(input_ids=[1, 2, 3], custom_params={"entropyinfer": {"enabled": False}}), None),
+    (dict(input_ids=[], multimodal=True), None),
+])
+def test_requests_refused_before_scheduling(sglang_args, facts, problem):
+    """The request validation hook's check: the message SGLang answers the 400 with (None: accepted). Only a
+    server with the entropyinfer backend refuses."""
+    from entropyinfer_sgl.sglang import compat, plugin
+
+    served = _parse(sglang_args, ["--model-path", "dummy", "--enable-entropyinfer", "--entropyinfer-config", "small"])
+    dense = _parse(sglang_args, ["--model-path", "dummy"])
+    base = dict(custom_params=None, input_ids=None, vocab_size=49152, multimodal=False)
+    message = plugin._request_problem(compat.RequestFacts(server_args=served, **{**base, **facts}))
+    assert (message is None) if problem is None else (problem in message), message
+    assert plugin._request_problem(compat.RequestFacts(server_args=dense, **{**base, **facts})) is None
 
 
 def test_support_triton_is_false_for_the_cpu_path(sglang_args):
@@ -229,3 +269,25 @@ def test_support_triton_is_false_for_the_cpu_path(sglang_args):
     if compat.SGLANG_VERSION == "0.5.17":  # a name blocklist there: only the hook makes `entropyinfer` False
         assert common.support_triton("triton")
     assert not common.support_triton("entropyinfer")  # torch_native underneath on this (CPU) machine
+
+
+@pytest.mark.parametrize("extra, reason", [
+    (["--entropyinfer-config", "{bad"], "error: --entropyinfer-config: EntropyInferConfig JSON is not valid"),
+    (["--entropyinfer-config", '{"base_budget_tokens": -1}'],
+     "error: --entropyinfer-config: EntropyInferConfig.base_budget_tokens=-1: must be >= 1"),
+    (["--tp-size", "2"], "error: EntropyInfer (--enable-entropyinfer / --attention-backend entropyinfer) does not "
+                         "support yet: --tp-size=2"),
+])
+def test_startup_refusals_are_one_line_and_exit_1(tiny_model, tmp_path, extra, reason):
+    """`python -m sglang.launch_server ... --enable-entropyinfer` with a configuration the plugin refuses ends with
+    one `error: <reason>` line and exit status 1, without a traceback (before any model is loaded)."""
+    import sys
+
+    from sglang_helpers import run
+
+    proc = run([sys.executable, "-m", "sglang.launch_server", "--model-path", str(tiny_model), "--device", "cpu",
+                "--enable-entropyinfer", *extra], timeout=180, log=tmp_path / "start.log")
+    assert proc.returncode == 1, proc.stdout
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(reason), proc.stdout
+    assert "Traceback" not in proc.stdout, proc.stdout

@@ -238,7 +238,8 @@ def test_observation_windows_only_past_the_budget_and_bounded(caplog):
 
     store = StateStore()
     fake = SimpleNamespace(config=CFG, store=store, max_windows=2, _unsupported_logged=set())
-    fake._window_reachable = lambda seq_len: EntropyInferAttnBackend._window_reachable(fake, seq_len)
+    fake._window_reachable = lambda st, seq_len: EntropyInferAttnBackend._window_reachable(fake, st, seq_len)
+    fake.request_config = lambda st: EntropyInferAttnBackend.request_config(fake, st)
     states = [store.begin_extend(f"r{i}", i, 0) for i in range(3)]
 
     def wanted(st, seq_len):

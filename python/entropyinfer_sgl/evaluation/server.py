@@ -68,7 +68,7 @@ class ServerRunner:
             seconds = time.perf_counter() - start
             tokens = out.get("output_ids") or tokenizer(out["text"], add_special_tokens=False)["input_ids"]
             text = tokenizer.decode(tokens, skip_special_tokens=True)
-            stats = (out.get("meta_info") or {}).get(REQUEST_KEY) or {}
+            stats = _request_report(out)
             outcomes[method.name] = Outcome(
                 text=text, new_tokens=len(tokens), score=sample.score(text),
                 prefill_density=stats.get("prefill_density"), rigid_fraction=stats.get("rigid_fraction"),
@@ -76,3 +76,12 @@ class ServerRunner:
                 compression_events=int(stats.get("compression_events") or 0),
                 prefill_s=0.0, decode_s=seconds)  # one request: its whole latency counts as decode_s
         return outcomes
+
+
+def _request_report(out: dict) -> dict:
+    """What the request ran with (`meta_info["entropyinfer"]`: one entry per output token, the last is the
+    request's report), or {} from a server without the plugin."""
+    report = (out.get("meta_info") or {}).get(REQUEST_KEY)
+    if isinstance(report, list):
+        report = report[-1] if report else None
+    return report if isinstance(report, dict) else {}

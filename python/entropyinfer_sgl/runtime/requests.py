@@ -19,6 +19,7 @@ from .chunk_plan import ChunkTyping, TypedSegments
 from .decode_table import DecodeTable
 
 if TYPE_CHECKING:
+    from .request_settings import RequestSettings
     from .typing_records import ResumePoint, TypingRecords
 
 logger = logging.getLogger("entropyinfer_sgl.sglang")
@@ -104,6 +105,7 @@ class RequestState:
     table_id: int | None = None  # kernel path: this request's table in the backend's `DecodeTableArena`
     released_len: int = 0  # phase 2: the request no longer holds the pool slots of row positions before this
     method_enabled: bool = True  # False: the request turned EntropyInfer off (custom_params): dense throughout
+    config: EntropyInferConfig | None = None  # the request's own config (custom_params budgets); None: the server's
     device_pairs_computed: torch.Tensor | None = None  # kernel path: stats kept on the device until the request ends
     device_rigid_heads: torch.Tensor | None = None
 
@@ -173,9 +175,10 @@ class StateStore:
         self._states: dict[str, RequestState] = {}
         self._lock = threading.Lock()
         self.on_release: Callable[[RequestState], None] | None = None  # the backend returns the request's table
-        self._method_enabled: dict[str, bool] = {}  # per-request overrides, from admission to the first chunk
+        self._settings: dict[str, "RequestSettings"] = {}  # per-request settings, from admission to the first chunk
         self._prefill_tokens: dict[str, int] = {}  # tokens each admitted request holds once its prefill is done
         self.records: "TypingRecords | None" = None  # typing at segment boundaries (the backend sets it)
+        self.config: EntropyInferConfig | None = None  # the server's config (the backend sets it; None: no backend)
         self._segment_keys: dict[str, list[bytes]] = {}  # per admitted request: its boundary keys
         self.totals = RequestStats()
         self.finished = 0
@@ -183,6 +186,7 @@ class StateStore:
         # phase 2 (decode_free_memory): requests whose compression event of this forward is to be compacted after it
         # ((rid, cache length at the event)), and the backend's `compact` (the plugin's Scheduler.run_batch hook)
         self.compaction_due: list[tuple[str, int]] = []
+        self.failed: dict[str, str] = {}  # requests whose plan or compression raised (rid -> why): to be failed
         self.compact: Callable | None = None
 
     def __len__(self) -> int:
@@ -198,11 +202,14 @@ class StateStore:
         """Requests that hold observation windows now."""
         return sum(1 for st in self._states.values() if st.holds_window)
 
-    def set_method_enabled(self, rid: str, enabled: bool) -> None:
-        """A request's own choice (its `custom_params`), recorded when SGLang admits it; applied by its next
-        extend chunk."""
+    def set_request_settings(self, rid: str, settings: "RequestSettings") -> None:
+        """A request's own settings (its `custom_params`), recorded when SGLang admits it; applied by its next
+        extend chunk (and kept by its state until it is freed)."""
         with self._lock:
-            self._method_enabled[rid] = enabled
+            self._settings[rid] = settings
+
+    def request_settings(self, rid: str) -> "RequestSettings | None":
+        return self._settings.get(rid)
 
     def set_prefill_tokens(self, rid: str | None, tokens: int | None) -> None:
         """What SGLang admitted a request for (every admission: each chunk, a re-prefill after retraction)."""
@@ -264,9 +271,12 @@ class StateStore:
                         st.resume = self.records.resume(self._segment_keys.get(rid, []), prefix_len)
                         st.stats.add_resume(st.resume.kind, prefix_len)
                 self._states[rid] = st
-            if not self._method_enabled.pop(rid, True):
-                st.method_enabled = False
-                st.prefill_dense_reason = "the request turned EntropyInfer off (custom_params)"
+            settings = self._settings.get(rid)
+            if settings is not None:
+                st.config = settings.config
+                if not settings.enabled:
+                    st.method_enabled = False
+                    st.prefill_dense_reason = "the request turned EntropyInfer off (custom_params)"
             return st
 
     def begin_decode(self, rid: str, req_pool_idx: int, seq_len: int) -> RequestState:
@@ -281,14 +291,31 @@ class StateStore:
                 st.prompt_len = st.extended_tokens
             return st
 
-    def free(self, rid: str | None) -> None:
-        """Drop a request's state (SGLang freed its req_to_token row: finished, aborted or retracted)."""
+    def free(self, rid: str | None) -> RequestState | None:
+        """Drop a request's state (SGLang freed its req_to_token row: finished, aborted or retracted); returns it
+        (its stats final), or None when it had none. A retracted request is admitted again (with its settings)."""
         if rid is None:
-            return
+            return None
         with self._lock:
             self._prefill_tokens.pop(rid, None)
-            self._finish(rid)  # records what its last chunk typed, under its keys
+            st = self._finish(rid)  # records what its last chunk typed, under its keys
             self._segment_keys.pop(rid, None)
+            self._settings.pop(rid, None)
+            self.failed.pop(rid, None)
+            if self.metrics is not None:
+                self.metrics.set_held(self._held_counts())
+            return st
+
+    def held_counts(self) -> dict[str, int]:
+        """What the store holds per request (all 0 when the server is idle): states, admitted settings, prefill
+        lengths, boundary keys, observation windows, failures not yet reported."""
+        with self._lock:
+            return self._held_counts()
+
+    def _held_counts(self) -> dict[str, int]:
+        return {"states": len(self._states), "settings": len(self._settings),
+                "prefill_tokens": len(self._prefill_tokens), "segment_keys": len(self._segment_keys),
+                "windows": sum(1 for st in self._states.values() if st.holds_window), "failed": len(self.failed)}
 
     def clear(self) -> None:
         with self._lock:
@@ -296,12 +323,12 @@ class StateStore:
             for rid in list(self._states):
                 self._finish(rid)
             self._segment_keys.clear()
+            self._settings.clear()
 
-    def _finish(self, rid: str) -> None:
-        self._method_enabled.pop(rid, None)
+    def _finish(self, rid: str) -> RequestState | None:
         st = self._states.pop(rid, None)
         if st is None:
-            return
+            return None
         self.flush_typing(st)
         if st.table_id is not None and self.on_release is not None:
             self.on_release(st)
@@ -318,6 +345,7 @@ class StateStore:
             else:
                 logger.debug("EntropyInfer: %d requests hold %d bytes of side tables", len(self._states),
                              self._side_table_bytes())
+        return st
 
     def _side_table_bytes(self) -> int:
         records = 0 if self.records is None else self.records.nbytes
@@ -327,6 +355,23 @@ class StateStore:
         """Bytes of side state: every request's windows, decode tables and typing, and the typing records."""
         with self._lock:
             return self._side_table_bytes()
+
+    def fail(self, st: RequestState, why: str) -> None:
+        """The method raised for this request: it runs dense from now on and is failed (the plugin aborts it with
+        `why` after this forward); the other requests of the batch are not affected."""
+        st.prefill_dense_reason = why
+        st.method_enabled = False
+        st.drop_windows()
+        st.tables.clear()
+        if st.table_id is not None and self.on_release is not None:
+            self.on_release(st)
+        with self._lock:
+            self.failed[st.rid] = why
+
+    def take_failures(self) -> dict[str, str]:
+        with self._lock:
+            failed, self.failed = self.failed, {}
+        return failed
 
     def take_compactions(self) -> list[tuple[str, int]]:
         due, self.compaction_due = self.compaction_due, []

@@ -44,6 +44,7 @@ from . import compat
 from ..runtime.chunk_plan import ChunkPlan, dense_pair_count, plan_chunk, plan_pair_counts
 from ..runtime.compaction import compact_request
 from ..runtime.decode_table import compress_layer
+from ..runtime.faults import ENV_TEST_FAULT, fault_injection_from_env
 from ..runtime.kernel_path import (ArenaDecode, DecodeTableArena, chunk_has_sparse_segment, dense_chunk,
                                    dense_requests_by_kernel, kernels_wanted, prefill_chunk)
 from ..runtime.requests import STORE, RequestState, StateStore
@@ -104,9 +105,14 @@ class EntropyInferAttnBackend(_AttentionBackend):
         self._unsupported_logged: set[str] = set()
         self._layer_views: dict[int, compat.LayerView] = {}
         self.use_kernels = kernels_wanted(view.device)
+        self.faults = fault_injection_from_env()  # test-only (runtime/faults.py)
+        if self.faults is not None:
+            logger.warning("EntropyInfer: TEST-ONLY fault injection is on (%s=%s): the requests it names fail",
+                           ENV_TEST_FAULT, self.faults.describe())
         self.max_windows = self._compressible_requests()  # requests that may hold observation windows at once
         self.arena = self._create_arena(view) if self.use_kernels and config.decode_compression else None
         self.store.on_release = self._release_table
+        self.store.config = config  # requests' own settings are checked against it at admission
         if self.store.records is None or self.store.records.segment_size_tokens != config.segment_size_tokens:
             self.store.records = TypingRecords(config.segment_size_tokens)
         if not config.causal_head_typing and not compat.resolved_field(view.server_args, "disable_radix_cache", True):
@@ -167,7 +173,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
             st = self.store.get(rid)
             if st is None or st.prompt_len is None:
                 return False
-            if (st.method_enabled and (st.holds_window or self._window_reachable(int(seq_len)))
+            if (st.method_enabled and (st.holds_window or self._window_reachable(st, int(seq_len)))
                     and self._needs_python(st, int(seq_len) - 1 - st.prompt_len)):
                 return False
         return True
@@ -175,7 +181,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
     def _needs_python(self, st: RequestState, generated: int) -> bool:
         """At a decode step with `generated` generated tokens in the cache: a compression event is due or the
         step's query belongs to the observation window of the next event."""
-        cfg = self.config
+        cfg = self.request_config(st)
         if generated <= cfg.decode_delay_steps:
             return True
         interval = cfg.decode_evict_interval_steps
@@ -183,6 +189,11 @@ class EntropyInferAttnBackend(_AttentionBackend):
             return False
         next_event = cfg.decode_delay_steps + -(-(generated - cfg.decode_delay_steps) // interval) * interval
         return next_event - generated <= cfg.observation_window_tokens
+
+    def request_config(self, st: RequestState) -> EntropyInferConfig:
+        """The config a request runs with: its own (custom_params budgets, checked against the server's when it
+        was admitted) or the server's."""
+        return self.config if st.config is None else st.config
 
     def get_cuda_graph_seq_len_fill_value(self):
         return self.inner.get_cuda_graph_seq_len_fill_value()
@@ -219,7 +230,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
             # has none, so it runs exactly as the dense backend would.
             target = self.store.prefill_tokens(rid)
             dense_only = profile and target is not None and seq_len >= target and not chunk_has_sparse_segment(
-                prefix, seq_len, self.config, self.config.num_dense_layers)
+                prefix, seq_len, self.request_config(st), self.config.num_dense_layers)
             info = _RequestInfo(i, rid, batch.req_pool_indices[i], prefix, extend, seq_len, batch.q_start[i], st,
                                 profile and not dense_only)
             info.dense_only = dense_only
@@ -243,16 +254,34 @@ class EntropyInferAttnBackend(_AttentionBackend):
             in_cache = seq_len - 1  # the new token's KV is written during this step
             generated = in_cache - st.prompt_len
             compressing = cfg.decode_compression and st.method_enabled
+            request_cfg = self.request_config(st)
             if compressing:  # every step up to the first event, then the steps before each later one
                 info.record_fresh = self._needs_python(st, generated)
                 info.records_window = (info.record_fresh or st.holds_window) and self._window_wanted(st, seq_len)
             if (compressing and generated > st.last_event_checked and generated >= 0
-                    and compression_due(generated, cfg)):
+                    and compression_due(generated, request_cfg)):
                 st.last_event_checked = generated
-                self._compress(info, in_cache)
+                try:
+                    if self.faults is not None:
+                        self.faults.check("compress", rid)
+                    self._compress(info, in_cache)
+                except Exception as err:  # noqa: BLE001 - one request's fault must not take the batch down
+                    self._fail(info, "decode compression", None, err)
         if self.arena is not None and any(info.state.table_id is not None for info in self._infos):
             self._arena_decode = ArenaDecode(self.arena, compat.req_to_token(self.req_to_token_pool),
                                              *compat.batch_row_tensors(batch))
+
+    def _fail(self, info: _RequestInfo, what: str, layer_id: int | None, err: Exception) -> None:
+        """`what` raised for one request: it runs dense from here (this forward's output for it stays valid) and
+        the plugin fails it with this reason after the forward; the batch's other requests go on."""
+        where = "" if layer_id is None else f" at layer {layer_id}"
+        why = f"EntropyInfer {what} failed for this request{where}: {type(err).__name__}: {err}"
+        logger.error("EntropyInfer: request %s: %s%s; the request is failed, the server keeps serving", info.rid,
+                     what, where + f" ({type(err).__name__}: {err})")
+        logger.debug("EntropyInfer: request %s: the failure's stack", info.rid, exc_info=err)
+        info.profile = False
+        info.records_window = False
+        self.store.fail(info.state, why)
 
     def _compressible_requests(self) -> int:
         """How many requests can be compressed at once: a compression event only shrinks a request that holds
@@ -263,10 +292,10 @@ class EntropyInferAttnBackend(_AttentionBackend):
         rows = compat.req_to_token(self.req_to_token_pool).shape[0]
         return max(1, min(rows, pool_tokens // (self.config.decode_budget_tokens + 1)))
 
-    def _window_reachable(self, seq_len: int) -> bool:
-        """Whether queries ending at position `seq_len - 1` reach the positions an evicting event reads (an event
-        at T > decode_budget_tokens cache entries reads T - W .. T - 1)."""
-        cfg = self.config
+    def _window_reachable(self, st: RequestState, seq_len: int) -> bool:
+        """Whether queries ending at position `seq_len - 1` reach the positions an evicting event of the request
+        reads (an event at T > decode_budget_tokens cache entries reads T - W .. T - 1)."""
+        cfg = self.request_config(st)
         return seq_len + cfg.observation_window_tokens >= cfg.decode_budget_tokens + 2
 
     def _window_wanted(self, st: RequestState, seq_len: int) -> bool:
@@ -274,7 +303,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
         observation windows: only positions an evicting event reads (an event at T > decode_budget_tokens cache
         entries reads positions T - W .. T - 1), and only while fewer than `max_windows` requests hold windows
         (what the plugin charged to --mem-fraction-static); else the request is not compressed."""
-        if not self._window_reachable(seq_len):
+        if not self._window_reachable(st, seq_len):
             return False
         if st.holds_window:
             return True
@@ -322,7 +351,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
                 continue  # the window does not end right before the new token (e.g. an unsupported layer)
             k_buf, _ = compat.kv_buffers(self.token_to_kv_pool, layer_id)
             keys = k_buf[slots]
-            table, before, kept = compress_layer(window, keys.to(window.dtype), st.tables.get(layer_id), self.config)
+            table, before, kept = compress_layer(window, keys.to(window.dtype), st.tables.get(layer_id),
+                                                 self.request_config(st))
             if table is None:
                 st.tables.pop(layer_id, None)
             else:
@@ -418,10 +448,17 @@ class EntropyInferAttnBackend(_AttentionBackend):
             slots = self._request_slots(info)
             k_all = k_buf[slots].to(q3.dtype)
             q_chunk = q3[info.q_start:info.q_start + info.extend_len]
-            typing = st.typing_for(lv.layer_id, info.prefix_len, lv.num_kv_heads, cfg, q3.device)
-            result = plan_chunk(q_chunk, k_all, cfg, prefix_len=info.prefix_len, layer_idx=lv.layer_id,
-                                typing=typing, previous_block_scores=info.previous_scores,
-                                prompt_len_tokens=info.prompt_len)
+            request_cfg = self.request_config(st)
+            try:
+                if self.faults is not None:
+                    self.faults.check("plan", info.rid)
+                typing = st.typing_for(lv.layer_id, info.prefix_len, lv.num_kv_heads, request_cfg, q3.device)
+                result = plan_chunk(q_chunk, k_all, request_cfg, prefix_len=info.prefix_len, layer_idx=lv.layer_id,
+                                    typing=typing, previous_block_scores=info.previous_scores,
+                                    prompt_len_tokens=info.prompt_len)
+            except Exception as err:  # noqa: BLE001 - one request's fault must not take the batch down
+                self._fail(info, "prefill planning", lv.layer_id, err)
+                continue
             info.previous_scores = result.block_scores
             st.keep_typing(lv.layer_id, result.typing, result.typed)
             if lv.layer_id < cfg.num_dense_layers:
@@ -480,10 +517,17 @@ class EntropyInferAttnBackend(_AttentionBackend):
             st = info.state
             rows = slice(info.q_start, info.q_start + info.extend_len)
             k_all, v_all = self._chunk_kv(info, q3, k3, v3, layer_id)
-            typing = st.typing_for(layer_id, info.prefix_len, lv.num_kv_heads, cfg, q3.device)
-            result = prefill_chunk(q3[rows], k_all, v_all, cfg, prefix_len=info.prefix_len, layer_idx=layer_id,
-                                   typing=typing, previous_block_scores=info.previous_scores,
-                                   scale=lv.scaling, attend=attend, prompt_len_tokens=info.prompt_len)
+            request_cfg = self.request_config(st)
+            try:
+                if self.faults is not None:
+                    self.faults.check("plan", info.rid)
+                typing = st.typing_for(layer_id, info.prefix_len, lv.num_kv_heads, request_cfg, q3.device)
+                result = prefill_chunk(q3[rows], k_all, v_all, request_cfg, prefix_len=info.prefix_len,
+                                       layer_idx=layer_id, typing=typing, previous_block_scores=info.previous_scores,
+                                       scale=lv.scaling, attend=attend, prompt_len_tokens=info.prompt_len)
+            except Exception as err:  # noqa: BLE001 - one request's fault must not take the batch down
+                self._fail(info, "prefill planning", layer_id, err)
+                continue
             info.previous_scores = result.block_scores
             st.keep_typing(layer_id, result.typing, result.typed)
             if not attend:

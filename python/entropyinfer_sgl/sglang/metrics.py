@@ -34,6 +34,9 @@ COUNTERS = {
 }
 
 
+HELD_KINDS = ("states", "settings", "prefill_tokens", "segment_keys", "windows", "failed")
+
+
 class EntropyInferMetrics:
     """The process's EntropyInfer series (one instance per scheduler process)."""
 
@@ -49,6 +52,16 @@ class EntropyInferMetrics:
         self.side_table_bytes = Gauge(PREFIX + "side_table_bytes",
                                       "bytes of per-request side state held (windows, decode tables, typing)",
                                       names, multiprocess_mode="livesum").labels(**labels)
+        # per-request state still held after the latest request was freed (all 0 once the server is idle: a leak
+        # check for soaks), by kind: states, settings, prefill_tokens, segment_keys, windows, failed
+        held = Gauge(PREFIX + "held", "per-request EntropyInfer state still held, by kind", names + ["kind"],
+                     multiprocess_mode="livesum")
+        self.held = {kind: held.labels(**labels, kind=kind) for kind in HELD_KINDS}
+
+    def set_held(self, held: dict[str, int]) -> None:
+        for kind, value in held.items():
+            if kind in self.held:
+                self.held[kind].set(value)
 
     def request_finished(self, stats: RequestStats, side_table_bytes: int) -> None:
         self.requests.inc()

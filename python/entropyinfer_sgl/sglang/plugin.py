@@ -15,7 +15,15 @@ Importing this module has no side effects and imports no SGLang module. `registe
   adds the decode-table arena's bytes per KV-pool token to SGLang's per-token cost, so the pool sized from
   --mem-fraction-static leaves room for it;
 - frees a request's EntropyInfer state when SGLang frees its `req_to_token` row (finish, abort, retraction);
-- reads a request's own choice, `custom_params: {"entropyinfer": {"enabled": false}}`, when SGLang admits it;
+- refuses a request before it is scheduled (a 400 naming the problem: SGLang's request validation, `/generate`
+  and the OpenAI API) when its `custom_params` are not a JSON object, its `custom_params["entropyinfer"]` is
+  malformed, unknown or beyond the server's budgets (`runtime/request_settings.py`), or its token ids are empty
+  or outside the vocabulary (`policy.request_input_problem`: such ids crash the model's embedding);
+- runs a request with its own settings, `custom_params: {"entropyinfer": {"enabled": false}}` or lower budgets,
+  read when SGLang admits it, and puts what it ran with into its response (`meta_info["entropyinfer"]`, the
+  value at the last output token: density, rigid fraction, KV kept, compression events, its budgets);
+- fails a request (HTTP 500 with the reason) whose prefill plan or compression event raised, after the forward
+  that ran it dense; the server keeps serving the others (`runtime/faults.py` injects such faults in tests);
 - phase 2 (`decode_free_memory`, SGLang 0.5.17): turns the overlap scheduler off, and around each
   `Scheduler.run_batch` compacts, after the forward, the requests whose compression event it ran and returns
   what they released to SGLang (`compaction.py`, `compat.release_compacted`).
@@ -23,12 +31,15 @@ Importing this module has no side effects and imports no SGLang module. `registe
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sys
 import threading
 from typing import Any
 
 from ..core.config import EntropyInferConfig
+from ..runtime.request_settings import REQUEST_KEY, parse_request_settings, request_report
 from . import compat, policy
 
 logger = logging.getLogger("entropyinfer_sgl.sglang")
@@ -59,6 +70,7 @@ def register() -> None:
         compat.register_request_release_hooks(_on_request_freed, _on_requests_cleared)
         compat.register_request_creation_hook(_on_request_created)
         compat.register_request_admission_hook(_on_request_admitted)
+        compat.register_request_validation_hook(_request_problem)
         compat.register_decode_graph_hook(_graph_step_allowed)
         compat.register_cell_size_hook(_side_table_bytes_per_token)
         compat.register_run_batch_hook(_around_run_batch)
@@ -90,7 +102,12 @@ def resolve_config(server_args: Any | None = None) -> EntropyInferConfig:
     """The config in force: the one carried on ServerArgs, else `$ENTROPYINFER_CONFIG`, else the default preset."""
     carried = compat.get_bookkeeping(server_args) if server_args is not None else None
     text = (carried or {}).get("config") or os.environ.get(compat.ENV_CONFIG) or DEFAULT_PRESET
-    return EntropyInferConfig.load(text)
+    return _load_config(text)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_config(text: str) -> EntropyInferConfig:
+    return EntropyInferConfig.load(text)  # frozen: safe to share (every request's check reads the server's)
 
 
 def engine(config: EntropyInferConfig | str | None = None, **kwargs):
@@ -123,19 +140,47 @@ def _after_add_cli_args(result, parser, *args, **kwargs):
     return result
 
 
+class StartupRefused(ValueError):
+    """A server configuration the plugin refuses. Launched from the command line, it ends the process with one
+    line, `error: <reason>`, and exit status 1 (`_install_cli_excepthook`); in a library call it is a ValueError."""
+
+
+def _install_cli_excepthook() -> None:
+    """Print an uncaught StartupRefused as one `error: ...` line (no traceback; the interpreter exits with 1).
+    Installed when SGLang parses command-line arguments (only its launchers do); other exceptions go to the
+    hook that was there."""
+    previous = sys.excepthook
+    if getattr(previous, "_entropyinfer", False):
+        return
+
+    def hook(kind, value, tb):
+        if isinstance(value, StartupRefused):
+            print(f"error: {value}", file=sys.stderr, flush=True)
+            return
+        previous(kind, value, tb)
+
+    hook._entropyinfer = True
+    sys.excepthook = hook
+
+
 def _around_from_cli_args(original, cls, args, *rest, **kwargs):
+    _install_cli_excepthook()
     enabled, config_text, backend = compat.cli_namespace_flags(args)
     if enabled:
         if backend not in (None, compat.BACKEND_NAME):
-            raise ValueError(f"--enable-entropyinfer selects --attention-backend {compat.BACKEND_NAME} (over a "
+            raise StartupRefused(f"--enable-entropyinfer selects --attention-backend {compat.BACKEND_NAME} (over a "
                              f"dense backend it picks itself); it cannot be combined with --attention-backend "
                              f"{backend}")
         compat.set_cli_attention_backend(args, compat.BACKEND_NAME)
     elif config_text is not None and backend != compat.BACKEND_NAME:
-        raise ValueError("--entropyinfer-config needs --enable-entropyinfer")
+        raise StartupRefused("--entropyinfer-config needs --enable-entropyinfer")
     if enabled or backend == compat.BACKEND_NAME:
         text = config_text or os.environ.get(compat.ENV_CONFIG) or DEFAULT_PRESET
-        config = EntropyInferConfig.load(text)  # a clear ValueError for a bad path, JSON or field
+        try:
+            config = EntropyInferConfig.load(text)  # a clear ValueError for a bad path, JSON or field
+        except ValueError as err:
+            source = "--entropyinfer-config" if config_text else f"${compat.ENV_CONFIG}"
+            raise StartupRefused(f"{source}: {err}") from None
         os.environ[compat.ENV_CONFIG] = config.to_json()  # inherited by the spawned scheduler processes
     server_args = original(cls, args, *rest, **kwargs)
     if compat.uses_backend(server_args):
@@ -154,7 +199,7 @@ def _before_resolution(server_args) -> None:
                         "returns pool slots between a forward and the processing of its results)")
     explicit = policy.disable_graphs_before_resolution(server_args)
     if explicit:
-        raise ValueError("EntropyInfer captures only the decode phase in CUDA graphs (backend 'full', CUDA, SGLang "
+        raise StartupRefused("EntropyInfer captures only the decode phase in CUDA graphs (backend 'full', CUDA, SGLang "
                          "0.5.17); remove " + ", ".join(explicit))
 
 
@@ -171,7 +216,7 @@ def _after_resolution(server_args) -> None:
 
 def _refuse(problems: list[str]) -> None:
     if problems:
-        raise ValueError("EntropyInfer (--enable-entropyinfer / --attention-backend entropyinfer) does not support "
+        raise StartupRefused("EntropyInfer (--enable-entropyinfer / --attention-backend entropyinfer) does not support "
                          "yet: " + "; ".join(problems) + ". See docs/sglang.md.")
 
 
@@ -210,18 +255,38 @@ def _side_table_bytes_per_token(kvc, cell_size: int) -> int:
 
 
 def _around_run_batch(original, scheduler, batch, *args, **kwargs):
-    """Phase 2: after the forward, compact the requests whose compression event it ran and do SGLang's side
-    (free their released slots, move their protected length, unlock the radix-cache nodes they held)."""
+    """After a forward: fail the requests the method raised for (the backend ran them dense and recorded why), and
+    (phase 2) compact the requests whose compression event it ran and do SGLang's side (free their released
+    slots, move their protected length, unlock the radix-cache nodes they held)."""
     from ..runtime.requests import STORE
 
     try:
         return original(scheduler, batch, *args, **kwargs)
     finally:
+        if STORE.failed:
+            failed = STORE.take_failures()
+            for req in compat.batch_requests(batch):
+                why = failed.get(compat.request_id(req))
+                if why is not None:
+                    compat.fail_request(req, why)
         if STORE.compaction_due:
             compat.release_compacted(scheduler, compat.batch_requests(batch), STORE.take_compactions(), STORE.compact)
 
 
-REQUEST_KEY = "entropyinfer"  # the request's custom_params key: {"enabled": bool}
+def _request_problem(facts: compat.RequestFacts) -> str | None:
+    """Why a request to a server running EntropyInfer must be refused before it is scheduled (SGLang answers 400
+    with this message), or None."""
+    if not compat.uses_backend(facts.server_args):
+        return None
+    problem = policy.request_input_problem(facts.input_ids, facts.vocab_size, facts.multimodal,
+                                           facts.top_logprobs_num)
+    if problem is not None:
+        return problem
+    try:
+        parse_request_settings(facts.custom_params, resolve_config(facts.server_args))
+    except ValueError as err:
+        return f"EntropyInfer: {err}"
+    return None
 
 
 def _on_request_created(req) -> None:
@@ -236,26 +301,33 @@ def _on_request_created(req) -> None:
 def _on_request_admitted(req) -> None:
     from ..runtime.requests import STORE
 
+    server = STORE.config
+    if server is None:
+        return  # no EntropyInfer backend in this process (a dense server with the plugin installed)
     rid, _ = compat.request_identity(req)
     tokens = compat.request_prefill_tokens(req)
     STORE.set_prefill_tokens(rid, tokens)
-    STORE.set_prefill_ids(rid, tokens, lambda: compat.request_prefill_ids(req))
-    params = compat.request_custom_params(req)
-    if params is None or REQUEST_KEY not in params:
-        return
-    choice = params[REQUEST_KEY]
-    if not (isinstance(choice, dict) and set(choice) == {"enabled"} and isinstance(choice["enabled"], bool)):
-        logger.error("EntropyInfer: request %s: custom_params[%r] must be {\"enabled\": true|false}, got %r; "
-                     "the server's setting applies", rid, REQUEST_KEY, choice)
-        return
-    STORE.set_method_enabled(rid, choice["enabled"])
+    try:
+        settings = parse_request_settings(compat.request_custom_params(req), server)
+    except ValueError as err:  # the request validation hook refuses these; only a path around it lands here
+        logger.error("EntropyInfer: request %s refused at admission: %s", rid, err)
+        compat.fail_request(req, f"EntropyInfer: {err}", bad_request=True)  # never run it with other settings
+        settings = None
+    if settings is not None:
+        STORE.set_request_settings(rid, settings)
+    if settings is None or not settings.own_prefill_budgets:  # typing records hold the server's budgets' typing
+        STORE.set_prefill_ids(rid, tokens, lambda: compat.request_prefill_ids(req))
 
 
 def _on_request_freed(req) -> None:
     from ..runtime.requests import STORE
 
     rid, _ = compat.request_identity(req)
-    STORE.free(rid)
+    st = STORE.free(rid)
+    if st is not None and STORE.config is not None and compat.request_finished(req):
+        config = STORE.config if st.config is None else st.config
+        compat.set_request_report(req, REQUEST_KEY, request_report(st.method_enabled, config, st.stats,
+                                                                   st.prefill_dense_reason))
     compat.restore_request_flags(req)
 
 

@@ -136,3 +136,25 @@ def request_cache_namespace(choice: Any) -> str | None:
     if not own:
         return None
     return "|entropyinfer:" + json.dumps(own, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def request_input_problem(input_ids: list | None, vocab_size: int | None, multimodal: bool,
+                          top_logprobs_num: object = None) -> str | None:
+    """Why a request cannot be served, or None: no token at all, an id outside the vocabulary (the model's
+    embedding would raise inside the scheduler and take every server process down), or more top logprobs than the
+    vocabulary has (the sampler's top-k would raise there too)."""
+    if top_logprobs_num is not None and vocab_size is not None and (
+            isinstance(top_logprobs_num, bool) or not isinstance(top_logprobs_num, int)
+            or not 0 <= top_logprobs_num <= vocab_size):
+        return f"top_logprobs_num={top_logprobs_num!r}: must be an integer in [0, {vocab_size}] (the vocabulary size)"
+    if input_ids is None or multimodal:
+        return None
+    if len(input_ids) == 0:
+        return "the request has no input tokens: give a non-empty text or input_ids"
+    if vocab_size is None:
+        return None
+    for position, token in enumerate(input_ids):
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab_size:
+            return (f"input_ids[{position}]={token!r} is not a token id of this model: ids must be integers in "
+                    f"[0, {vocab_size})")
+    return None

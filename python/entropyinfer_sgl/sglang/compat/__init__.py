@@ -82,6 +82,10 @@ TARGET_REQ_INIT = "sglang.srt.managers.schedule_batch.Req.__init__"
 TARGET_DECODE_GRAPH_CAN_RUN = "sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.can_run_graph"
 TARGET_CELL_SIZE = "sglang.srt.model_executor.pool_configurator.DefaultPoolConfigurator._compute_cell_size"
 TARGET_RUN_BATCH = "sglang.srt.managers.scheduler.Scheduler.run_batch"
+TARGET_VALIDATE_REQUEST = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
+TARGETS_OPENAI_VALIDATE = (
+    "sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat._validate_request",
+    "sglang.srt.entrypoints.openai.serving_completions.OpenAIServingCompletion._validate_request")
 _BOOKKEEPING = "_entropyinfer"  # the ServerArgs attribute carrying the plugin's settings
 
 
@@ -295,10 +299,77 @@ def request_prefill_ids(req: Any) -> list[int] | None:
     return None if prompt is None else list(prompt) + list(output)
 
 
-def request_custom_params(req: Any) -> dict | None:
-    """The request's `custom_params` (sampling params of `/generate`, `custom_params` of the OpenAI API)."""
-    params = getattr(getattr(req, "sampling_params", None), "custom_params", None)
-    return params if isinstance(params, dict) else None
+def request_custom_params(req: Any) -> Any:
+    """The request's `custom_params` as given (sampling params of `/generate`, `custom_params` of the OpenAI API);
+    None when absent."""
+    return getattr(getattr(req, "sampling_params", None), "custom_params", None)
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What the plugin checks of one request before SGLang schedules it (in the HTTP server's process)."""
+
+    server_args: Any
+    custom_params: Any  # as the client gave it (None: absent)
+    input_ids: list | None  # the ids it would prefill (None: not known yet, the OpenAI API's early check)
+    vocab_size: int | None
+    multimodal: bool  # image/video/audio inputs: their placeholder ids are the processor's business
+    top_logprobs_num: Any = None  # logprobs of the top this many tokens per position (when logprobs are asked for)
+
+
+def register_request_validation_hook(check: Callable[[RequestFacts], str | None]) -> None:
+    """`check(facts)` for every request before it is scheduled; a returned message refuses it with a 400 naming it.
+
+    - `TokenizerManager._validate_one_request(obj, input_ids)` (BEFORE; both releases; each request of a batch, and
+      every `/generate` and OpenAI request, after tokenization): a ValueError there is SGLang's 400;
+    - the OpenAI servers' `_validate_request(request)` (AFTER): the same check of `custom_params` before a streamed
+      response starts (a streamed request refused later gets its error inside the stream).
+    """
+
+    def before_validate_one(self, obj, input_ids, *args, **kwargs):
+        sampling = getattr(obj, "sampling_params", None)
+        contains_mm = getattr(obj, "contains_mm_input", None)
+        facts = RequestFacts(server_args=self.server_args,
+                             custom_params=sampling.get("custom_params") if isinstance(sampling, dict) else None,
+                             input_ids=None if input_ids is None else list(input_ids),
+                             vocab_size=getattr(self.model_config, "vocab_size", None),
+                             multimodal=bool(contains_mm()) if callable(contains_mm) else False,
+                             top_logprobs_num=(getattr(obj, "top_logprobs_num", None)
+                                               if getattr(obj, "return_logprob", False) else None))
+        problem = check(facts)
+        if problem:
+            raise ValueError(problem)
+        return None
+
+    def after_openai_validate(result, self, request, *args, **kwargs):
+        if result:
+            return result
+        return check(RequestFacts(server_args=self.tokenizer_manager.server_args,
+                                  custom_params=getattr(request, "custom_params", None), input_ids=None,
+                                  vocab_size=None, multimodal=False))
+
+    register_hook(TARGET_VALIDATE_REQUEST, before_validate_one, "before")
+    for target in TARGETS_OPENAI_VALIDATE:
+        register_hook(target, after_openai_validate, "after")
+
+
+def request_finished(req: Any) -> bool:
+    """Whether a scheduler `Req` has finished (a freed request that has not was retracted, to run again)."""
+    finished = getattr(req, "finished", None)
+    return bool(finished()) if callable(finished) else False
+
+
+def set_request_report(req: Any, key: str, value: Any) -> None:
+    """Put `value` into the finished request's response: `meta_info[key]` (SGLang's `customized_info`, a list
+    aligned with the output tokens: `value` at the last token, None before it; both releases)."""
+    sent = getattr(req, "output_ids_through_stop", None)  # what SGLang streams (a stop string may end it early)
+    tokens = len(sent if sent is not None else getattr(req, "output_ids", None) or ())
+    if tokens == 0:
+        return
+    info = getattr(req, "customized_info", None)
+    info = dict(info) if isinstance(info, dict) else {}
+    info[key] = [None] * (tokens - 1) + [value]
+    req.customized_info = info
 
 
 def register_decode_graph_hook(step_allowed: Callable[[Any, Any], bool]) -> None:
@@ -335,9 +406,27 @@ def free_memory_supported() -> bool:
 
 def register_run_batch_hook(around: Callable[..., Any]) -> None:
     """`around(original, scheduler, batch, *args, **kwargs)` around `Scheduler.run_batch` (one forward of a
-    batch; without the overlap scheduler the batch's results are processed right after it)."""
-    if free_memory_supported():
-        register_hook(TARGET_RUN_BATCH, around, "around")
+    batch, both releases; without the overlap scheduler the batch's results are processed right after it)."""
+    register_hook(TARGET_RUN_BATCH, around, "around")
+
+
+def fail_request(req: Any, message: str, *, bad_request: bool = False) -> None:
+    """Finish a scheduler `Req` with an error when SGLang next checks it (as `/abort_request` does: `to_finish`);
+    its client gets HTTP 500 (400 with `bad_request`) with `message` (a streamed request: an error event). Both
+    releases."""
+    from http import HTTPStatus
+
+    from sglang.srt.managers.schedule_batch import FINISH_ABORT
+
+    if bad_request:
+        req.to_finish = FINISH_ABORT(message, status_code=HTTPStatus.BAD_REQUEST, err_type="BadRequest")
+    else:
+        req.to_finish = FINISH_ABORT(message, status_code=HTTPStatus.INTERNAL_SERVER_ERROR,
+                                     err_type="InternalServerError")
+
+
+def request_id(req: Any) -> str | None:
+    return getattr(req, "rid", None)
 
 
 def batch_requests(batch: Any) -> list:
