@@ -65,4 +65,6 @@ def test_eval_through_the_server_matches_the_hf_path(smollm2_checkpoint, tmp_pat
             assert record["output"] == hf[hf_name].text, (task, server_name, record["output"], hf[hf_name].text)
             assert record["score"] == hf[hf_name].score
         assert hf["entropyinfer"].prefill_density < 1.0
+        assert records[("server_entropyinfer", task)]["prefill_density"] < 1.0  # meta_info's report
+        assert records[("server_full", task)]["prefill_density"] is None  # off: not measured
     assert hf["entropyinfer"].compression_events > 0  # multivalue's answer runs past the delay
