@@ -17,7 +17,7 @@ request, layer and step the method leaves dense. Per forward:
 - `forward_decode`: dense until a request's first compression event; then that request attends, per layer and
   kv head, only to its kept positions plus every token appended since (phase 1: the KV stays in the pool; phase 2,
   `decode_free_memory`: after the event's forward, `compact` moves the kept entries to the request's own slots at
-  the end of its row and the plugin returns the rest to SGLang, `compaction.py`).
+  the end of its row and the plugin returns the rest to SGLang, `runtime/compaction.py`).
 
 Two paths with one behaviour: the reference path (a Python loop over requests, SDPA on gathered keys: the CPU
 default) and the kernel path (`runtime/kernel_path.py`: on-device planning, one `sparse_prefill` launch per request and
@@ -349,7 +349,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
                 alloc: Callable[[int], torch.Tensor | None]) -> tuple[torch.Tensor, int] | None:
         """Phase 2, after the forward of a request's compression event at `cache_len` entries (the plugin's
         Scheduler.run_batch hook calls it with SGLang's protected length and allocator): move its kept entries to
-        slots of its own at the end of its row (`compaction.py`) and point its decode tables there. Returns (own
+        slots of its own at the end of its row (`runtime/compaction.py`) and point its decode tables there. Returns (own
         slots to free, the new protected length), or None (nothing released: the event stays phase 1)."""
         st = self.store.get(rid)
         if st is None or not st.tables:
