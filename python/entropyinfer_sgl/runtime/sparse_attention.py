@@ -1,7 +1,8 @@
-"""Block-sparse prefill attention through torch SDPA over gathered keys: the SGLang backend's reference path (a
-chunk after a prefix) and `hf.enable`'s CPU path (a whole prompt) run this one routine.
+"""Sparse attention through torch SDPA over gathered keys. Prefill: the SGLang backend's reference path (a chunk
+after a prefix) and `hf.enable`'s CPU path (a whole prompt) run `sparse_chunk_attention`. Decode over a compressed
+cache's position tables: `compressed_decode_attention` (the SGLang backend's reference path).
 
-No engine import: the tests run it against the float32 oracle `entropyinfer_sgl.core.reference.sparse_prefill_reference`.
+No engine import: the tests run them against the float32 oracles of `entropyinfer_sgl.core.reference`.
 """
 
 from __future__ import annotations
@@ -106,3 +107,22 @@ def sparse_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pl
     if run_start is not None:
         dense_rows(run_start, seq_len)
     return out.transpose(0, 1)
+
+
+def compressed_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                kept_indices: torch.Tensor, kept_lengths: torch.Tensor, *, scale: float) -> torch.Tensor:
+    """One decode step over a compressed cache, every kv head in one SDPA call, in float32 (the SGLang backend's
+    reference path; equals `core.reference.compressed_decode_reference`, which loops over kv heads).
+
+    q: `[Hq, D]`; k_cache, v_cache: `[T, Hkv, D]` token-major; kept_indices: int `[Hkv, width]` cache rows per kv
+    head (entries past `kept_lengths` are padding, any valid row); kept_lengths: `[Hkv]`. Returns float32 `[Hq, D]`.
+    """
+    num_q_heads, head_dim = q.shape
+    num_kv_heads, width = kept_indices.shape
+    heads = torch.arange(num_kv_heads, device=q.device)[:, None]
+    rows = kept_indices.to(device=q.device, dtype=torch.int64)
+    keys, values = k_cache[rows, heads].float(), v_cache[rows, heads].float()  # [Hkv, width, D]
+    valid = torch.arange(width, device=q.device)[None, :] < kept_lengths.to(q.device)[:, None]  # [Hkv, width]
+    grouped = q.float().view(num_kv_heads, num_q_heads // num_kv_heads, head_dim)
+    out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=valid[:, None, :], scale=scale)
+    return out.reshape(num_q_heads, head_dim)

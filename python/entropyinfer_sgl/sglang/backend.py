@@ -39,7 +39,6 @@ import torch
 
 from ..core.config import EntropyInferConfig
 from ..core.decode import compression_due, max_kept_per_head_tokens
-from ..core.reference import compressed_decode_reference
 from . import compat
 from ..runtime.chunk_plan import ChunkPlan, dense_pair_count, plan_chunk, plan_pair_counts
 from ..runtime.compaction import compact_request
@@ -47,7 +46,7 @@ from ..runtime.decode_table import compress_layer
 from ..runtime.kernel_path import (ArenaDecode, DecodeTableArena, chunk_has_sparse_segment, dense_chunk,
                                    dense_requests_by_kernel, kernels_wanted, prefill_chunk)
 from ..runtime.requests import STORE, RequestState, StateStore
-from ..runtime.sparse_attention import sparse_chunk_attention
+from ..runtime.sparse_attention import compressed_decode_attention, sparse_chunk_attention
 from ..runtime.typing_records import TypingRecords
 
 logger = logging.getLogger("entropyinfer_sgl.sglang")
@@ -585,7 +584,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
             table = info.state.tables[lv.layer_id]
             positions, lengths = table.visible(info.seq_len)
             slots = table_rows[info.row].to(torch.int64)[positions]  # [Hkv, width] pool slots
-            out, _ = compressed_decode_reference(q3[info.index], k_buf, v_buf, slots, lengths, scale=lv.scaling)
+            out = compressed_decode_attention(q3[info.index], k_buf, v_buf, slots, lengths, scale=lv.scaling)
             out3[info.index] = out.to(out3.dtype)
         return out3.view(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
 
