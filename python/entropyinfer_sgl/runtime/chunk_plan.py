@@ -21,7 +21,8 @@ import torch
 from ..core.budgets import HeadTypingState, head_budgets, keep_blocks
 from ..core.config import EntropyInferConfig
 from ..core.plan import PlannerBackend, PrefillPlan, plan_prefill, reference_path_planner
-from ..core.profile import LAYER_FUSION_PREVIOUS_WEIGHT, HeadProfile, attention_entropy, scores_from_representatives
+from ..core.profile import (LAYER_FUSION_PREVIOUS_WEIGHT, HeadProfile, attention_entropy,
+                            scores_from_representatives, segment_representatives)
 from ..core.transfer import host_to_device
 
 
@@ -123,8 +124,7 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
     num_q_heads, head_dim = q_chunk.shape[1], q_chunk.shape[2]
     num_kv_heads = k_all.shape[1]
     # scored rows: the chunk's own segments, from `first` on (nothing else is executed or typed here)
-    q_max = _segment_reduce(q_chunk, prefix_len - first * segment, segment, "max")
-    q_min = _segment_reduce(q_chunk, prefix_len - first * segment, segment, "min")
+    q_max, q_min = _chunk_representatives(q_chunk, prefix_len - first * segment, segment)
     if typing is not None and typing.partial_max is not None:
         q_max[0] = torch.maximum(q_max[0], typing.partial_max)
         q_min[0] = torch.minimum(q_min[0], typing.partial_min)
@@ -182,15 +182,21 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
     return ChunkPlan(plan, carried, p, rigid, None, typed_here)
 
 
-def _segment_reduce(rows: torch.Tensor, offset: int, segment: int, op: str) -> torch.Tensor:
-    """Elementwise max or min of `rows` (`[n, ...]`, the positions from `offset` within a segment on) per segment:
-    `[ceil((offset + n) / segment), ...]` in one reduction (padding is the reduction's identity)."""
-    count = -(-(offset + rows.shape[0]) // segment)
-    fill = float("-inf") if op == "max" else float("inf")
-    padded = rows.new_full((count * segment, *rows.shape[1:]), fill)
-    padded[offset:offset + rows.shape[0]] = rows
-    padded = padded.view(count, segment, *rows.shape[1:])
-    return padded.amax(dim=1) if op == "max" else padded.amin(dim=1)
+def _chunk_representatives(rows: torch.Tensor, offset: int, segment: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elementwise max and min of `rows` (`[n, ...]`, the positions from `offset` within a segment on) per segment:
+    two `[ceil((offset + n) / segment), ...]`, one pass over the rows (no padded copy: on a CPU the chunk's queries
+    are read once, not copied and reduced twice)."""
+    head = min(segment - offset, rows.shape[0]) if offset else 0  # the rest of the segment the chunk starts in
+    maxima, minima = [], []
+    if head:
+        low, high = torch.aminmax(rows[:head], dim=0, keepdim=True)
+        maxima.append(high)
+        minima.append(low)
+    if rows.shape[0] > head:
+        high, low = segment_representatives(rows[head:], segment)
+        maxima.append(high)
+        minima.append(low)
+    return torch.cat(maxima), torch.cat(minima)
 
 
 def dense_pair_count(prefix_len: int, seq_len: int, num_kv_heads: int, segment: int, block: int) -> float:
