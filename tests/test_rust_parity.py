@@ -106,3 +106,44 @@ def test_typed_errors():
         _scheduler.head_budgets(np.ones((1, 3), dtype=np.float32), rigid_entropy_threshold=1e-5,
                                 entropy_growth_threshold=0.4, budget_growth_rate=0.5, base_budget_tokens=2048.0,
                                 max_budget_tokens=1000.0, causal=False)
+
+
+@pytest.mark.parametrize("ends", [[128, 256, 300], [100, 200, 300]], ids=["aligned", "unaligned"])
+def test_chunk_planning_backends_agree(ends, generator):
+    """The CPU engine's planner (Rust: typing and selection, chunk by chunk) gives the torch reference's plans and
+    typing states, for chunks cut at and inside segments (rows before a chunk's first segment: not planned)."""
+    from entropyinfer_sgl.runtime.chunk_plan import plan_chunk
+
+    cfg = EntropyInferConfig().replace(segment_size_tokens=32, base_budget_tokens=16, max_budget_tokens=48,
+                                       min_sparse_len_tokens=64)
+    q, k = structured_qk(ends[-1], 8, 2, 32, generator=generator, rigid_kv_heads=(1,))
+    typing = {"torch": None, "rust": None}
+    prefix = 0
+    for end in ends:
+        got = {name: plan_chunk(q[prefix:end], k[:end], cfg, prefix_len=prefix, layer_idx=2, typing=typing[name],
+                                planner=name, prompt_len_tokens=ends[-1]) for name in typing}
+        a, b = got["torch"], got["rust"]
+        assert a.sparse(prefix) and b.sparse(prefix), f"chunk {prefix}..{end} runs dense: the test cannot fail"
+        assert torch.equal(a.plan.indptr, b.plan.indptr) and torch.equal(a.plan.indices, b.plan.indices)
+        assert torch.equal(a.rigid, b.rigid)
+        for name in ("rigid_so_far", "prev_entropy", "prev_budget_tokens"):
+            assert torch.equal(getattr(a.typing.state, name), getattr(b.typing.state, name))
+        typing = {name: got[name].typing for name in got}
+        prefix = end
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_decode_planning_with_padded_heads_agrees(adaptive):
+    """Decode compression on the CPU plans through Rust (`decode_table.select_kept_entries`): kv heads that hold
+    fewer entries than the widest one are padded with -inf scores there."""
+    cfg = EntropyInferConfig.small().replace(adaptive_decode_budgets=adaptive)
+    for seed in range(8):
+        gen = torch.Generator().manual_seed(300 + seed)
+        scores = torch.rand(3, 700, generator=gen) ** 3
+        scores[1, 300:500] = float("-inf")
+        scores[2, 10:20] = float("-inf")
+        scores[0, 100:200] = torch.round(scores[0, 100:200] * 4) / 4  # ties
+        a, b = plan_decode_compression(scores, cfg), plan_decode_compression(scores, cfg, backend="rust")
+        assert int(a.kept_lengths.max()) < 700  # compression evicts something: the comparison can fail
+        for name in ("kept_indices", "kept_lengths", "eviction_order", "budgets_tokens"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name

@@ -2,7 +2,7 @@
 
 Contract: docs/planner_spec.md. Arrays must have exactly the dtype shown (no silent casts: a wrong dtype or a
 non-array raises TypeError, a wrong rank raises ShapeError); any layout is accepted (inputs are copied).
-Every function releases the GIL while it computes.
+Every function reads C-contiguous inputs in place (no copy) and computes holding the GIL.
 """
 
 from typing import Optional

@@ -16,7 +16,7 @@ from entropyinfer_sgl.sglang import compat, site_hooks
 from entropyinfer_sgl.runtime.chunk_plan import ChunkTyping, plan_chunk
 from entropyinfer_sgl.runtime.decode_table import compress_layer
 from entropyinfer_sgl.runtime.requests import StateStore
-from entropyinfer_sgl.runtime.sparse_attention import sparse_chunk_attention
+from entropyinfer_sgl.runtime.sparse_attention import compressed_decode_attention, sparse_chunk_attention
 
 CFG = EntropyInferConfig(segment_size_tokens=32, block_size_tokens=8, min_sparse_len_tokens=64, base_budget_tokens=16,
                          max_budget_tokens=48, decode_budget_tokens=40, decode_delay_steps=4, sink_tokens=4,
@@ -130,6 +130,23 @@ def test_sparse_chunk_attention_matches_the_reference(prefix_len, generator):
 
 
 # --- decode ----------------------------------------------------------------------------------------------
+def test_compressed_decode_attention_matches_the_reference(generator):
+    """The reference path's decode (every kv head in one SDPA call) equals the per-head float32 oracle, with kv
+    heads of different lengths (padding rows point at real cache rows: they must be masked, not attended)."""
+    from entropyinfer_sgl.core.reference import compressed_decode_reference
+
+    k_cache = torch.randn(300, 3, 16, generator=generator)
+    v_cache = torch.randn(300, 3, 16, generator=generator)
+    q = torch.randn(9, 16, generator=generator)
+    lengths = torch.tensor([40, 7, 25])
+    kept = torch.stack([torch.randperm(300, generator=generator)[:40] for _ in range(3)])
+    expected, _ = compressed_decode_reference(q, k_cache, v_cache, kept, lengths, scale=0.25)
+    got = compressed_decode_attention(q, k_cache, v_cache, kept, lengths, scale=0.25)
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
+    unmasked, _ = compressed_decode_reference(q, k_cache, v_cache, kept, torch.full((3,), 40), scale=0.25)
+    assert not torch.allclose(got, unmasked, atol=1e-3)  # the padding would change the result
+
+
 def test_first_compression_is_the_library_plan(generator):
     keys = torch.randn(100, 2, 16, generator=generator)
     window = torch.randn(8, 4, 16, generator=generator)

@@ -1,4 +1,5 @@
-"""Profile and plan one layer on the device, with no host sync: the serving path (`plan_prefill` is the oracle).
+"""Profile and plan one layer on the device, with no host sync: the kernel path (`plan_prefill(backend="device")`
+lands in `plan_from_scores_device`; `backend="torch"` is the oracle).
 
 fused profiling kernel -> budget scan kernel -> keep counts -> top-k -> CSR, all as device work whose sizes are
 known on the host from the config and the prompt length. Differences from the oracle path, by design:
@@ -14,7 +15,7 @@ import torch
 
 from .budgets import HeadTypingState, keep_blocks
 from .config import EntropyInferConfig
-from .plan import PrefillPlan, sparse_segment_mask
+from .plan import PrefillPlan, plan_prefill, sparse_segment_mask
 from .profile import HeadProfile
 from .transfer import host_to_device
 
@@ -51,8 +52,8 @@ def plan_prefill_device(q: torch.Tensor, k: torch.Tensor, config: EntropyInferCo
     per_head_keep = keep_blocks(budgets, **sizes, prompt_len_tokens=prompt_len_tokens)
     profile = HeadProfile(entropy=entropy, rigid=rigid, budget_tokens=budgets, keep_blocks=per_head_keep,
                           block_scores=p, typing_state=new_state, **sizes)
-    return profile, plan_from_scores_device(p, per_head_keep, config, seq_len=seq_len, layer_idx=layer_idx,
-                                            prompt_len_tokens=prompt_len_tokens)
+    return profile, plan_prefill(profile, config, layer_idx=layer_idx, backend="device",
+                                 prompt_len_tokens=prompt_len_tokens)
 
 
 def plan_from_scores_device(p: torch.Tensor, per_head_keep: torch.Tensor, config: EntropyInferConfig, *,

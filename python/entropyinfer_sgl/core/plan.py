@@ -18,7 +18,7 @@ from .config import EntropyInferConfig
 from .profile import HeadProfile
 from .validation import prompt_len_or_seq_len, require
 
-PlannerBackend = Literal["torch", "rust"]
+PlannerBackend = Literal["torch", "rust", "device"]
 
 
 @dataclass(frozen=True)
@@ -132,19 +132,44 @@ def select_blocks(block_scores: torch.Tensor, keep: torch.Tensor, sparse_segment
     return indptr.to(torch.int32), indices.to(torch.int32)
 
 
-def plan_prefill(profile: HeadProfile, config: EntropyInferConfig, *, layer_idx: int,
-                 backend: PlannerBackend = "torch", prompt_len_tokens: int | None = None) -> PrefillPlan:
-    """Plan one layer's block-sparse prefill from its profile.
+def reference_path_planner(device: torch.device | str) -> PlannerBackend:
+    """The planner of the reference path (SDPA execution) for summaries on `device`: the Rust planner for CPU
+    tensors (the CPU engine plans on the host; same plans as the torch reference, `tests/test_rust_parity.py`),
+    the torch planner on an accelerator (the kernel path asks for "device" itself)."""
+    return "rust" if torch.device(device).type == "cpu" else "torch"
 
+
+def plan_prefill(profile: HeadProfile, config: EntropyInferConfig, *, layer_idx: int,
+                 backend: PlannerBackend = "torch", prompt_len_tokens: int | None = None,
+                 first_segment: int = 0) -> PrefillPlan:
+    """Plan one layer's block-sparse prefill from its profile: the one planner entry point.
+
+    backend: "torch" (the reference the others are tested against), "rust" (the Rust planner on the CPU: same
+    plan), "device" (`device_plan.plan_from_scores_device`: device work with no host sync; `plan.indices` may end
+    with unused slack). `reference_path_planner(device)` picks the reference path's.
     `config.per_head_budgets=False` reproduces the prototype's execution: every kv head keeps the largest
-    count of any head in that segment. `backend="rust"` plans on the CPU with the Rust planner (same result).
+    count of any head in that segment.
     prompt_len_tokens: the whole prompt's length when the profile ends at a chunk's end (`sparse_segment_mask`).
+    first_segment: the profile's block scores and keep counts are the rows of the segments from it on (a chunk
+    after a prefix: only its own segments are planned); earlier rows list every block they can see (host
+    backends) or nothing (device), and are not executed.
     """
     require(profile.segment_size_tokens == config.segment_size_tokens
             and profile.block_size_tokens == config.block_size_tokens,
             "the profile was made with other segment/block sizes than this config")
     require(layer_idx >= 0, f"layer_idx must be >= 0, got {layer_idx}")
-    keep = profile.keep_blocks
+    if backend == "device":
+        from .device_plan import plan_from_scores_device
+
+        return plan_from_scores_device(profile.block_scores, profile.keep_blocks, config,
+                                       seq_len=profile.seq_len_tokens, layer_idx=layer_idx,
+                                       first_segment=first_segment, prompt_len_tokens=prompt_len_tokens)
+    if backend not in ("torch", "rust"):
+        raise ValueError(f"backend must be 'torch', 'rust' or 'device', got {backend!r}")
+    keep, scores = profile.keep_blocks, profile.block_scores
+    if first_segment:  # earlier rows: keep 0 (dense rows), scores never read
+        keep = torch.cat([keep.new_zeros(keep.shape[0], first_segment), keep], dim=1)
+        scores = torch.cat([scores.new_zeros(scores.shape[0], first_segment, scores.shape[2]), scores], dim=1)
     if not config.per_head_budgets:
         keep = keep.amax(dim=0, keepdim=True).expand_as(keep).contiguous()
     sparse = sparse_segment_mask(profile.seq_len_tokens, config, layer_idx=layer_idx, device=keep.device,
@@ -153,13 +178,11 @@ def plan_prefill(profile: HeadProfile, config: EntropyInferConfig, *, layer_idx:
     sizes = dict(seq_len_tokens=profile.seq_len_tokens, segment_size_tokens=config.segment_size_tokens,
                  block_size_tokens=config.block_size_tokens)
     if backend == "torch":
-        indptr, indices = select_blocks(profile.block_scores, keep, sparse, **sizes)
-    elif backend == "rust":
+        indptr, indices = select_blocks(scores, keep, sparse, **sizes)
+    else:
         from . import rust_planner
 
-        indptr, indices = rust_planner.select_blocks(profile.block_scores, keep, sparse, **sizes)
+        indptr, indices = rust_planner.select_blocks(scores, keep, sparse, **sizes)
         indptr, indices = indptr.to(keep.device), indices.to(keep.device)
-    else:
-        raise ValueError(f"backend must be 'torch' or 'rust', got {backend!r}")
     return PrefillPlan(indptr=indptr, indices=indices, keep_blocks=keep, sparse_segments=sparse,
                        num_kv_heads=profile.num_kv_heads, **sizes)

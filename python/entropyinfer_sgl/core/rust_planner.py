@@ -1,7 +1,10 @@
 """The Rust planner (`entropyinfer_sgl._scheduler`) behind the torch planner's signatures.
 
-It runs on the CPU on small summaries (entropies, block scores, pooled decode scores), once per sequence or
-compression event: never per layer inside a GPU loop. Errors arrive as `SchedulerError` subclasses of ValueError.
+It runs on the CPU on small summaries (entropies, block scores, pooled decode scores): the CPU engine plans every
+prefill chunk and layer and every compression event with it (`plan.reference_path_planner`); on an accelerator the
+device planner plans instead (no host round trip per layer inside a GPU loop). Inputs that already are contiguous
+CPU tensors of the right dtype reach Rust as numpy views of their memory (no copy). Errors arrive as
+`SchedulerError` subclasses of ValueError.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ def _module():
 
 
 def _f32(tensor: torch.Tensor) -> np.ndarray:
+    """A float32 numpy view of a contiguous float32 CPU tensor (a copy only for other dtypes, devices or layouts)."""
     return np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())
 
 

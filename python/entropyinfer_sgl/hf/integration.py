@@ -30,6 +30,7 @@ from ..core.config import EntropyInferConfig
 from ..core.decode import compression_due
 from ..core.plan import PrefillPlan, plan_prefill, sparse_segment_mask
 from ..core.profile import HeadProfile, profile_prefill
+from ..runtime.stats import RequestStats
 from .attention import load_prefill_kernel, masked_attention_sdpa, sparse_prefill_sdpa
 from .cache import CompressionRecord, EntropyInferCacheLayer
 
@@ -61,44 +62,29 @@ class LayerPrefillRecord:
         return float(self.seq_len_tokens) * (self.seq_len_tokens + 1) / 2 * self.num_kv_heads
 
 
-@dataclass(frozen=True)
-class EntropyInferStats:
-    """A snapshot of what EntropyInfer did in the latest prompt (prefill) and the decode steps after it.
+@dataclass(kw_only=True)
+class EntropyInferStats(RequestStats):
+    """A snapshot of what EntropyInfer did in the latest prompt (prefill) and the decode steps after it: the
+    counters every adapter keeps (`RequestStats`: prefill_density, rigid_fraction, kv_kept_fraction,
+    compression_events, ...; a "chunk" is one layer of the prompt here) plus the per-layer detail.
 
-    prefill_density: computed / dense causal work over all layers and kv heads (1.0 = dense).
-    kv_kept_fraction: entries kept / entries held before, summed over every compression event (None: no event).
     cache_fraction: entries the cache holds now / tokens it has seen, over all layers and kv heads.
     rigid: bool [layers, Hkv]; budget_tokens, entropy, normalized_entropy: float32 [layers, Hkv] (NaN where a
-    layer was not profiled); layer_density: float32 [layers].
-    compression_events: decode steps at which the cache was compressed; compressions: every layer's record.
+    layer was not profiled); layer_density: float32 [layers]; compressions: every layer's compression record.
     """
 
-    prefill_density: float | None
-    kv_kept_fraction: float | None
     cache_fraction: float | None
     rigid: torch.Tensor
     budget_tokens: torch.Tensor
     entropy: torch.Tensor
     normalized_entropy: torch.Tensor
     layer_density: torch.Tensor
-    compression_events: int
     compressions: tuple[CompressionRecord, ...] = field(repr=False)
     layers: tuple[LayerPrefillRecord, ...] = field(repr=False)
 
-    @property
-    def rigid_fraction(self) -> float | None:
-        profiled = ~torch.isnan(self.budget_tokens)
-        if not bool(profiled.any()):
-            return None
-        return float(self.rigid[profiled].float().mean())
-
     def summary(self) -> str:
-        def fmt(value):
-            return "n/a" if value is None else f"{value:.4f}"
-
-        return (f"prefill_density={fmt(self.prefill_density)} kv_kept_fraction={fmt(self.kv_kept_fraction)} "
-                f"cache_fraction={fmt(self.cache_fraction)} rigid_fraction={fmt(self.rigid_fraction)} "
-                f"compression_events={self.compression_events}")
+        cache = "n/a" if self.cache_fraction is None else f"{self.cache_fraction:.4f}"
+        return f"{super().summary()} cache_fraction={cache}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -372,19 +358,22 @@ class EntropyInferHandle:
                 rigid[r.layer_idx] = r.rigid
                 budgets[r.layer_idx], entropy[r.layer_idx] = r.budget_tokens, r.entropy
                 normalized[r.layer_idx] = r.normalized_entropy
-        weight = sum(r.causal_block_pairs for r in records)
-        density = sum(r.density * r.causal_block_pairs for r in records) / weight if records else None
-        kept = sum(int(c.entries_kept.sum()) for c in self._compressions)
-        before = sum(int(c.entries_before.sum()) for c in self._compressions)
         held = [(layer.valid_entries(), layer.cumulative_length * layer.keys.shape[1])
                 for layer in self._layers.values() if layer.is_initialized and layer.cumulative_length]
-        cache_fraction = sum(h for h, _ in held) / sum(t for _, t in held) if held else None
-        events = len({(c.generated_tokens) for c in self._compressions})
-        return EntropyInferStats(prefill_density=density, kv_kept_fraction=kept / before if before else None,
-                                 cache_fraction=cache_fraction, rigid=rigid, budget_tokens=budgets, entropy=entropy,
-                                 normalized_entropy=normalized, layer_density=layer_density,
-                                 compression_events=events, compressions=tuple(self._compressions),
-                                 layers=tuple(records))
+        stats = EntropyInferStats(cache_fraction=sum(h for h, _ in held) / sum(t for _, t in held) if held else None,
+                                  rigid=rigid, budget_tokens=budgets, entropy=entropy, normalized_entropy=normalized,
+                                  layer_density=layer_density, compressions=tuple(self._compressions),
+                                  layers=tuple(records))
+        for r in records:
+            pairs = r.causal_block_pairs
+            stats.add_chunk(sparse=r.path != "dense", pairs_computed=r.density * pairs, pairs_dense=pairs)
+            if r.rigid is not None:
+                stats.rigid_heads += int(r.rigid.sum())
+                stats.typed_heads += r.rigid.numel()
+        stats.entries_kept = sum(int(c.entries_kept.sum()) for c in self._compressions)
+        stats.entries_before = sum(int(c.entries_before.sum()) for c in self._compressions)
+        stats.compression_events = len({c.generated_tokens for c in self._compressions})
+        return stats
 
 
 def _record(layer_idx: int, seq_len: int, num_kv_heads: int, density: float, path: str,

@@ -20,9 +20,9 @@ import torch
 
 from ..core.budgets import HeadTypingState, head_budgets, keep_blocks
 from ..core.config import EntropyInferConfig
-from ..core.device_plan import plan_from_scores_device
-from ..core.plan import PrefillPlan, plan_prefill
-from ..core.profile import LAYER_FUSION_PREVIOUS_WEIGHT, HeadProfile, attention_entropy, scores_from_representatives
+from ..core.plan import PlannerBackend, PrefillPlan, plan_prefill, reference_path_planner
+from ..core.profile import (LAYER_FUSION_PREVIOUS_WEIGHT, HeadProfile, attention_entropy,
+                            scores_from_representatives, segment_representatives)
 from ..core.transfer import host_to_device
 
 
@@ -69,8 +69,8 @@ class ChunkPlan:
 
     plan: PrefillPlan | None
     typing: ChunkTyping | None  # the state to carry to the next chunk (None: typing is lost from here on)
-    block_scores: torch.Tensor | None  # [Hkv, rows, NB] for layer fusion in the next layer (on the device: the
-    # chunk's segments only, from prefix_len // segment on; on the host: every segment)
+    block_scores: torch.Tensor | None  # [Hkv, rows, NB] for layer fusion in the next layer: the chunk's segments,
+    # from prefix_len // segment on
     rigid: torch.Tensor | None  # bool [Hkv] rigid so far
     reason: str | None  # why there is no plan
     typed: TypedSegments | None = None  # the segments this chunk typed (None: none, or paper typing)
@@ -90,21 +90,23 @@ class ChunkPlan:
 
 def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferConfig, *, prefix_len: int,
                layer_idx: int, typing: ChunkTyping | None,
-               previous_block_scores: torch.Tensor | None = None, on_device: bool = False,
+               previous_block_scores: torch.Tensor | None = None, planner: PlannerBackend | None = None,
                prompt_len_tokens: int | None = None) -> ChunkPlan:
     """Profile and plan one prefill chunk of one request and layer.
 
     q_chunk: `[Lc, Hq, D]` post-RoPE queries of positions `prefix_len .. prefix_len + Lc - 1`;
     k_all: `[prefix_len + Lc, Hkv, D]` post-RoPE keys of every position so far (prefix from the pool + chunk);
     typing: what the previous chunk carried (None for the first chunk, `prefix_len == 0`);
-    on_device: causal budgets and the CSR plan by the device planner's pieces (`head_budgets_device`,
-    `plan_from_scores_device`: no host sync; the kernel path) instead of `head_budgets` / `plan_prefill`;
+    planner: `plan_prefill`'s backend, which also types the heads (causal typing: `head_budgets`, its Rust twin,
+    or `head_budgets_device`: no host sync, the kernel path); None: `reference_path_planner` (Rust on the CPU,
+    torch on an accelerator);
     prompt_len_tokens: the whole prompt's length (SGLang's admission knows it; None: the chunk's end), so that
     a complete segment ending the chunk runs sparse as it would in the whole prompt (`plan.sparse_segment_mask`).
     """
     seq_len = k_all.shape[0]
     chunk_len = q_chunk.shape[0]
     segment = config.segment_size_tokens
+    planner = reference_path_planner(q_chunk.device) if planner is None else planner
     if prefix_len + chunk_len != seq_len:
         raise ValueError(f"chunk of {chunk_len} tokens after {prefix_len} does not end at {seq_len}")
     if prefix_len > 0:
@@ -121,17 +123,11 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
     first = prefix_len // segment
     num_q_heads, head_dim = q_chunk.shape[1], q_chunk.shape[2]
     num_kv_heads = k_all.shape[1]
-    # scored rows: the chunk's own segments on the device (nothing else is executed or typed here); every segment
-    # on the host, whose plan is `plan_prefill`'s over a whole-prompt profile (the oracle)
-    row0 = first if on_device else 0
-    q_max = _segment_reduce(q_chunk, prefix_len - first * segment, segment, "max")
-    q_min = _segment_reduce(q_chunk, prefix_len - first * segment, segment, "min")
-    if row0 < first:  # rows before `first` are never read
-        q_max = torch.cat([q_max.new_zeros(first - row0, num_q_heads, head_dim), q_max])
-        q_min = torch.cat([q_min.new_zeros(first - row0, num_q_heads, head_dim), q_min])
+    # scored rows: the chunk's own segments, from `first` on (nothing else is executed or typed here)
+    q_max, q_min = _chunk_representatives(q_chunk, prefix_len - first * segment, segment)
     if typing is not None and typing.partial_max is not None:
-        q_max[first - row0] = torch.maximum(q_max[first - row0], typing.partial_max)
-        q_min[first - row0] = torch.minimum(q_min[first - row0], typing.partial_min)
+        q_max[0] = torch.maximum(q_max[0], typing.partial_max)
+        q_min[0] = torch.minimum(q_min[0], typing.partial_min)
     partial = (q_max[-1].clone(), q_min[-1].clone()) if seq_len % segment else (None, None)
 
     complete = seq_len // segment
@@ -146,56 +142,61 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
         return ChunkPlan(None, ChunkTyping(state, *partial) if config.causal_head_typing else None, None, rigid,
                          "the sequence is one segment long", typed_here)
 
-    p = scores_from_representatives(q_max, q_min, k_all, config, seq_len, first_segment=row0)
+    p = scores_from_representatives(q_max, q_min, k_all, config, seq_len, first_segment=first)
     if config.layer_fusion and previous_block_scores is not None and previous_block_scores.shape == p.shape:
         previous = previous_block_scores.to(device=p.device, dtype=p.dtype)
         p = previous * LAYER_FUSION_PREVIOUS_WEIGHT + p * (1 - LAYER_FUSION_PREVIOUS_WEIGHT)
-    entropy = attention_entropy(p)  # rows from row0 on
+    entropy = attention_entropy(p)  # rows from `first` on
     budgets = torch.full((num_kv_heads, num_segments), float(config.base_budget_tokens), dtype=torch.float32,
                          device=p.device)
     typed_here = None
     if config.causal_head_typing:
         rigid = None if state is None else state.rigid_so_far
         if complete > typed:
-            new_entropy = entropy[:, typed - row0:complete - row0]  # typed == first (checked above)
+            new_entropy = entropy[:, typed - first:complete - first]  # typed == first (checked above)
             typed_here = TypedSegments(state, new_entropy)
-            if on_device:
+            if planner == "device":
                 from ..kernels.budget_scan import head_budgets_device
 
                 rigid, new, state = head_budgets_device(new_entropy, config, state=state)
+            elif planner == "rust":
+                from ..core import rust_planner
+
+                rigid, new, state = rust_planner.head_budgets(new_entropy, config, causal=True, state=state)
             else:
                 rigid, new, state = head_budgets(new_entropy, config, causal=True, state=state)
             budgets[:, typed:complete] = new
         carried = ChunkTyping(state, *partial)
-    else:  # paper typing over the whole prompt (prefix_len == 0 == row0 here): exactly profile_prefill
+    else:  # paper typing over the whole prompt (prefix_len == 0 == first here): exactly profile_prefill
         rigid, budgets, _ = head_budgets(entropy, config, causal=False)
         carried = None
     keep = keep_blocks(budgets, seq_len_tokens=seq_len, segment_size_tokens=segment,
                        block_size_tokens=config.block_size_tokens, prompt_len_tokens=prompt_len_tokens)
-    if first:
-        keep[:, :first] = 0  # rows of earlier chunks are not executed here
     if rigid is None:  # no complete segment typed yet: every head is still rigid
         rigid = torch.ones(num_kv_heads, dtype=torch.bool, device=p.device)
-    if on_device:
-        plan = plan_from_scores_device(p, keep[:, first:], config, seq_len=seq_len, layer_idx=layer_idx,
-                                       first_segment=first, prompt_len_tokens=prompt_len_tokens)
-    else:
-        profile = HeadProfile(entropy=entropy, rigid=rigid,
-                              budget_tokens=budgets, keep_blocks=keep, block_scores=p, seq_len_tokens=seq_len,
-                              segment_size_tokens=segment, block_size_tokens=config.block_size_tokens)
-        plan = plan_prefill(profile, config, layer_idx=layer_idx, prompt_len_tokens=prompt_len_tokens)
+    profile = HeadProfile(entropy=entropy, rigid=rigid, budget_tokens=budgets[:, first:], keep_blocks=keep[:, first:],
+                          block_scores=p, seq_len_tokens=seq_len, segment_size_tokens=segment,
+                          block_size_tokens=config.block_size_tokens)
+    plan = plan_prefill(profile, config, layer_idx=layer_idx, backend=planner, prompt_len_tokens=prompt_len_tokens,
+                        first_segment=first)
     return ChunkPlan(plan, carried, p, rigid, None, typed_here)
 
 
-def _segment_reduce(rows: torch.Tensor, offset: int, segment: int, op: str) -> torch.Tensor:
-    """Elementwise max or min of `rows` (`[n, ...]`, the positions from `offset` within a segment on) per segment:
-    `[ceil((offset + n) / segment), ...]` in one reduction (padding is the reduction's identity)."""
-    count = -(-(offset + rows.shape[0]) // segment)
-    fill = float("-inf") if op == "max" else float("inf")
-    padded = rows.new_full((count * segment, *rows.shape[1:]), fill)
-    padded[offset:offset + rows.shape[0]] = rows
-    padded = padded.view(count, segment, *rows.shape[1:])
-    return padded.amax(dim=1) if op == "max" else padded.amin(dim=1)
+def _chunk_representatives(rows: torch.Tensor, offset: int, segment: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elementwise max and min of `rows` (`[n, ...]`, the positions from `offset` within a segment on) per segment:
+    two `[ceil((offset + n) / segment), ...]`, one pass over the rows (no padded copy: on a CPU the chunk's queries
+    are read once, not copied and reduced twice)."""
+    head = min(segment - offset, rows.shape[0]) if offset else 0  # the rest of the segment the chunk starts in
+    maxima, minima = [], []
+    if head:
+        low, high = torch.aminmax(rows[:head], dim=0, keepdim=True)
+        maxima.append(high)
+        minima.append(low)
+    if rows.shape[0] > head:
+        high, low = segment_representatives(rows[head:], segment)
+        maxima.append(high)
+        minima.append(low)
+    return torch.cat(maxima), torch.cat(minima)
 
 
 def dense_pair_count(prefix_len: int, seq_len: int, num_kv_heads: int, segment: int, block: int) -> float:

@@ -13,6 +13,7 @@ import torch
 
 from ..core.config import EntropyInferConfig
 from ..core.decode import observation_scores, plan_decode_compression
+from ..core.plan import reference_path_planner
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def select_kept_entries(window_q: torch.Tensor, keys: torch.Tensor, config: Entr
             slots = torch.cat([torch.arange(sink, device=device), torch.arange(width - (n - sink), width, device=device)])
             scores[h, slots] = head_scores
             slot_to_entry[h, slots] = entries
-    plan = plan_decode_compression(scores, config)
+    plan = plan_decode_compression(scores, config, backend=reference_path_planner(scores.device))
     kept_slots = plan.kept_indices.to(torch.int64)
     kept = torch.where(kept_slots >= 0, slot_to_entry.gather(1, kept_slots.clamp(min=0)), -1)
     lengths = (kept >= 0).sum(dim=1).cpu()  # padding slots are never kept, but guard anyway

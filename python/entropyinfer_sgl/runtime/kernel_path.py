@@ -89,7 +89,7 @@ def prefill_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tenso
                  else None)
     else:
         result = plan_chunk(q_chunk, k_all, config, prefix_len=prefix_len, layer_idx=layer_idx, typing=typing,
-                            previous_block_scores=previous_block_scores, on_device=True,
+                            previous_block_scores=previous_block_scores, planner="device",
                             prompt_len_tokens=prompt_len_tokens)
         plan, carried, rigid, scores, reason = result.plan, result.typing, result.rigid, result.block_scores, \
             result.reason

@@ -1,7 +1,8 @@
-"""Block-sparse prefill attention through torch SDPA over gathered keys: the SGLang backend's reference path (a
-chunk after a prefix) and `hf.enable`'s CPU path (a whole prompt) run this one routine.
+"""Sparse attention through torch SDPA over gathered keys. Prefill: the SGLang backend's reference path (a chunk
+after a prefix) and `hf.enable`'s CPU path (a whole prompt) run `sparse_chunk_attention`. Decode over a compressed
+cache's position tables: `compressed_decode_attention` (the SGLang backend's reference path).
 
-No engine import: the tests run it against the float32 oracle `entropyinfer_sgl.core.reference.sparse_prefill_reference`.
+No engine import: the tests run them against the float32 oracles of `entropyinfer_sgl.core.reference`.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..core.gather import block_token_positions
 from ..core.plan import PrefillPlan
 
+# Sparse segments attended in one SDPA call: few calls (on a busy CPU every small op pays thread start-up and
+# Python overhead), bounded memory (the math path holds [Hkv, n, group, segment, width] scores).
+SEGMENTS_PER_CALL = 8
 
-# ---------------------------------------------------------------------------------------------------------
+
 def sparse_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: PrefillPlan, *,
                            prefix_len: int, scale: float) -> torch.Tensor:
     """Block-sparse causal attention of one chunk's queries through the plan, via SDPA.
@@ -21,6 +24,10 @@ def sparse_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pl
     q: `[Lc, Hq, D]` queries of positions prefix_len .. T-1; k, v: `[T, Hkv, D]` keys/values of positions 0 .. T-1;
     plan: the plan of the whole sequence [0, T) (only the rows of the chunk's segments are read).
     Returns `[Lc, Hq, D]` in q's dtype. Equals the chunk's rows of `sparse_prefill_reference(q_all, k, v, plan)`.
+
+    Runs of segments whose rows list every visible block go through one causal SDPA call each; the other
+    segments are gathered and attended `SEGMENTS_PER_CALL` at a time (the chunk's first segment alone when the
+    chunk starts inside it: it has fewer queries).
     """
     seq_len, num_kv_heads, head_dim = k.shape
     chunk_len, num_q_heads, _ = q.shape
@@ -29,10 +36,16 @@ def sparse_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pl
     num_segments = plan.num_segments
     qh, kh, vh = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # head-major views
     out = q.new_empty(num_q_heads, chunk_len, head_dim)
-    sparse = plan.sparse_segments.cpu()
-    indptr = plan.indptr.cpu().to(torch.int64).tolist()
+    first = prefix_len // segment
+    # host copies of the plan's row structure (small: one entry per kv head and segment)
+    indptr = plan.indptr.cpu().to(torch.int64)
+    row_start = indptr[:-1].view(num_kv_heads, num_segments)
+    row_len = (indptr[1:] - indptr[:-1]).view(num_kv_heads, num_segments)
+    seg = torch.arange(num_segments)
+    own_end_block = torch.clamp(((seg + 1) * segment).clamp(max=seq_len) + block - 1, min=0) // block
+    gathered = plan.sparse_segments.cpu() & ~(row_len == own_end_block[None, :]).all(dim=0)
+    gathered[:first] = False
     indices = plan.indices.to(device=q.device, dtype=torch.int64)
-    heads = torch.arange(num_kv_heads, device=q.device)[:, None]
 
     def dense_rows(q0: int, q1: int) -> None:  # queries q0..q1-1 over every earlier key: one SDPA call
         if q0 == 0:  # queries and keys both start at 0: top-left causal is exact (and needs no mask)
@@ -44,30 +57,72 @@ def sparse_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pl
             qh[None, :, q0 - prefix_len:q1 - prefix_len], kh[None, :, :q1], vh[None, :, :q1], attn_mask=mask,
             is_causal=causal, scale=scale, enable_gqa=group > 1)[0]
 
-    s = prefix_len // segment
-    run_start = None
-    while s < num_segments:
-        q0, q1 = max(s * segment, prefix_len), min((s + 1) * segment, seq_len)
-        rows = [h * num_segments + s for h in range(num_kv_heads)]
-        blocks = [indices[indptr[r]: indptr[r + 1]] for r in rows]
-        own_end_block = -(-q1 // block)
-        if not bool(sparse[s]) or all(b.numel() == own_end_block for b in blocks):
-            run_start = q0 if run_start is None else run_start  # extend a run of dense segments
-            s += 1
+    def gathered_rows(segments: list[int]) -> None:  # segments with the same query range within each
+        q0 = max(segments[0] * segment, prefix_len)
+        q1 = min((segments[0] + 1) * segment, seq_len)
+        sel = torch.tensor(segments)
+        lengths, starts = row_len[:, sel], row_start[:, sel]  # [Hkv, n]
+        slot = torch.arange(int(lengths.max()))
+        valid = slot < lengths[..., None]  # [Hkv, n, width in blocks]
+        where = torch.where(valid, starts[..., None] + slot, 0).to(q.device)
+        blocks = indices[where]
+        token = (blocks[..., None] * block + torch.arange(block, device=q.device)).flatten(-2)  # [Hkv, n, width]
+        present = valid.to(q.device).repeat_interleave(block, dim=-1) & (token < seq_len)
+        token = token.clamp_(max=seq_len - 1)
+        heads = torch.arange(num_kv_heads, device=q.device)[:, None, None]
+        keys, values = kh[heads, token], vh[heads, token]  # [Hkv, n, width, D]
+        query_pos = sel.to(q.device)[:, None] * segment + torch.arange(q0 - segments[0] * segment,
+                                                                        q1 - segments[0] * segment, device=q.device)
+        mask = present[:, :, None, :] & (token[:, :, None, :] <= query_pos[None, :, :, None])  # [Hkv, n, Sq, width]
+        rows = (query_pos - prefix_len).flatten()
+        grouped = qh.reshape(num_kv_heads, group, chunk_len, head_dim)[:, :, rows]
+        grouped = grouped.view(num_kv_heads, group, len(segments), q1 - q0, head_dim).transpose(1, 2)
+        # 4-d with (kv head, segment) as the batch: 5-d inputs take a slower SDPA path on CPU
+        attended = F.scaled_dot_product_attention(
+            grouped.flatten(0, 1), keys.flatten(0, 1)[:, None], values.flatten(0, 1)[:, None],
+            attn_mask=mask.flatten(0, 1)[:, None], scale=scale,
+        ).view(num_kv_heads, len(segments), group, q1 - q0, head_dim)
+        out.view(num_kv_heads, group, chunk_len, head_dim)[:, :, rows] = (
+            attended.transpose(1, 2).reshape(num_kv_heads, group, -1, head_dim))
+
+    run_start = None  # start of a run of dense segments
+    batch: list[int] = []
+    for s in range(first, num_segments):
+        q0 = max(s * segment, prefix_len)
+        if not bool(gathered[s]):
+            run_start = q0 if run_start is None else run_start
             continue
         if run_start is not None:
             dense_rows(run_start, q0)
             run_start = None
-        token, present = block_token_positions(blocks, block_size_tokens=block, seq_len_tokens=seq_len,
-                                               device=q.device)
-        keys, values = kh[heads, token], vh[heads, token]  # [Hkv, width, D]
-        query_pos = torch.arange(q0, q1, device=q.device)
-        mask = present[:, None, :] & (token[:, None, :] <= query_pos[None, :, None])  # [Hkv, Sq, width]
-        grouped = qh[:, q0 - prefix_len:q1 - prefix_len].reshape(num_kv_heads, group, q1 - q0, head_dim)
-        out[:, q0 - prefix_len:q1 - prefix_len] = F.scaled_dot_product_attention(
-            grouped, keys[:, None], values[:, None], attn_mask=mask[:, None], scale=scale,
-        ).reshape(num_q_heads, q1 - q0, head_dim)
-        s += 1
+        if q0 > s * segment:  # the chunk starts inside this segment: fewer queries, a call of its own
+            gathered_rows([s])
+            continue
+        batch.append(s)
+        if len(batch) == SEGMENTS_PER_CALL:
+            gathered_rows(batch)
+            batch = []
+    if batch:
+        gathered_rows(batch)
     if run_start is not None:
         dense_rows(run_start, seq_len)
     return out.transpose(0, 1)
+
+
+def compressed_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                kept_indices: torch.Tensor, kept_lengths: torch.Tensor, *, scale: float) -> torch.Tensor:
+    """One decode step over a compressed cache, every kv head in one SDPA call, in float32 (the SGLang backend's
+    reference path; equals `core.reference.compressed_decode_reference`, which loops over kv heads).
+
+    q: `[Hq, D]`; k_cache, v_cache: `[T, Hkv, D]` token-major; kept_indices: int `[Hkv, width]` cache rows per kv
+    head (entries past `kept_lengths` are padding, any valid row); kept_lengths: `[Hkv]`. Returns float32 `[Hq, D]`.
+    """
+    num_q_heads, head_dim = q.shape
+    num_kv_heads, width = kept_indices.shape
+    heads = torch.arange(num_kv_heads, device=q.device)[:, None]
+    rows = kept_indices.to(device=q.device, dtype=torch.int64)
+    keys, values = k_cache[rows, heads].float(), v_cache[rows, heads].float()  # [Hkv, width, D]
+    valid = torch.arange(width, device=q.device)[None, :] < kept_lengths.to(q.device)[:, None]  # [Hkv, width]
+    grouped = q.float().view(num_kv_heads, num_q_heads // num_kv_heads, head_dim)
+    out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=valid[:, None, :], scale=scale)
+    return out.reshape(num_q_heads, head_dim)

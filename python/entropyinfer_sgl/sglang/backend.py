@@ -17,7 +17,7 @@ request, layer and step the method leaves dense. Per forward:
 - `forward_decode`: dense until a request's first compression event; then that request attends, per layer and
   kv head, only to its kept positions plus every token appended since (phase 1: the KV stays in the pool; phase 2,
   `decode_free_memory`: after the event's forward, `compact` moves the kept entries to the request's own slots at
-  the end of its row and the plugin returns the rest to SGLang, `compaction.py`).
+  the end of its row and the plugin returns the rest to SGLang, `runtime/compaction.py`).
 
 Two paths with one behaviour: the reference path (a Python loop over requests, SDPA on gathered keys: the CPU
 default) and the kernel path (`runtime/kernel_path.py`: on-device planning, one `sparse_prefill` launch per request and
@@ -39,7 +39,6 @@ import torch
 
 from ..core.config import EntropyInferConfig
 from ..core.decode import compression_due, max_kept_per_head_tokens
-from ..core.reference import compressed_decode_reference
 from . import compat
 from ..runtime.chunk_plan import ChunkPlan, dense_pair_count, plan_chunk, plan_pair_counts
 from ..runtime.compaction import compact_request
@@ -48,7 +47,7 @@ from ..runtime.faults import ENV_TEST_FAULT, fault_injection_from_env
 from ..runtime.kernel_path import (ArenaDecode, DecodeTableArena, chunk_has_sparse_segment, dense_chunk,
                                    dense_requests_by_kernel, kernels_wanted, prefill_chunk)
 from ..runtime.requests import STORE, RequestState, StateStore
-from ..runtime.sparse_attention import sparse_chunk_attention
+from ..runtime.sparse_attention import compressed_decode_attention, sparse_chunk_attention
 from ..runtime.typing_records import TypingRecords
 
 logger = logging.getLogger("entropyinfer_sgl.sglang")
@@ -379,7 +378,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
                 alloc: Callable[[int], torch.Tensor | None]) -> tuple[torch.Tensor, int] | None:
         """Phase 2, after the forward of a request's compression event at `cache_len` entries (the plugin's
         Scheduler.run_batch hook calls it with SGLang's protected length and allocator): move its kept entries to
-        slots of its own at the end of its row (`compaction.py`) and point its decode tables there. Returns (own
+        slots of its own at the end of its row (`runtime/compaction.py`) and point its decode tables there. Returns (own
         slots to free, the new protected length), or None (nothing released: the event stays phase 1)."""
         st = self.store.get(rid)
         if st is None or not st.tables:
@@ -629,7 +628,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
             table = info.state.tables[lv.layer_id]
             positions, lengths = table.visible(info.seq_len)
             slots = table_rows[info.row].to(torch.int64)[positions]  # [Hkv, width] pool slots
-            out, _ = compressed_decode_reference(q3[info.index], k_buf, v_buf, slots, lengths, scale=lv.scaling)
+            out = compressed_decode_attention(q3[info.index], k_buf, v_buf, slots, lengths, scale=lv.scaling)
             out3[info.index] = out.to(out3.dtype)
         return out3.view(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
 

@@ -11,7 +11,7 @@ Labels: `model_name` and `tp_rank` (every scheduler process reports its own seri
 
 from __future__ import annotations
 
-from ..runtime.requests import RequestStats
+from ..runtime.stats import RequestStats
 
 PREFIX = "entropyinfer_"
 # RequestStats field -> (counter name, help)

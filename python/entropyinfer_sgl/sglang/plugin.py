@@ -26,7 +26,7 @@ Importing this module has no side effects and imports no SGLang module. `registe
   that ran it dense; the server keeps serving the others (`runtime/faults.py` injects such faults in tests);
 - phase 2 (`decode_free_memory`, SGLang 0.5.17): turns the overlap scheduler off, and around each
   `Scheduler.run_batch` compacts, after the forward, the requests whose compression event it ran and returns
-  what they released to SGLang (`compaction.py`, `compat.release_compacted`).
+  what they released to SGLang (`runtime/compaction.py`, `compat.release_compacted`).
 """
 
 from __future__ import annotations

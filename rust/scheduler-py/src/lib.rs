@@ -1,16 +1,19 @@
 //! `entropyinfer_sgl._scheduler`: the planner core (`entropyinfer-scheduler`) as a Python extension module.
 //!
-//! A thin shim on purpose: it checks dtypes and ranks, copies the numpy inputs into `Vec`s (so the core never
-//! aliases memory that Python code could mutate while the GIL is released, and non-contiguous inputs just
-//! work), runs the core with the GIL released (`Python::detach`), and wraps the outputs as new numpy arrays.
+//! A thin shim on purpose: it checks dtypes and ranks, reads C-contiguous numpy inputs in place (no copy: the CPU
+//! engine plans every chunk and layer from them; other layouts are copied in row-major order), runs the core
+//! holding the GIL (so no Python code can change an input while it is read), and wraps the outputs as new numpy
+//! arrays.
 //! All numerics and all value checks live in the core; this file only maps its errors to exception classes.
+
+use std::borrow::Cow;
 
 use entropyinfer_scheduler as core;
 use entropyinfer_scheduler::SchedulerError as CoreError;
 use numpy::ndarray::{Array2, ArrayViewD};
 use numpy::{
-    dtype, Element, IntoPyArray, PyArray1, PyArray2, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray,
-    PyUntypedArrayMethods,
+    dtype, Element, IntoPyArray, PyArray1, PyArray2, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods,
+    PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::create_exception;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -53,16 +56,16 @@ fn to_py(err: CoreError) -> PyErr {
 
 // ------------------------------------------------------------------------------------------------ inputs
 
-/// A numpy array of element type `T` and rank `ndim`, copied into a row-major `Vec` with its shape.
+/// A numpy array of element type `T` and rank `ndim`, borrowed read-only.
 ///
 /// A non-array is a `TypeError`, so is a wrong dtype (no silent casts: float64 entropies would round
 /// differently from the torch planner's float32); a wrong rank is a `ShapeError`.
-fn read_array<T: Element + Copy>(
-    obj: &Bound<'_, PyAny>,
+fn read_array<'py, T: Element + Copy>(
+    obj: &Bound<'py, PyAny>,
     name: &str,
     dtype_name: &str,
     ndim: usize,
-) -> PyResult<(Vec<T>, Vec<usize>)> {
+) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
     let py = obj.py();
     let untyped = obj.cast::<PyUntypedArray>().map_err(|_| {
         let type_name = obj.get_type().name().map_or_else(|_| "?".to_owned(), |n| n.to_string());
@@ -75,15 +78,16 @@ fn read_array<T: Element + Copy>(
     if untyped.ndim() != ndim {
         return Err(ShapeError::new_err(format!("{name} must be {ndim}-dimensional, got shape {:?}", untyped.shape())));
     }
-    let array = obj.cast::<PyArrayDyn<T>>()?;
-    let readonly = array.readonly();
-    let shape = readonly.shape().to_vec();
+    Ok(obj.cast::<PyArrayDyn<T>>()?.readonly())
+}
+
+/// The elements of `array` in row-major order: its own buffer when C-contiguous (no copy), else a copy.
+fn row_major<'a, T: Element + Copy>(array: &'a PyReadonlyArrayDyn<'_, T>) -> Cow<'a, [T]> {
     // `as_slice` also accepts Fortran-contiguous arrays (memory order, not row-major), hence the explicit check.
-    let data = match readonly.as_slice() {
-        Ok(contiguous) if untyped.is_c_contiguous() => contiguous.to_vec(),
-        _ => copy_logical_order(readonly.as_array()),
-    };
-    Ok((data, shape))
+    match array.as_slice() {
+        Ok(contiguous) if array.is_c_contiguous() => Cow::Borrowed(contiguous),
+        _ => Cow::Owned(copy_logical_order(array.as_array())),
+    }
 }
 
 /// Row-major copy of a strided (non-contiguous, possibly negative-stride) view.
@@ -123,10 +127,12 @@ fn read_state(obj: &Bound<'_, PyAny>) -> PyResult<core::HeadState> {
             tuple.len()
         )));
     }
-    let (rigid_so_far, _) = read_array::<bool>(&tuple.get_item(0)?, "state[0] (rigid_so_far)", "bool", 1)?;
-    let (prev_entropy, _) = read_array::<f32>(&tuple.get_item(1)?, "state[1] (prev_entropy)", "float32", 1)?;
-    let (prev_budget_tokens, _) =
-        read_array::<f32>(&tuple.get_item(2)?, "state[2] (prev_budget_tokens)", "float32", 1)?;
+    let rigid_so_far =
+        row_major(&read_array::<bool>(&tuple.get_item(0)?, "state[0] (rigid_so_far)", "bool", 1)?).into_owned();
+    let prev_entropy =
+        row_major(&read_array::<f32>(&tuple.get_item(1)?, "state[1] (prev_entropy)", "float32", 1)?).into_owned();
+    let prev_budget_tokens =
+        row_major(&read_array::<f32>(&tuple.get_item(2)?, "state[2] (prev_budget_tokens)", "float32", 1)?).into_owned();
     let seen: i64 =
         tuple.get_item(3)?.extract().map_err(|_| PyTypeError::new_err("state[3] (segments_seen) must be an int"))?;
     Ok(core::HeadState {
@@ -174,7 +180,9 @@ fn head_budgets<'py>(
     causal: bool,
     state: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let (entropy, shape) = read_array::<f32>(entropy, "entropy", "float32", 2)?;
+    let entropy = read_array::<f32>(entropy, "entropy", "float32", 2)?;
+    let shape = entropy.shape().to_vec();
+    let entropy = row_major(&entropy);
     let (num_heads, num_segments) = (shape[0], shape[1]);
     let params = core::BudgetParams {
         rigid_entropy_threshold,
@@ -185,9 +193,7 @@ fn head_budgets<'py>(
     };
     let typing = if causal { core::HeadTyping::Causal } else { core::HeadTyping::Paper };
     let state = state.filter(|s| !s.is_none()).map(read_state).transpose()?;
-    let out = py
-        .detach(|| core::head_budgets(&entropy, num_heads, num_segments, &params, typing, state.as_ref()))
-        .map_err(to_py)?;
+    let out = core::head_budgets(&entropy, num_heads, num_segments, &params, typing, state.as_ref()).map_err(to_py)?;
     let rigid = PyArray1::from_vec(py, out.rigid);
     let budgets = vec_2d(py, out.budget_tokens, num_heads, num_segments);
     let state: Bound<'py, PyAny> = match out.state {
@@ -221,7 +227,9 @@ fn keep_blocks<'py>(
     segment_size_tokens: i64,
     block_size_tokens: i64,
 ) -> PyResult<Bound<'py, PyArray2<i32>>> {
-    let (budgets, shape) = read_array::<f32>(budget_tokens, "budget_tokens", "float32", 2)?;
+    let budgets = read_array::<f32>(budget_tokens, "budget_tokens", "float32", 2)?;
+    let shape = budgets.shape().to_vec();
+    let budgets = row_major(&budgets);
     let g = geometry(seq_len_tokens, segment_size_tokens, block_size_tokens)?;
     if shape[1] != g.num_segments {
         return Err(ShapeError::new_err(format!(
@@ -229,7 +237,7 @@ fn keep_blocks<'py>(
             shape[1], g.num_segments
         )));
     }
-    let keep = py.detach(|| core::keep_blocks(&budgets, shape[0], &g)).map_err(to_py)?;
+    let keep = core::keep_blocks(&budgets, shape[0], &g).map_err(to_py)?;
     Ok(vec_2d(py, keep, shape[0], shape[1]))
 }
 
@@ -263,9 +271,11 @@ fn select_blocks<'py>(
     block_size_tokens: i64,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let g = geometry(seq_len_tokens, segment_size_tokens, block_size_tokens)?;
-    let (scores, score_shape) = read_array::<f32>(block_scores, "block_scores", "float32", 3)?;
-    let (keep, keep_shape) = read_array::<i32>(keep_blocks, "keep_blocks", "int32", 2)?;
-    let (sparse, _) = read_array::<bool>(sparse_segments, "sparse_segments", "bool", 1)?;
+    let scores = read_array::<f32>(block_scores, "block_scores", "float32", 3)?;
+    let keep = read_array::<i32>(keep_blocks, "keep_blocks", "int32", 2)?;
+    let sparse = read_array::<bool>(sparse_segments, "sparse_segments", "bool", 1)?;
+    let (score_shape, keep_shape) = (scores.shape().to_vec(), keep.shape().to_vec());
+    let (scores, keep, sparse) = (row_major(&scores), row_major(&keep), row_major(&sparse));
     let expected = [keep_shape[0], g.num_segments, g.num_blocks];
     if score_shape != expected || keep_shape[1] != g.num_segments {
         return Err(ShapeError::new_err(format!(
@@ -274,7 +284,7 @@ fn select_blocks<'py>(
              block_size_tokens={block_size_tokens}"
         )));
     }
-    let csr = py.detach(|| core::select_blocks(&scores, &keep, &sparse, keep_shape[0], &g)).map_err(to_py)?;
+    let csr = core::select_blocks(&scores, &keep, &sparse, keep_shape[0], &g).map_err(to_py)?;
     PyTuple::new(py, [PyArray1::from_vec(py, csr.indptr), PyArray1::from_vec(py, csr.indices)])
 }
 
@@ -295,10 +305,11 @@ fn adaptive_budgets<'py>(
     budget_tokens: i64,
     floor_fraction: f64,
 ) -> PyResult<Bound<'py, PyArray1<i32>>> {
-    let (scores, shape) = read_array::<f32>(scores, "scores", "float32", 2)?;
+    let scores = read_array::<f32>(scores, "scores", "float32", 2)?;
+    let shape = scores.shape().to_vec();
+    let scores = row_major(&scores);
     let budget = size(budget_tokens, "budget_tokens")?;
-    let out =
-        py.detach(|| core::adaptive_budgets(&scores, shape[0], shape[1], budget, floor_fraction)).map_err(to_py)?;
+    let out = core::adaptive_budgets(&scores, shape[0], shape[1], budget, floor_fraction).map_err(to_py)?;
     Ok(PyArray1::from_vec(py, out))
 }
 
@@ -318,10 +329,12 @@ fn eviction_order<'py>(
     sink_tokens: i64,
     local_window_tokens: i64,
 ) -> PyResult<Bound<'py, PyArray2<i32>>> {
-    let (scores, shape) = read_array::<f32>(scores, "scores", "float32", 2)?;
+    let scores = read_array::<f32>(scores, "scores", "float32", 2)?;
+    let shape = scores.shape().to_vec();
+    let scores = row_major(&scores);
     let sink = size(sink_tokens, "sink_tokens")?;
     let window = size(local_window_tokens, "local_window_tokens")?;
-    let out = py.detach(|| core::eviction_order(&scores, shape[0], shape[1], sink, window)).map_err(to_py)?;
+    let out = core::eviction_order(&scores, shape[0], shape[1], sink, window).map_err(to_py)?;
     Ok(vec_2d(py, out, shape[0], shape[1]))
 }
 
