@@ -314,6 +314,14 @@ def test_version_check(monkeypatch):
     with pytest.raises(RuntimeError) as refused:
         compat.check_sglang_version()
     assert "sglang is not installed" in str(refused.value) and install in str(refused.value), refused.value
+    # the launch_server / bench wrappers: one error line and exit 1, before any SGLang import
+    from entropyinfer_sgl.sglang import plugin
+
+    monkeypatch.setattr(compat, "sglang_version", lambda: "0.5.20")
+    monkeypatch.setattr(plugin, "ensure_loaded", lambda: pytest.fail("an unsupported sglang was loaded"))
+    with pytest.raises(SystemExit) as stopped:
+        plugin.run_upstream("sglang.launch_server")
+    assert str(stopped.value).startswith("error: entropyinfer_sgl.sglang supports") and install in str(stopped.value)
 
 
 @pytest.mark.parametrize("version", ["0.5.17", "0.5.23"])

@@ -91,9 +91,14 @@ def ensure_loaded() -> None:
 
 
 def run_upstream(module: str) -> None:
-    """Run an upstream SGLang entry module as `__main__`, with this process's arguments, plugins loaded first."""
+    """Run an upstream SGLang entry module as `__main__`, with this process's arguments, plugins loaded first.
+    An unsupported sglang is one `error:` line (which releases work, how to install one) and exit 1."""
     import runpy
 
+    try:
+        compat.check_sglang_version()
+    except RuntimeError as err:
+        raise SystemExit(f"error: {err}") from None
     ensure_loaded()
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
