@@ -148,10 +148,10 @@ def check_supported(model: nn.Module) -> None:
                          f"{_RUN_WITHOUT}")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"hf.enable: model_type={model_type!r} is not supported; {_RUN_WITHOUT}")
-    if config.model_type != model_type:  # e.g. Gemma-3's image-text model: image tokens attend bidirectionally
-        raise ValueError(f"hf.enable: the {config.model_type} wrapper around a {model_type} text model is not "
-                         f"supported (load the text model alone, e.g. its ForCausalLM class); {_RUN_WITHOUT}")
     if model_type in HYBRID_MODEL_TYPES:
+        if config.model_type != model_type:  # Gemma-3's image-text model: image tokens attend bidirectionally
+            raise ValueError(f"hf.enable: the {config.model_type} wrapper around a {model_type} text model is not "
+                             f"supported (load the text model alone, e.g. its ForCausalLM class); {_RUN_WITHOUT}")
         _check_hybrid(text, model_type)
         return _check_dispatch(model)
     layer_types = getattr(text, "layer_types", None) or []
