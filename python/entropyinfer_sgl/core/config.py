@@ -96,6 +96,22 @@ class EntropyInferConfig:
             sink_tokens=8,
         )
 
+    @classmethod
+    def long32k(cls) -> "EntropyInferConfig":
+        """The method scaled for 8k-32k prompts (Gemma-3-270M's global layers): the paper preset's prefill and
+        decode budgets (segments of 512 tokens, blocks of 8, the length gate at 4096, β = 2048 .. 3β = 6144, 1024
+        decode entries per kv head) with `small()`'s decode choices (8 sink entries, re-compression).
+
+        Why these numbers: they are `small()` x 4, and `small()` is tuned for 2k-8k, so at 8k-32k every ratio is
+        the one `small()` runs at 2k-8k. A 32k prompt gets 64 segments to type heads over (`small()` at 8k: 64);
+        β / segment = 4 as in the prototype, so a late segment of a 32k prompt attends to 2048..6144 of up to 32k
+        visible tokens (6-19%) and one of an 8k prompt to 25-75%; the first 4096 tokens stay dense (the
+        prototype's gate, `small()`'s 1024 x 4). 1024 decode entries are 3-12% of an 8k-32k cache, the share
+        `small()`'s 256 are of 2k-8k; re-compression every 256 generated tokens (`small()`: 64). Only full-attention
+        layers are affected: a hybrid model's sliding-window layers keep their window (`hf.enable`).
+        """
+        return cls(sink_tokens=8, decode_evict_interval_steps=256)
+
     # ----------------------------------------------------------------------------------------------------
     def replace(self, **changes: Any) -> "EntropyInferConfig":
         """A copy with `changes` applied (validated)."""
@@ -130,9 +146,10 @@ class EntropyInferConfig:
 
     @classmethod
     def load(cls, path_or_json: str | Path) -> "EntropyInferConfig":
-        """Read a config from a JSON file path, a JSON string, or a preset name (`paper`, `small`, `default`)."""
+        """Read a config from a JSON file path, a JSON string, or a preset name (`paper`, `small`, `long32k`,
+        `default`)."""
         text = str(path_or_json).strip()
-        presets = {"paper": cls.paper, "small": cls.small, "default": cls}
+        presets = {"paper": cls.paper, "small": cls.small, "long32k": cls.long32k, "default": cls}
         if text in presets:
             return presets[text]()
         if text.startswith("{"):

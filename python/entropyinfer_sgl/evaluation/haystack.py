@@ -9,6 +9,10 @@ Haystack text, in order of preference:
 Prompt shape (chosen on SmolLM2 with full attention, where shorter phrasings were missed): the needle is "The pass key is NNNNN.
 Remember it. NNNNN is the pass key." inserted at a sentence boundary, and the question goes inside the chat
 template's user turn ending with "Answer with only the number." so that the model answers "The pass key is NNNNN."
+
+Base models (a tokenizer without a chat template, e.g. Gemma-3-270M) get the same text as a plain completion
+(`render_prompt`): BOS, the instruction, haystack and question, a blank line, then the start of the answer
+("The pass key is") for the model to continue.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ NEEDLE_TEMPLATE = "The pass key is {key}. Remember it. {key} is the pass key."
 INSTRUCTION = ("There is a pass key hidden inside a lot of irrelevant text. Find it and memorize it. "
                "I will quiz you about the pass key.")
 QUESTION = "What is the pass key? Answer with only the number."
+COMPLETION = "The pass key is"  # how a base model's answer starts (plain-text prompts only)
 
 FALLBACK_MODULES = (
     "argparse", "asyncio", "bisect", "calendar", "collections", "concurrent.futures", "contextlib", "copy", "csv",
@@ -90,6 +95,25 @@ def haystack_text(min_chars: int = 60_000, *, source: str = "auto") -> tuple[str
     return stdlib_docstring_text(min_chars), "python-stdlib-docstrings (fallback)"
 
 
+def has_chat_template(tokenizer) -> bool:
+    return getattr(tokenizer, "chat_template", None) is not None
+
+
+def render_prompt(tokenizer, content: str, *, answer_prefix: str = "", completion: str = "") -> str:
+    """The prompt text for `content` (instruction, haystack, question).
+
+    Chat models: the chat template's user turn, the generation prompt, then `answer_prefix` (the start of the
+    assistant's answer, if any). Base models (no chat template): plain text, `BOS content \n\n lead`, where lead
+    is `answer_prefix` or else `completion` (e.g. "The pass key is"): a base model answers by continuing it.
+    Encode the result with `add_special_tokens=False` (the BOS is in the text).
+    """
+    if has_chat_template(tokenizer):
+        messages = [{"role": "user", "content": content}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + answer_prefix
+    bos = tokenizer.bos_token or ""
+    return f"{bos}{content}\n\n{answer_prefix or completion}"
+
+
 @dataclass(frozen=True)
 class PasskeyPrompt:
     """A chat-formatted passkey prompt: `input_ids` [1, L] (int64), the key, and where the needle sits."""
@@ -99,7 +123,7 @@ class PasskeyPrompt:
     depth: float
     needle_char_start: int
     source: str
-    text: str  # the chat-templated prompt `input_ids` encode
+    text: str  # the prompt `input_ids` encode (chat-templated, or plain text for a base model)
     user_message: str  # the user turn inside it (what an OpenAI-API chat request sends)
 
     @property
@@ -126,8 +150,7 @@ def build_passkey_prompt(tokenizer, *, total_tokens: int = 3000, depth: float = 
         return f"{INSTRUCTION}\n\n{context}\n\n{QUESTION}"
 
     def render(context: str) -> str:
-        messages = [{"role": "user", "content": user_message(context)}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render_prompt(tokenizer, user_message(context), completion=COMPLETION)
 
     overhead = len(tokenizer(render(needle), add_special_tokens=False)["input_ids"])
     budget = total_tokens - overhead - 2

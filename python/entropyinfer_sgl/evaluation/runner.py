@@ -61,7 +61,7 @@ def prefill(model, input_ids: torch.Tensor, method: Method, *, observation_windo
     from .. import hf
 
     start = time.perf_counter()
-    cache = DynamicCache()
+    cache = DynamicCache(config=model.config)  # hybrid models: the sliding-window layers get their own cache layers
     with hf.enable(model, method.prefill_config(observation_window_tokens)) as handle, torch.no_grad():
         out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         stats = handle.stats
@@ -78,7 +78,8 @@ def decode(model, cache, logits: torch.Tensor, method: Method, *, max_new_tokens
         if method.compresses_after_prompt:
             window = method.config.observation_window_tokens
             for layer in cache.layers:  # a shared prefill may have recorded a longer window
-                layer.window_q = layer.window_q[-window:]
+                if getattr(layer, "window_q", None) is not None:  # (sliding-window layers record none)
+                    layer.window_q = layer.window_q[-window:]
             handle.compress_now(cache)
         while True:
             tokens.append(next_id)

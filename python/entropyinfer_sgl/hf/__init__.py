@@ -5,21 +5,24 @@ function on first use and scopes every model change to its `with` block. See `in
 where and `cache.py` for what the compressed cache physically holds.
 """
 
-from .attention import masked_attention_sdpa, sparse_prefill_sdpa
+from .attention import masked_attention_sdpa, sliding_window_attention_sdpa, sparse_prefill_sdpa
 from .cache import CompressionRecord, EntropyInferCacheLayer
 from .integration import (
     ATTENTION_NAME,
+    HYBRID_MODEL_TYPES,
     SUPPORTED_MODEL_TYPES,
     EntropyInferHandle,
     EntropyInferStats,
     LayerPrefillRecord,
     check_supported,
     enable,
+    layer_roles,
     register,
 )
 
 __all__ = [
     "ATTENTION_NAME",
+    "HYBRID_MODEL_TYPES",
     "SUPPORTED_MODEL_TYPES",
     "CompressionRecord",
     "EntropyInferCacheLayer",
@@ -28,7 +31,9 @@ __all__ = [
     "LayerPrefillRecord",
     "check_supported",
     "enable",
+    "layer_roles",
     "masked_attention_sdpa",
     "register",
+    "sliding_window_attention_sdpa",
     "sparse_prefill_sdpa",
 ]

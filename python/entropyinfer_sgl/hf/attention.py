@@ -62,6 +62,34 @@ def masked_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, val
     return _grouped_sdpa(q, k, v, mask, scale=scale)
 
 
+def sliding_window_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_tokens: int, *,
+                                  scale: float, chunk_tokens: int = 1024) -> torch.Tensor:
+    """Dense causal attention within a sliding window, as transformers' sliding-window layers compute it.
+
+    q: [Hq, L, D] the queries of the last L of the T keys; k, v: [Hkv, T, D] contiguous newest tokens (a full
+    prompt, or transformers' `DynamicSlidingWindowLayer` contents followed by the new tokens). Query i, at key index
+    p = T - L + i, sees keys j with p - window_tokens < j <= p (transformers' `sliding_window_overlay`:
+    kv_idx > q_idx - sliding_window, so a token and its window_tokens - 1 predecessors). Queries go in chunks of
+    `chunk_tokens`, each over its own key span, so a long prompt never builds an [L, T] mask. Returns [Hq, L, D].
+    """
+    num_q_heads, seq_len, _ = q.shape
+    num_keys = k.shape[1]
+    past = num_keys - seq_len
+    gqa = num_q_heads != k.shape[0]
+    outs = []
+    for start in range(0, seq_len, chunk_tokens):
+        stop = min(start + chunk_tokens, seq_len)
+        first = max(0, past + start - window_tokens + 1)
+        last = past + stop
+        query_pos = torch.arange(past + start, past + stop, device=q.device)[:, None]
+        key_pos = torch.arange(first, last, device=q.device)[None, :]
+        mask = (key_pos <= query_pos) & (key_pos > query_pos - window_tokens)
+        outs.append(F.scaled_dot_product_attention(q[None, :, start:stop], k[None, :, first:last],
+                                                   v[None, :, first:last], attn_mask=mask[None, None], scale=scale,
+                                                   enable_gqa=gqa)[0])
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+
 def load_prefill_kernel():
     """The CUDA sparse prefill kernel `entropyinfer_sgl.kernels.sparse_prefill`, or None when it is unavailable.
 

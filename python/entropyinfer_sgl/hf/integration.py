@@ -11,13 +11,22 @@ Within the context:
   and attends through the plan; decode steps record their queries, and when `compression_due` fires each
   layer's cache is scored and shrunk to its kept entries per kv head.
 
-Supported: Llama, Qwen2, Qwen3, Mistral families (MHA or GQA), full attention on every layer, batch size 1,
-no padding. Everything else raises `ValueError` at `enable` or at the first forward.
+Supported: Llama, Qwen2, Qwen3, Mistral families (MHA or GQA) with full attention on every layer, and Gemma-3 text
+models (`gemma3_text`, hybrid: sliding-window and global layers); batch size 1, no padding. Everything else
+raises `ValueError` at `enable` or at the first forward.
+
+Hybrid models (`HYBRID_MODEL_TYPES`): EntropyInfer (sparse prefill, decode compression) runs on the full-attention
+("global") layers only. The sliding-window layers run dense attention over their window, exactly as the model's
+own attention does (`sliding_window_attention_sdpa`), and their cache layers (transformers'
+`DynamicSlidingWindowLayer`) are never replaced or compressed. `enable` logs which layers run the method
+(logger `entropyinfer_sgl.hf`), and `handle.method_layers` / `stats.method_layers` name them; a model whose every
+layer is sliding-window is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -31,11 +40,16 @@ from ..core.decode import compression_due
 from ..core.plan import PrefillPlan, plan_prefill, sparse_segment_mask
 from ..core.profile import HeadProfile, profile_prefill
 from ..runtime.stats import RequestStats
-from .attention import load_prefill_kernel, masked_attention_sdpa, sparse_prefill_sdpa
+from .attention import load_prefill_kernel, masked_attention_sdpa, sliding_window_attention_sdpa, sparse_prefill_sdpa
 from .cache import CompressionRecord, EntropyInferCacheLayer
 
 ATTENTION_NAME = "entropyinfer"
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+# Models whose sliding-window layers run dense within their window while the global layers run EntropyInfer.
+HYBRID_MODEL_TYPES = ("gemma3_text",)
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral") + HYBRID_MODEL_TYPES
+FULL_ATTENTION, SLIDING_ATTENTION = "full_attention", "sliding_attention"
+
+logger = logging.getLogger("entropyinfer_sgl.hf")
 
 # attention module -> the handle serving it (weak, so a dropped model does not leak)
 _HANDLES: "weakref.WeakKeyDictionary[nn.Module, EntropyInferHandle]" = weakref.WeakKeyDictionary()
@@ -70,7 +84,9 @@ class EntropyInferStats(RequestStats):
 
     cache_fraction: entries the cache holds now / tokens it has seen, over all layers and kv heads.
     rigid: bool [layers, Hkv]; budget_tokens, entropy, normalized_entropy: float32 [layers, Hkv] (NaN where a
-    layer was not profiled); layer_density: float32 [layers]; compressions: every layer's compression record.
+    layer was not profiled); layer_density: float32 [layers] (NaN on sliding-window layers); compressions: every
+    layer's compression record. The shared counters cover the method layers only.
+    method_layers / sliding_layers: which layers ran EntropyInfer and which ran dense within their window.
     """
 
     cache_fraction: float | None
@@ -81,10 +97,14 @@ class EntropyInferStats(RequestStats):
     layer_density: torch.Tensor
     compressions: tuple[CompressionRecord, ...] = field(repr=False)
     layers: tuple[LayerPrefillRecord, ...] = field(repr=False)
+    method_layers: tuple[int, ...] = ()  # layers running EntropyInfer (every layer unless the model is hybrid)
+    sliding_layers: tuple[int, ...] = ()  # hybrid models: layers run dense within their sliding window
 
     def summary(self) -> str:
         cache = "n/a" if self.cache_fraction is None else f"{self.cache_fraction:.4f}"
-        return f"{super().summary()} cache_fraction={cache}"
+        hybrid = (f" method_layers={len(self.method_layers)}/{len(self.method_layers) + len(self.sliding_layers)}"
+                  if self.sliding_layers else "")
+        return f"{super().summary()} cache_fraction={cache}{hybrid}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -95,7 +115,8 @@ def _text_config(model: nn.Module):
 
 # What to do with a model outside the supported set (appended to the refusals).
 _RUN_WITHOUT = (f"hf.enable runs decoder-only causal LMs of the {', '.join(SUPPORTED_MODEL_TYPES)} families with "
-                "full attention on every layer; run this model without hf.enable, or use one of those")
+                f"full attention on every layer ({', '.join(HYBRID_MODEL_TYPES)}: full-attention and sliding-window "
+                "layers); run this model without hf.enable, or use one of those")
 
 
 def check_supported(model: nn.Module) -> None:
@@ -114,6 +135,12 @@ def check_supported(model: nn.Module) -> None:
                          f"{_RUN_WITHOUT}")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"hf.enable: model_type={model_type!r} is not supported; {_RUN_WITHOUT}")
+    if model_type in HYBRID_MODEL_TYPES:
+        if config.model_type != model_type:  # Gemma-3's image-text model: image tokens attend bidirectionally
+            raise ValueError(f"hf.enable: the {config.model_type} wrapper around a {model_type} text model is not "
+                             f"supported (load the text model alone, e.g. its ForCausalLM class); {_RUN_WITHOUT}")
+        _check_hybrid(text, model_type)
+        return _check_dispatch(model)
     layer_types = getattr(text, "layer_types", None) or []
     if any(t != "full_attention" for t in layer_types):
         raise ValueError(f"hf.enable: {model_type} has non-full-attention layers {sorted(set(layer_types))}; "
@@ -123,9 +150,48 @@ def check_supported(model: nn.Module) -> None:
     if model_type == "mistral" and getattr(text, "sliding_window", None) is not None:
         raise ValueError(f"hf.enable: mistral with sliding_window={text.sliding_window} is not supported "
                          "(set config.sliding_window=None for full attention)")
+    _check_dispatch(model)
+
+
+def _check_dispatch(model: nn.Module) -> None:
     if not hasattr(model, "set_attn_implementation") or not model._can_set_attn_implementation():
         raise ValueError(f"hf.enable: {type(model).__name__} does not dispatch attention through "
                          "transformers' AttentionInterface")
+
+
+def _check_hybrid(text, model_type: str) -> None:
+    """A hybrid model runs when its layers are full-attention or sliding-window ones, at least one full, and its
+    attention is plain causal softmax attention (no logit softcapping, no bidirectional attention)."""
+    layer_types = list(getattr(text, "layer_types", None) or [])
+    unknown = sorted(set(layer_types) - {FULL_ATTENTION, SLIDING_ATTENTION})
+    if not layer_types or unknown:
+        raise ValueError(f"hf.enable: {model_type} layer types {unknown or 'missing'} are not supported (only "
+                         f"{FULL_ATTENTION!r} and {SLIDING_ATTENTION!r} layers); {_RUN_WITHOUT}")
+    if FULL_ATTENTION not in layer_types:
+        raise ValueError(f"hf.enable: every one of the {len(layer_types)} layers of this {model_type} model is "
+                         "sliding-window attention, so EntropyInfer has no full-attention layer to run on; run this "
+                         "model without hf.enable")
+    if SLIDING_ATTENTION in layer_types and not getattr(text, "sliding_window", None):
+        raise ValueError(f"hf.enable: {model_type} has sliding-window layers but no config.sliding_window")
+    if getattr(text, "attn_logit_softcapping", None) is not None:
+        raise ValueError(f"hf.enable: {model_type} with attn_logit_softcapping={text.attn_logit_softcapping} is not "
+                         "supported (EntropyInfer's attention is plain softmax attention); run it without hf.enable")
+    if getattr(text, "use_bidirectional_attention", False):
+        raise ValueError(f"hf.enable: {model_type} with use_bidirectional_attention=True is not supported "
+                         "(EntropyInfer is causal); run it without hf.enable")
+
+
+def layer_roles(model: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(method layers, sliding-window layers) of a supported model: the full-attention layers run EntropyInfer,
+    the sliding-window ones (hybrid models only) run dense within their window."""
+    text = _text_config(model)
+    num_layers = getattr(text, "num_hidden_layers", None)
+    layer_types = list(getattr(text, "layer_types", None) or [FULL_ATTENTION] * (num_layers or 0))
+    if getattr(text, "model_type", None) not in HYBRID_MODEL_TYPES:
+        layer_types = [FULL_ATTENTION] * len(layer_types)
+    method = tuple(i for i, t in enumerate(layer_types) if t == FULL_ATTENTION)
+    sliding = tuple(i for i, t in enumerate(layer_types) if t == SLIDING_ATTENTION)
+    return method, sliding
 
 
 # The attention modules' keyword for the KV cache: transformers <= 5.17 passes `past_key_values`, later 5.x
@@ -199,7 +265,12 @@ class EntropyInferHandle:
         self.model = model
         self.config = config
         self.decode_scorer = decode_scorer  # None: SnapKV observation scores (`decode.observation_scores`)
-        self._num_layers = getattr(_text_config(model), "num_hidden_layers", None)
+        text = _text_config(model)
+        self._num_layers = getattr(text, "num_hidden_layers", None)
+        self.method_layers, self.sliding_layers = layer_roles(model)
+        self._sliding = frozenset(self.sliding_layers)
+        self._sliding_window = getattr(text, "sliding_window", None) if self.sliding_layers else None
+        self._first_method_layer = self.method_layers[0] if self.method_layers else 0
         self._current_layer: dict[int, EntropyInferCacheLayer | None] = {}
         self._records: dict[int, LayerPrefillRecord] = {}
         self._compressions: list[CompressionRecord] = []
@@ -218,8 +289,11 @@ class EntropyInferHandle:
         layers = getattr(cache, "layers", None)
         if layers is None:
             raise ValueError(f"hf.enable: unsupported cache {type(cache).__name__} (use the default DynamicCache)")
-        while len(layers) <= layer_idx:
-            layers.append(EntropyInferCacheLayer())
+        while len(layers) <= layer_idx:  # a cache built without the model's config grows layer by layer
+            layers.append(self._new_cache_layer(len(layers)))
+        if layer_idx in self._sliding:  # the model's own sliding-window cache layer, never touched
+            self._current_layer[layer_idx] = None
+            return None
         layer = layers[layer_idx]
         if not isinstance(layer, EntropyInferCacheLayer):
             from transformers.cache_utils import DynamicLayer
@@ -233,6 +307,15 @@ class EntropyInferHandle:
         self._layers[layer_idx] = layer
         return None
 
+    def _new_cache_layer(self, layer_idx: int):
+        """The cache layer a missing `layer_idx` gets: EntropyInfer's on method layers, transformers' sliding-window
+        layer (what `DynamicCache(config=...)` builds) on sliding-window layers."""
+        if layer_idx in self._sliding:
+            from transformers.cache_utils import DynamicSlidingWindowLayer
+
+            return DynamicSlidingWindowLayer(sliding_window=self._sliding_window)
+        return EntropyInferCacheLayer()
+
     # --- the attention function ------------------------------------------------------------------------
     def _attend(self, module, query, key, value, attention_mask, *, dropout, scaling, **kwargs):
         batch, num_q_heads, q_len, head_dim = query.shape
@@ -242,12 +325,25 @@ class EntropyInferHandle:
         if attention_mask is not None:
             raise ValueError("EntropyInfer (hf.enable) does not take a custom attention mask (padding or 4D masks): "
                              "give one unpadded prompt and no attention mask (or one of all ones)")
-        if kwargs.get("sliding_window") is not None:
-            raise ValueError("EntropyInfer (hf.enable) does not support sliding-window attention layers")
         if dropout:
             raise ValueError("EntropyInfer (hf.enable) is inference-only (attention dropout must be 0)")
+        if kwargs.get("softcap") is not None:
+            raise ValueError(f"EntropyInfer (hf.enable) does not support attention logit softcapping "
+                             f"(softcap={kwargs['softcap']})")
         scale = scaling if scaling is not None else 1.0 / math.sqrt(head_dim)
         layer_idx = module.layer_idx
+        window = kwargs.get("sliding_window")
+        if layer_idx in self._sliding:
+            if window is None or window != self._sliding_window:
+                raise ValueError(f"EntropyInfer (hf.enable): layer {layer_idx} is a sliding-window layer of "
+                                 f"{self._sliding_window} tokens in the config, but its attention passed "
+                                 f"sliding_window={window}")
+            out = sliding_window_attention_sdpa(query[0], key[0], value[0], window, scale=scale)
+            return out.transpose(0, 1)[None].contiguous(), None
+        if window is not None:
+            raise ValueError(f"EntropyInfer (hf.enable) does not support sliding-window attention on layer "
+                             f"{layer_idx} (model_type {getattr(_text_config(self.model), 'model_type', None)!r} "
+                             "is not a hybrid model it knows)")
         cache_layer = self._current_layer.get(layer_idx)
         if cache_layer is None and self.config.decode_compression:
             raise ValueError(
@@ -282,7 +378,7 @@ class EntropyInferHandle:
         layer_idx = module.layer_idx
         num_q_heads, seq_len, head_dim = q.shape
         num_kv_heads = k.shape[0]
-        if layer_idx == 0 or not self._records:
+        if layer_idx == self._first_method_layer or not self._records:
             self._reset_prompt()
         profile: HeadProfile | None = None
         plan: PrefillPlan | None = None
@@ -327,6 +423,8 @@ class EntropyInferHandle:
         """
         records = []
         for layer_idx, layer in enumerate(getattr(cache, "layers", [])):
+            if layer_idx in self._sliding:  # sliding-window layers keep their window, uncompressed
+                continue
             if not isinstance(layer, EntropyInferCacheLayer):
                 raise ValueError("compress_now needs a cache filled inside hf.enable (EntropyInferCacheLayer layers)")
             self._layers[layer_idx] = layer
@@ -363,7 +461,8 @@ class EntropyInferHandle:
         stats = EntropyInferStats(cache_fraction=sum(h for h, _ in held) / sum(t for _, t in held) if held else None,
                                   rigid=rigid, budget_tokens=budgets, entropy=entropy, normalized_entropy=normalized,
                                   layer_density=layer_density, compressions=tuple(self._compressions),
-                                  layers=tuple(records))
+                                  layers=tuple(records), method_layers=self.method_layers,
+                                  sliding_layers=self.sliding_layers)
         for r in records:
             pairs = r.causal_block_pairs
             stats.add_chunk(sparse=r.path != "dense", pairs_computed=r.density * pairs, pairs_dense=pairs)
@@ -398,7 +497,8 @@ def enable(model: nn.Module, config: EntropyInferConfig | None = None, *,
 
     Parameters
     ----------
-    model: a transformers causal LM of the Llama / Qwen2 / Qwen3 / Mistral families (full attention only).
+    model: a transformers causal LM of the Llama / Qwen2 / Qwen3 / Mistral families (full attention only), or a
+        Gemma-3 text model (EntropyInfer on its global layers, the sliding-window layers dense within their window).
     config: the hyperparameters (default `EntropyInferConfig()`; `EntropyInferConfig.small()` for 8k models).
     decode_scorer: optional replacement for the SnapKV observation scores at decode compression,
         `scorer(window_q [W, Hq, D], k_cache [T, Hkv, D], config) -> float32 [Hkv, T]` (baselines such as
@@ -423,6 +523,11 @@ def enable(model: nn.Module, config: EntropyInferConfig | None = None, *,
             raise RuntimeError("hf.enable is already active on this model (nested enable is not supported)")
     register()
     handle = EntropyInferHandle(model, config, decode_scorer=decode_scorer)
+    if handle.sliding_layers:
+        logger.info("hf.enable: EntropyInfer runs on the %d full-attention layers %s of %s; its %d sliding-window "
+                    "layers %s run dense within their %d-token window (cache uncompressed)",
+                    len(handle.method_layers), list(handle.method_layers), type(model).__name__,
+                    len(handle.sliding_layers), list(handle.sliding_layers), handle._sliding_window)
     previous = model.config._attn_implementation
     hooks = []
     try:

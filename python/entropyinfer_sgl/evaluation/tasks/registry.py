@@ -10,7 +10,9 @@
 | `copylist` | a numbered 20-item shopping list hidden in the text; write it out (the answer starts "Shopping list:\\n1."; ~80 generated tokens, so decode compression fires mid-answer) | in-order LCS / 20 |
 
 Prompts go through the chat template; `vartrack` and `copylist` also start the assistant's answer (a 135M model
-needs that to answer in the format at all). Answers are greedy.
+needs that to answer in the format at all). A base model (no chat template) gets the same text as a plain
+completion ending with the start of the answer (`haystack.render_prompt`; each task's `completion` below). Answers
+are greedy.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import functools
 import random
 from typing import Callable
 
+from ..haystack import COMPLETION as PASSKEY_COMPLETION
 from ..haystack import INSTRUCTION as PASSKEY_INSTRUCTION
 from ..haystack import NEEDLE_TEMPLATE as PASSKEY_NEEDLE
 from ..haystack import QUESTION as PASSKEY_QUESTION
@@ -42,7 +45,8 @@ def passkey(tokenizer, total_tokens: int, seed: int, *, source: str = "auto") ->
     key = random_number(rng, 5)
     depth = sample_depth(seed)
     ids, _, name = build_prompt(tokenizer, total_tokens=total_tokens, needles=[(depth, PASSKEY_NEEDLE.format(key=key))],
-                                instruction=PASSKEY_INSTRUCTION, question=PASSKEY_QUESTION, seed=seed, source=source)
+                                instruction=PASSKEY_INSTRUCTION, question=PASSKEY_QUESTION, seed=seed, source=source,
+                                completion=PASSKEY_COMPLETION)
     return Sample("passkey", seed, ids, key, functools.partial(contains_score, expected=key), 24,
                   {"depth": round(depth, 3), "haystack": name})
 
@@ -58,7 +62,8 @@ def multikey(tokenizer, total_tokens: int, seed: int, *, source: str = "auto", n
                    "different object. Find them and memorize them. I will quiz you about one of them.")
     question = f"What is the pass key for the {objects[asked]}? Answer with only the number."
     ids, _, name = build_prompt(tokenizer, total_tokens=total_tokens, needles=needles, instruction=instruction,
-                                question=question, seed=seed, source=source)
+                                question=question, seed=seed, source=source,
+                                completion=f"The pass key for the {objects[asked]} is")
     return Sample("multikey", seed, ids, keys[asked], functools.partial(contains_score, expected=keys[asked]), 24,
                   {"asked": objects[asked], "depth": round(depths[asked], 3), "distractors": keys[:asked] + keys[asked + 1:],
                    "haystack": name})
@@ -74,7 +79,8 @@ def multivalue(tokenizer, total_tokens: int, seed: int, *, source: str = "auto",
                    "them and memorize them. I will quiz you about them.")
     question = f"What are all the special magic numbers for {word} mentioned in the text? Answer with only the numbers."
     ids, _, name = build_prompt(tokenizer, total_tokens=total_tokens, needles=needles, instruction=instruction,
-                                question=question, seed=seed, source=source)
+                                question=question, seed=seed, source=source,
+                                completion=f"The special magic numbers for {word} mentioned in the text are:")
     return Sample("multivalue", seed, ids, tuple(values), functools.partial(recall_score, expected=tuple(values)), 48,
                   {"word": word, "haystack": name})
 
@@ -119,7 +125,8 @@ def commonwords(tokenizer, total_tokens: int, seed: int, *, source: str = "auto"
     question = (f"Which {num_common} keywords appear most often in the text above? "
                 f"Answer with only the {num_common} words.")
     ids, _, name = build_prompt(tokenizer, total_tokens=total_tokens, needles=needles, instruction=instruction,
-                                question=question, seed=seed, source=source)
+                                question=question, seed=seed, source=source,
+                                completion=f"The {num_common} most frequent keywords are:")
     scorer = functools.partial(word_set_score, expected=tuple(common), vocabulary=tuple(words))
     return Sample("commonwords", seed, ids, tuple(common), scorer, 24, {"haystack": name})
 
