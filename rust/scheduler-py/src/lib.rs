@@ -1,9 +1,11 @@
 //! `entropyinfer_sgl._scheduler`: the planner core (`entropyinfer-scheduler`) as a Python extension module.
 //!
 //! A thin shim on purpose: it checks dtypes and ranks, reads C-contiguous numpy inputs in place (no copy: the CPU
-//! engine plans every chunk and layer from them; other layouts are copied in row-major order), runs the core
-//! holding the GIL (so no Python code can change an input while it is read), and wraps the outputs as new numpy
-//! arrays.
+//! engine plans every chunk and layer from them; other layouts are copied in row-major order), runs the core with
+//! the GIL released (`Python::detach`: the server's other threads go on while a layer is planned), and wraps the
+//! outputs as new numpy arrays. Inputs are read while the GIL is released, so a caller must not write to an input
+//! array from another thread during the call (`core/rust_planner.py` passes views of the planner's own tensors,
+//! which no other thread writes).
 //! All numerics and all value checks live in the core; this file only maps its errors to exception classes.
 
 use std::borrow::Cow;
@@ -193,7 +195,9 @@ fn head_budgets<'py>(
     };
     let typing = if causal { core::HeadTyping::Causal } else { core::HeadTyping::Paper };
     let state = state.filter(|s| !s.is_none()).map(read_state).transpose()?;
-    let out = core::head_budgets(&entropy, num_heads, num_segments, &params, typing, state.as_ref()).map_err(to_py)?;
+    let out = py
+        .detach(|| core::head_budgets(&entropy, num_heads, num_segments, &params, typing, state.as_ref()))
+        .map_err(to_py)?;
     let rigid = PyArray1::from_vec(py, out.rigid);
     let budgets = vec_2d(py, out.budget_tokens, num_heads, num_segments);
     let state: Bound<'py, PyAny> = match out.state {
@@ -237,7 +241,7 @@ fn keep_blocks<'py>(
             shape[1], g.num_segments
         )));
     }
-    let keep = core::keep_blocks(&budgets, shape[0], &g).map_err(to_py)?;
+    let keep = py.detach(|| core::keep_blocks(&budgets, shape[0], &g)).map_err(to_py)?;
     Ok(vec_2d(py, keep, shape[0], shape[1]))
 }
 
@@ -284,7 +288,7 @@ fn select_blocks<'py>(
              block_size_tokens={block_size_tokens}"
         )));
     }
-    let csr = core::select_blocks(&scores, &keep, &sparse, keep_shape[0], &g).map_err(to_py)?;
+    let csr = py.detach(|| core::select_blocks(&scores, &keep, &sparse, keep_shape[0], &g)).map_err(to_py)?;
     PyTuple::new(py, [PyArray1::from_vec(py, csr.indptr), PyArray1::from_vec(py, csr.indices)])
 }
 
@@ -309,7 +313,8 @@ fn adaptive_budgets<'py>(
     let shape = scores.shape().to_vec();
     let scores = row_major(&scores);
     let budget = size(budget_tokens, "budget_tokens")?;
-    let out = core::adaptive_budgets(&scores, shape[0], shape[1], budget, floor_fraction).map_err(to_py)?;
+    let out =
+        py.detach(|| core::adaptive_budgets(&scores, shape[0], shape[1], budget, floor_fraction)).map_err(to_py)?;
     Ok(PyArray1::from_vec(py, out))
 }
 
@@ -334,7 +339,7 @@ fn eviction_order<'py>(
     let scores = row_major(&scores);
     let sink = size(sink_tokens, "sink_tokens")?;
     let window = size(local_window_tokens, "local_window_tokens")?;
-    let out = core::eviction_order(&scores, shape[0], shape[1], sink, window).map_err(to_py)?;
+    let out = py.detach(|| core::eviction_order(&scores, shape[0], shape[1], sink, window)).map_err(to_py)?;
     Ok(vec_2d(py, out, shape[0], shape[1]))
 }
 
