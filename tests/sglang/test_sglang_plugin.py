@@ -61,7 +61,7 @@ def test_registered_once(sglang_args):
     assert compat.hook_registrations() == ours
     assert ATTENTION_BACKEND_CHOICES.count("entropyinfer") == 1 and "entropyinfer" in ATTENTION_BACKENDS
     expected = {compat.TARGET_ADD_CLI_ARGS: 1, compat.TARGET_FROM_CLI_ARGS: 1, compat.TARGET_SUPPORT_TRITON: 1,
-                compat.TARGET_REQ_POOL_FREE: 1, compat.TARGET_REQ_POOL_CLEAR: 1,
+                compat.TARGET_REQ_POOL_FREE: 1, compat.TARGET_REQ_POOL_CLEAR: 1, compat.TARGET_REQ_INIT: 1,
                 compat.TARGET_DECODE_GRAPH_CAN_RUN: 1, compat.TARGET_CELL_SIZE: 1, compat.TARGET_REQ_POOL_ALLOC: 1,
                 compat.TARGET_RUN_BATCH: 1, compat.TARGET_VALIDATE_REQUEST: 1,
                 **{target: 1 for target in compat.TARGETS_OPENAI_VALIDATE}}
