@@ -20,6 +20,7 @@ OUT=${OUT:-/tmp/out}
 WORK=/tmp/eig
 GGUF=gemma-3-270m-q4_k_m.gguf
 mkdir -p "$WORK/results" "$OUT/gemma3"
+source scripts/gpu/eval_shards.sh
 case "${1:?stage: stash a|b|c|d|e|f, or eval}" in
   stash)
     cp ".carry/gemma3-${2:?part a..f}" "$WORK/part-$2"
@@ -42,21 +43,9 @@ case "${1:?stage: stash a|b|c|d|e|f, or eval}" in
     SAMPLES=${SAMPLES:-40}
     SHARDS=${SHARDS:-4}
     MINUTES=${MINUTES:-8}
-    per=$(( (SAMPLES + SHARDS - 1) / SHARDS ))
-    pids=()
-    for length in ${LENGTHS//,/ }; do
-      for (( first = 0; first < SAMPLES; first += per )); do
-        n=$(( first + per > SAMPLES ? SAMPLES - first : per ))
-        python3 -m entropyinfer_sgl.cli eval --model gemma3 --budgets "${BUDGETS:-long32k}" --device "${DEVICE:-cuda}" \
-          --methods "$METHODS" --tasks "$TASKS" --lengths "$length" --first-sample "$first" --samples "$n" \
-          --out "$WORK/results/gemma3_L${length}_s${first}.json" --time-limit-min "$MINUTES" --no-progress \
-          > "$WORK/results/gemma3_L${length}_s${first}.log" 2>&1 &
-        pids+=($!)
-      done
-    done
-    echo "${#pids[@]} workers: $METHODS / $TASKS / $LENGTHS x $SAMPLES samples, budgets ${BUDGETS:-long32k}"
     status=0
-    for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+    run_eval_shards "$WORK/results/gemma3_" --model gemma3 --budgets "${BUDGETS:-long32k}" --device "${DEVICE:-cuda}" \
+      --methods "$METHODS" --tasks "$TASKS" || status=1
     nvidia-smi --query-gpu=name,memory.used --format=csv | tee -a "$OUT/device.txt" || true
     cp "$WORK"/results/*.json "$WORK"/results/*.log "$OUT/gemma3/"
     tail -n 3 "$WORK"/results/*.log

@@ -20,6 +20,7 @@ OUT=${OUT:-/tmp/out}
 WORK=/tmp/eiq
 GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
 mkdir -p "$WORK/results" "$OUT/quality"
+source scripts/gpu/eval_shards.sh
 case "${1:?stage: stash a|b, or eval}" in
   stash)
     cp ".carry/smollm2-${2:?part a or b}" "$WORK/part-$2"
@@ -40,22 +41,8 @@ case "${1:?stage: stash a|b, or eval}" in
     SAMPLES=${SAMPLES:-40}
     SHARDS=${SHARDS:-5}
     MINUTES=${MINUTES:-8}
-    per=$(( (SAMPLES + SHARDS - 1) / SHARDS ))
-    pids=()
-    for length in ${LENGTHS//,/ }; do
-      for (( first = 0; first < SAMPLES; first += per )); do
-        n=$(( first + per > SAMPLES ? SAMPLES - first : per ))
-        shard=$WORK/results/L${length}_s${first}.json
-        [ -n "${RESUME:-}" ] && [ ! -f "$shard" ] && cp "$RESUME" "$shard"  # skip what an earlier run has
-        python3 -m entropyinfer_sgl.cli eval --device "${DEVICE:-cuda}" --methods "$METHODS" --tasks "$TASKS" --lengths "$length" \
-          --first-sample "$first" --samples "$n" --out "$WORK/results/L${length}_s${first}.json" \
-          --time-limit-min "$MINUTES" --no-progress > "$WORK/results/L${length}_s${first}.log" 2>&1 &
-        pids+=($!)
-      done
-    done
-    echo "${#pids[@]} workers: $METHODS / $TASKS / $LENGTHS x $SAMPLES samples"
     status=0
-    for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+    run_eval_shards "$WORK/results/" --device "${DEVICE:-cuda}" --methods "$METHODS" --tasks "$TASKS" || status=1
     nvidia-smi --query-gpu=name,memory.used --format=csv | tee -a "$OUT/device.txt"
     cp "$WORK"/results/*.json "$WORK"/results/*.log "$OUT/quality/"
     tail -n 3 "$WORK"/results/*.log
@@ -78,20 +65,9 @@ case "${1:?stage: stash a|b, or eval}" in
     for _ in $(seq 400); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 1; done
     curl -sf "http://127.0.0.1:$port/health" > /dev/null || { tail -n 40 "$WORK/server.log"; exit 1; }
     mkdir -p "$WORK/server"
-    per=$(( (SAMPLES + SHARDS - 1) / SHARDS ))
-    pids=()
-    for length in ${LENGTHS//,/ }; do
-      for (( first = 0; first < SAMPLES; first += per )); do
-        n=$(( first + per > SAMPLES ? SAMPLES - first : per ))
-        python3 -m entropyinfer_sgl.cli eval --server "http://127.0.0.1:$port" --server-config small \
-          --model "$WORK/hf" --tasks "$TASKS" --lengths "$length" --first-sample "$first" --samples "$n" \
-          --out "$WORK/server/server_L${length}_s${first}.json" --time-limit-min "$MINUTES" --no-progress \
-          > "$WORK/server/server_L${length}_s${first}.log" 2>&1 &
-        pids+=($!)
-      done
-    done
     status=0
-    for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+    run_eval_shards "$WORK/server/server_" --server "http://127.0.0.1:$port" --server-config small \
+      --model "$WORK/hf" --tasks "$TASKS" || status=1
     curl -s "http://127.0.0.1:$port/metrics" | grep '^entropyinfer_' > "$OUT/quality/server_metrics.txt"
     kill "$server"; wait "$server" 2> /dev/null
     grep -E "Traceback|Error" "$WORK/server.log" | head -n 20
