@@ -90,6 +90,24 @@ def test_eval_with_a_model_folder_that_does_not_exist(capsys, tmp_path):
     assert "--model:" in line and "does not exist" in line and "give a local HF model folder" in line, line
 
 
+def test_eval_on_a_device_that_is_not_there(capsys, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    base = ["eval", "--out", str(tmp_path / "r.json"), "--methods", "full", "--tasks", "passkey", "--lengths", "300",
+            "--samples", "1"]
+    line = _refused(capsys, [*base, "--device", "cuda"])
+    assert "--device cuda: no CUDA device is visible to torch here; use --device cpu" in line, line
+    line = _refused(capsys, [*base, "--device", "gpu0"])
+    assert "--device 'gpu0' is not a torch device" in line, line
+
+
+def test_eval_through_a_server_with_an_unknown_method(capsys, tmp_path, no_model_load):
+    line = _refused(capsys, ["eval", "--out", str(tmp_path / "r.json"), "--server", "http://127.0.0.1:1",
+                             "--methods", "server_full,full"])
+    assert "unknown server method 'full'; server methods: server_full, server_entropyinfer" in line, line
+
+
 # --- entropyinfer report --------------------------------------------------------------------------------------
 def test_report_missing_file_bad_json_and_other_json(capsys, tmp_path):
     missing = tmp_path / "missing.json"
