@@ -154,3 +154,51 @@ def test_dense_tail_raises_density_and_is_validated(generator):
     assert plan_prefill(profile_prefill(q, k, tail), tail, layer_idx=5).density() > plain
     with pytest.raises(ValueError, match="dense_tail_tokens"):
         CFG.replace(dense_tail_tokens=-1)
+
+
+@pytest.mark.parametrize("sink, local", [(8, 0), (0, 64), (20, 100)])
+def test_sink_and_neighbour_blocks_rank_first_inside_the_budget(sink, local, generator):
+    """`prefill_sink_tokens` / `prefill_local_tokens`: every sparse row holds the sink blocks and the neighbour
+    blocks just before its segment, even where they score lowest, and keeps its budget (same row lengths)."""
+    q, k = structured_qk(1000, 8, 2, 32, generator=generator, rigid_kv_heads=(1,))
+    profile = profile_prefill(q, k, CFG)
+    low = profile.block_scores.clone()
+    sink_blocks, local_blocks = -(-sink // 8), -(-local // 8)
+    nseg, per_segment = low.shape[1], 64 // 8
+    for s in range(nseg):
+        visible = s * per_segment
+        low[:, s, :sink_blocks] = -1.0  # the forced blocks score lowest of all: only the setting can pick them
+        low[:, s, max(visible - local_blocks, 0):visible] = -1.0
+    profile = dataclasses.replace(profile, block_scores=low)
+    lever = CFG.replace(prefill_sink_tokens=sink, prefill_local_tokens=local)
+    plain, plan = plan_prefill(profile, CFG, layer_idx=3), plan_prefill(profile, lever, layer_idx=3)
+    assert torch.equal(plan.indptr, plain.indptr)  # the same number of blocks in every row: density unchanged
+    checked = 0
+    for h in range(2):
+        for s in range(nseg):
+            if not bool(plan.sparse_segments[s]):
+                assert plan.row(h, s).tolist() == plain.row(h, s).tolist()
+                continue
+            visible = s * per_segment
+            forced = set(range(min(sink_blocks, visible))) | set(range(max(visible - local_blocks, 0), visible))
+            chosen = [b for b in plan.row(h, s).tolist() if b < visible]
+            keep = int(plan.keep_blocks[h, s])
+            if keep >= len(forced):
+                assert forced <= set(chosen), (h, s)
+            else:  # a budget below the forced blocks: the lowest ids (the sink first)
+                assert chosen == sorted(forced)[:keep], (h, s)
+            checked += 1
+            if visible - len(forced) >= keep:  # without the setting, none of them is picked
+                assert not {b for b in plain.row(h, s).tolist() if b < visible} & forced, (h, s)
+    assert checked > 10
+    assert torch.equal(profile.block_scores, low)  # the profile is not changed (layer fusion reads it again)
+    rust = plan_prefill(profile, lever, layer_idx=3, backend="rust")
+    assert torch.equal(rust.indptr, plan.indptr) and torch.equal(rust.indices, plan.indices)
+
+
+def test_sink_and_neighbour_settings_are_validated():
+    for name in ("prefill_sink_tokens", "prefill_local_tokens"):
+        with pytest.raises(ValueError, match=name):
+            CFG.replace(**{name: -8})
+        with pytest.raises(ValueError, match=name):
+            CFG.replace(**{name: 1.5})

@@ -51,7 +51,8 @@ def test_budget_scan_equals_torch_planner(causal, generator):
 
 
 @pytest.mark.parametrize("config", [CFG, CFG.replace(per_head_budgets=False, causal_head_typing=False),
-                                    CFG.replace(max_budget_tokens=2048)])
+                                    CFG.replace(max_budget_tokens=2048),
+                                    CFG.replace(prefill_sink_tokens=16, prefill_local_tokens=40)])
 @pytest.mark.parametrize("seq_len, num_q_heads, num_kv_heads", [(700, 4, 2), (333, 8, 1), (640, 2, 2)])
 def test_device_plan_equals_oracle_plan(config, seq_len, num_q_heads, num_kv_heads, generator):
     from entropyinfer_sgl.core.device_plan import plan_prefill_device
@@ -101,6 +102,26 @@ def test_device_plan_from_a_segment_on_equals_oracle_rows(config, first_segment,
     with pytest.raises(ValueError, match="segments from 4 on"):
         plan_from_scores_device(profile.block_scores.to(DEVICE), profile.keep_blocks.to(DEVICE), config,
                                 seq_len=seq_len, layer_idx=2, first_segment=4)
+
+@pytest.mark.parametrize("first_segment", [0, 4, 10])
+def test_device_plan_ranks_sink_and_neighbour_blocks_first_from_any_segment(first_segment, generator):
+    """The sink/neighbour settings through `plan_prefill(backend="device")` for a chunk's rows: the oracle's rows."""
+    import dataclasses
+
+    config = CFG.replace(prefill_sink_tokens=16, prefill_local_tokens=40)
+    q, k = structured_qk(700, 4, 2, 32, generator=generator, rigid_kv_heads=(0,))
+    profile = profile_prefill(q, k, config)
+    rows = dataclasses.replace(profile, block_scores=profile.block_scores[:, first_segment:].to(DEVICE),
+                               keep_blocks=profile.keep_blocks[:, first_segment:].to(DEVICE))
+    plan = plan_prefill(rows, config, layer_idx=2, backend="device", first_segment=first_segment)
+    reference = plan_prefill(profile, config, layer_idx=2)
+    assert not torch.equal(reference.indices, plan_prefill(profile, CFG, layer_idx=2).indices)  # the setting acts
+    indptr, ref_indptr, nseg = plan.indptr.cpu().long(), reference.indptr.long(), reference.num_segments
+    for r in range(2 * nseg):
+        if r % nseg >= first_segment:
+            got = plan.indices.cpu()[indptr[r]:indptr[r + 1]]
+            assert torch.equal(got, reference.indices[ref_indptr[r]:ref_indptr[r + 1]]), r
+
 
 def _cpu(profile):
     import dataclasses

@@ -47,6 +47,10 @@ class EntropyInferConfig:
     causal_head_typing: bool = True  # True = "rigid so far" (chunked-prefill safe); False = whole-prompt test
     dense_tail_tokens: int = 0  # segments holding any of the prompt's last this many tokens run dense (the
     # question at a prompt's end attends to everything); 0 = only the last segment, as the prototype
+    prefill_sink_tokens: int = 0  # the blocks of the prompt's first this many tokens rank first in every sparse
+    # segment's selection (inside its budget: density unchanged); 0 = scores alone decide, as the prototype
+    prefill_local_tokens: int = 0  # the blocks of the this many tokens just before a sparse segment (its
+    # neighbours) rank first as well, after the sink blocks; 0 = as the prototype
 
     # --- decode: latent KV compression ------------------------------------------------------------------
     decode_compression: bool = True  # prototype `latent_decode`
@@ -176,6 +180,8 @@ _INT_FIELDS_MIN = {
     "sink_tokens": 0,
     "pooling_kernel_tokens": 1,
     "dense_tail_tokens": 0,
+    "prefill_sink_tokens": 0,
+    "prefill_local_tokens": 0,
     "schema_version": 1,
 }
 _BOOL_FIELDS = ("layer_fusion", "per_head_budgets", "causal_head_typing", "decode_compression",

@@ -93,6 +93,28 @@ def sparse_segment_mask(seq_len_tokens: int, config: EntropyInferConfig, *, laye
     return sparse
 
 
+def forced_blocks_first(block_scores: torch.Tensor, config: EntropyInferConfig, *, first_segment: int = 0
+                        ) -> torch.Tensor:
+    """`block_scores` `[H, rows, NB]` (rows: the segments from `first_segment` on) with the blocks every sparse
+    segment attends to whatever their scores set to +inf, so that every planner ranks them first inside the
+    segment's budget: the sink blocks (`prefill_sink_tokens`, the prompt's first tokens) and the neighbour blocks
+    (`prefill_local_tokens` just before the segment). Equal (+inf) scores go to the lower block id, so a budget
+    smaller than these blocks keeps the sink first. A new tensor; the input (the layer's profile, which layer
+    fusion reads again) is unchanged. Without either setting: the input itself."""
+    block = config.block_size_tokens
+    sink_blocks = -(-config.prefill_sink_tokens // block)
+    local_blocks = -(-config.prefill_local_tokens // block)
+    if not (sink_blocks or local_blocks):
+        return block_scores
+    _, rows, num_blocks = block_scores.shape
+    device = block_scores.device
+    segment = torch.arange(first_segment, first_segment + rows, device=device)
+    visible = segment * (config.segment_size_tokens // block)  # blocks of earlier segments (the rest is masked)
+    ids = torch.arange(num_blocks, device=device)
+    forced = (ids[None, :] < sink_blocks) | (ids[None, :] >= visible[:, None] - local_blocks)
+    return block_scores.masked_fill(forced[None], float("inf"))
+
+
 def select_blocks(block_scores: torch.Tensor, keep: torch.Tensor, sparse_segments: torch.Tensor, *,
                   seq_len_tokens: int, segment_size_tokens: int, block_size_tokens: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +170,8 @@ def plan_prefill(profile: HeadProfile, config: EntropyInferConfig, *, layer_idx:
     plan), "device" (`device_plan.plan_from_scores_device`: device work with no host sync; `plan.indices` may end
     with unused slack). `reference_path_planner(device)` picks the reference path's.
     `config.per_head_budgets=False` reproduces the prototype's execution: every kv head keeps the largest
-    count of any head in that segment.
+    count of any head in that segment. `prefill_sink_tokens` / `prefill_local_tokens` rank the sink and neighbour
+    blocks first for every backend (`forced_blocks_first`).
     prompt_len_tokens: the whole prompt's length when the profile ends at a chunk's end (`sparse_segment_mask`).
     first_segment: the profile's block scores and keep counts are the rows of the segments from it on (a chunk
     after a prefix: only its own segments are planned); earlier rows list every block they can see (host
@@ -161,12 +184,13 @@ def plan_prefill(profile: HeadProfile, config: EntropyInferConfig, *, layer_idx:
     if backend == "device":
         from .device_plan import plan_from_scores_device
 
-        return plan_from_scores_device(profile.block_scores, profile.keep_blocks, config,
+        return plan_from_scores_device(forced_blocks_first(profile.block_scores, config, first_segment=first_segment),
+                                       profile.keep_blocks, config,
                                        seq_len=profile.seq_len_tokens, layer_idx=layer_idx,
                                        first_segment=first_segment, prompt_len_tokens=prompt_len_tokens)
     if backend not in ("torch", "rust"):
         raise ValueError(f"backend must be 'torch', 'rust' or 'device', got {backend!r}")
-    keep, scores = profile.keep_blocks, profile.block_scores
+    keep, scores = profile.keep_blocks, forced_blocks_first(profile.block_scores, config, first_segment=first_segment)
     if first_segment:  # earlier rows: keep 0 (dense rows), scores never read
         keep = torch.cat([keep.new_zeros(keep.shape[0], first_segment), keep], dim=1)
         scores = torch.cat([scores.new_zeros(scores.shape[0], first_segment, scores.shape[2]), scores], dim=1)
