@@ -67,6 +67,8 @@ def _report(out: dict) -> dict:
 def test_malformed_request_settings_are_400_on_every_api(server, custom_params, message):
     generate = _post(server, "/generate", _generate_body(custom_params))
     assert generate.status_code == 400 and message in generate.json()["error"]["message"], generate.text
+    streamed = _post(server, "/generate", _generate_body(custom_params, stream=True))  # not a 200 with an error event
+    assert streamed.status_code == 400 and message in streamed.json()["message"], streamed.text
     for path, body in (("/v1/completions", {"prompt": "hello there"}),
                        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hello there"}]})):
         for stream in (False, True):  # a streamed request is refused before its stream starts
@@ -76,6 +78,23 @@ def test_malformed_request_settings_are_400_on_every_api(server, custom_params, 
                 assert response.status_code in (400, 422), response.text
                 continue
             assert response.status_code == 400 and message in response.json()["message"], (path, response.text)
+    _still_serving(server)
+
+
+def test_streamed_generate_batch_is_refused_before_its_stream_starts(server):
+    """A streamed batch whose second request has a bad setting is one 400 naming it (nothing of the batch runs);
+    the same batch with good settings streams."""
+    good, bad = {"entropyinfer": {"decode_delay_steps": 0}}, {"entropyinfer": {"decode_budget_tokens": "x"}}
+    body = {"text": ["hello there", "general kenobi"], "stream": True,
+            "sampling_params": [{"max_new_tokens": 4, "custom_params": good},
+                                {"max_new_tokens": 4, "custom_params": bad}]}
+    refused = _post(server, "/generate", body)
+    assert refused.status_code == 400, refused.text
+    assert 'custom_params["entropyinfer"]["decode_budget_tokens"]=\'x\': must be an integer; accepted:' in \
+        refused.json()["message"]
+    body["sampling_params"][1]["custom_params"] = good
+    served = _post(server, "/generate", body)
+    assert served.status_code == 200 and '"error"' not in served.text and served.text.endswith("data: [DONE]\n\n")
     _still_serving(server)
 
 
