@@ -1,8 +1,8 @@
 """One request at a time against one CPU server with `--enable-entropyinfer` (the tiny Llama, the method engaged on
-short prompts): per-request settings (custom_params) are refused with a 400 naming the field (streamed or not) or run
-and reported in meta_info (`/generate`, the chat API's `choices[].meta_info` with `return_meta_info`); requests that would crash the scheduler are refused with a 400; a request whose plan or compression
-raises (test-only fault injection, runtime/faults.py) is failed alone. After each refused or failed request the
-server keeps serving."""
+short prompts): per-request settings (custom_params) are refused with a 400 naming the field (streamed or not) or
+run and reported in meta_info (`/generate`, the chat API's `choices[].meta_info` with `return_meta_info`); requests
+that would crash the scheduler are refused with a 400; a request whose plan or compression raises (test-only fault
+injection, runtime/faults.py) is failed alone. After each refused or failed request the server keeps serving."""
 
 from __future__ import annotations
 
