@@ -63,7 +63,7 @@ def test_registered_once(sglang_args):
     expected = {compat.TARGET_ADD_CLI_ARGS: 1, compat.TARGET_FROM_CLI_ARGS: 1, compat.TARGET_SUPPORT_TRITON: 1,
                 compat.TARGET_REQ_POOL_FREE: 1, compat.TARGET_REQ_POOL_CLEAR: 1, compat.TARGET_REQ_INIT: 1,
                 compat.TARGET_DECODE_GRAPH_CAN_RUN: 1, compat.TARGET_CELL_SIZE: 1, compat.TARGET_REQ_POOL_ALLOC: 1,
-                compat.TARGET_RUN_BATCH: 1, compat.TARGET_VALIDATE_REQUEST: 1,
+                compat.TARGET_RUN_BATCH: 1, compat.TARGET_VALIDATE_REQUEST: 1, compat.TARGET_STREAM_START: 1,
                 **{target: 1 for target in compat.TARGETS_OPENAI_VALIDATE}}
     if compat.SGLANG_VERSION == "0.5.17":  # resolution is ServerArgs.__post_init__: BEFORE and AFTER hooks
         expected["sglang.srt.server_args.ServerArgs.__post_init__"] = 2

@@ -1,8 +1,8 @@
 """One request at a time against one CPU server with `--enable-entropyinfer` (the tiny Llama, the method engaged on
-short prompts): per-request settings (custom_params) are refused with a 400 naming the field or run and reported in
-meta_info; requests that would crash the scheduler are refused with a 400; a request whose plan or compression
-raises (test-only fault injection, runtime/faults.py) is failed alone. After each refused or failed request the
-server keeps serving."""
+short prompts): per-request settings (custom_params) are refused with a 400 naming the field (streamed or not) or
+run and reported in meta_info (`/generate`, the chat API's `choices[].meta_info` with `return_meta_info`); requests
+that would crash the scheduler are refused with a 400; a request whose plan or compression raises (test-only fault
+injection, runtime/faults.py) is failed alone. After each refused or failed request the server keeps serving."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def server(tiny_model, tmp_path_factory):
     require_entry_point()
     started = Server("requests", tiny_model, tmp_path_factory.mktemp("sglang_requests"),
                      ["--enable-entropyinfer", "--entropyinfer-config", json.dumps(ENGAGED),
-                      "--chunked-prefill-size", "128"],
+                      "--chunked-prefill-size", "128", "--chat-template", "chatml"],
                      env=subprocess_env(ENTROPYINFER_TEST_FAULT=FAULTS))
     try:
         yield started.wait_ready(timeout=400)
@@ -67,6 +67,8 @@ def _report(out: dict) -> dict:
 def test_malformed_request_settings_are_400_on_every_api(server, custom_params, message):
     generate = _post(server, "/generate", _generate_body(custom_params))
     assert generate.status_code == 400 and message in generate.json()["error"]["message"], generate.text
+    streamed = _post(server, "/generate", _generate_body(custom_params, stream=True))  # not a 200 with an error event
+    assert streamed.status_code == 400 and message in streamed.json()["message"], streamed.text
     for path, body in (("/v1/completions", {"prompt": "hello there"}),
                        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hello there"}]})):
         for stream in (False, True):  # a streamed request is refused before its stream starts
@@ -76,6 +78,28 @@ def test_malformed_request_settings_are_400_on_every_api(server, custom_params, 
                 assert response.status_code in (400, 422), response.text
                 continue
             assert response.status_code == 400 and message in response.json()["message"], (path, response.text)
+    _still_serving(server)
+
+
+def test_streamed_generate_batch_is_refused_before_its_stream_starts(server):
+    """A streamed batch whose second request has a bad setting is one 400 naming it (nothing of the batch runs);
+    the same batch with good settings streams."""
+    good, bad = {"entropyinfer": {"decode_delay_steps": 0}}, {"entropyinfer": {"decode_budget_tokens": "x"}}
+    body = {"text": ["hello there", "general kenobi"], "stream": True,
+            "sampling_params": [{"max_new_tokens": 4, "custom_params": good},
+                                {"max_new_tokens": 4, "custom_params": bad}]}
+    refused = _post(server, "/generate", body)
+    assert refused.status_code == 400, refused.text
+    assert 'custom_params["entropyinfer"]["decode_budget_tokens"]=\'x\': must be an integer; accepted:' in \
+        refused.json()["message"]
+    body["sampling_params"][1]["custom_params"] = good
+    served = _post(server, "/generate", body)
+    assert served.status_code == 200 and '"error"' not in served.text and served.text.endswith("data: [DONE]\n\n")
+    events = [json.loads(line[len("data: "):]) for line in served.text.splitlines()
+              if line.startswith("data: {")]
+    for index in (0, 1):  # each request's last event carries its report (meta_info["entropyinfer"][-1])
+        last = [event for event in events if event["index"] == index][-1]
+        assert last["meta_info"]["entropyinfer"][-1]["decode_delay_steps"] == 0, last
     _still_serving(server)
 
 
@@ -99,7 +123,23 @@ def test_request_settings_run_and_are_reported(server):
     assert "turned EntropyInfer off" in off["dense_prefill_reason"]
     completion = _post(server, "/v1/completions", {"model": "tiny", "max_tokens": 4, "prompt": "hi",
                                                    "custom_params": {"entropyinfer": {"decode_delay_steps": 0}}})
-    assert completion.status_code == 200, completion.text  # (the tiny model has no chat template)
+    assert completion.status_code == 200, completion.text
+    assert "meta_info" not in completion.json()["choices"][0]  # SGLang has no channel here (docs/sglang.md says so)
+
+
+def test_chat_completion_reports_what_it_ran_with(server):
+    """The OpenAI chat API carries the report where SGLang carries metadata: `return_meta_info: true` puts each
+    choice's meta_info, `entropyinfer` included, into `choices[i].meta_info` (non-streamed; both releases)."""
+    own = {"base_budget_tokens": 8, "decode_budget_tokens": 20, "decode_delay_steps": 2}
+    response = _post(server, "/v1/chat/completions", {
+        "model": "tiny", "max_tokens": 6, "temperature": 0, "ignore_eos": True, "return_meta_info": True,
+        "messages": [{"role": "user", "content": tiny_llama.prompt(420, seed=35)}],
+        "custom_params": {"entropyinfer": own}})
+    assert response.status_code == 200, response.text
+    report = response.json()["choices"][0]["meta_info"]["entropyinfer"][-1]
+    assert report["enabled"] and {name: report[name] for name in own} == own
+    assert 0 < report["prefill_density"] < 1 and 0 <= report["rigid_fraction"] <= 1
+    assert 0 < report["kv_kept_fraction"] < 1 and report["compression_events"] == 1  # after 2 (then every 8)
 
 
 @pytest.mark.parametrize("body, message", [

@@ -86,6 +86,8 @@ TARGET_VALIDATE_REQUEST = "sglang.srt.managers.tokenizer_manager.TokenizerManage
 TARGETS_OPENAI_VALIDATE = (
     "sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat._validate_request",
     "sglang.srt.entrypoints.openai.serving_completions.OpenAIServingCompletion._validate_request")
+# The last call every streamed route (/generate, the OpenAI API) makes before its response starts (both releases)
+TARGET_STREAM_START = "sglang.srt.managers.tokenizer_manager.TokenizerManager.create_abort_task"
 _BOOKKEEPING = "_entropyinfer"  # the ServerArgs attribute carrying the plugin's settings
 
 
@@ -323,7 +325,10 @@ def register_request_validation_hook(check: Callable[[RequestFacts], str | None]
     - `TokenizerManager._validate_one_request(obj, input_ids)` (BEFORE; both releases; each request of a batch, and
       every `/generate` and OpenAI request, after tokenization): a ValueError there is SGLang's 400;
     - the OpenAI servers' `_validate_request(request)` (AFTER): the same check of `custom_params` before a streamed
-      response starts (a streamed request refused later gets its error inside the stream).
+      response starts (a streamed request refused later gets its error inside the stream);
+    - `TokenizerManager.create_abort_task(obj)` (BEFORE; both releases): the same check of every sub-request's
+      `custom_params` in a streamed `/generate` (and OpenAI) request, which SGLang tokenizes and validates only once
+      its 200 response has started. An `HTTPException` there is SGLang's 400 (`{"message": ..., "code": 400}`).
     """
 
     def before_validate_one(self, obj, input_ids, *args, **kwargs):
@@ -348,9 +353,28 @@ def register_request_validation_hook(check: Callable[[RequestFacts], str | None]
                                   custom_params=getattr(request, "custom_params", None), input_ids=None,
                                   vocab_size=None, multimodal=False))
 
+    def before_stream_start(self, obj, *args, **kwargs):
+        for custom_params in _streamed_custom_params(obj):
+            problem = check(RequestFacts(server_args=self.server_args, custom_params=custom_params, input_ids=None,
+                                         vocab_size=None, multimodal=False))
+            if problem:
+                from fastapi import HTTPException
+
+                raise HTTPException(status_code=400, detail=problem)
+        return None
+
     register_hook(TARGET_VALIDATE_REQUEST, before_validate_one, "before")
     for target in TARGETS_OPENAI_VALIDATE:
         register_hook(target, after_openai_validate, "after")
+    register_hook(TARGET_STREAM_START, before_stream_start, "before")
+
+
+def _streamed_custom_params(obj: Any) -> list:
+    """The `custom_params` of each sub-request of a `GenerateReqInput` before SGLang normalizes it: its
+    `sampling_params` is absent, one dict (for every sub-request) or a list of them (one per sub-request)."""
+    sampling = getattr(obj, "sampling_params", None)
+    params = sampling if isinstance(sampling, list) else [sampling]
+    return [p.get("custom_params") for p in params if isinstance(p, dict)]
 
 
 def request_finished(req: Any) -> bool:
