@@ -167,3 +167,14 @@ def test_plan_runs_goes_sample_by_sample():
         (300, "passkey", 3), (300, "multikey", 3), (300, "passkey", 4), (300, "multikey", 4),
         (600, "passkey", 3), (600, "multikey", 3), (600, "passkey", 4), (600, "multikey", 4)]
     assert all(missing == methods for *_, missing in todo)
+
+
+def test_a_named_commit_wins_over_the_checkouts_own(monkeypatch):
+    """The GPU machine's copy of the tree carries stale git metadata: `ENTROPYINFER_GIT_SHA` names the commit."""
+    from entropyinfer_sgl.evaluation.results import git_revision
+
+    monkeypatch.delenv("ENTROPYINFER_GIT_SHA", raising=False)
+    sha, dirty = git_revision()
+    assert sha is None or len(sha) == 40
+    monkeypatch.setenv("ENTROPYINFER_GIT_SHA", "0123abc")
+    assert git_revision() == ("0123abc", None)

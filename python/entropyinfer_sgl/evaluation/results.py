@@ -25,11 +25,13 @@ SCHEMA = 1
 def git_revision(cwd: str | Path | None = None) -> tuple[str | None, bool | None]:
     """(HEAD sha, whether the work tree has uncommitted changes), or (None, None) outside a git checkout.
 
-    A copy of the tree without its git folder (the GPU machine's) names its commit in `ENTROPYINFER_GIT_SHA`
-    (dirty unknown: None).
+    A copy of the tree (the GPU machine's) names its commit in `ENTROPYINFER_GIT_SHA` (dirty unknown: None); the
+    name wins over the copy's own git metadata, which may be a stale checkout's.
     """
     cwd = cwd or Path(__file__).resolve().parent
     named = os.environ.get("ENTROPYINFER_GIT_SHA")
+    if named:
+        return named, None
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True,
                              timeout=10).stdout.strip()
@@ -37,7 +39,7 @@ def git_revision(cwd: str | Path | None = None) -> tuple[str | None, bool | None
                                capture_output=True, text=True, check=True, timeout=10).stdout.strip() != ""
         return sha, dirty
     except (OSError, subprocess.SubprocessError):
-        return (named, None) if named else (None, None)
+        return None, None
 
 
 def record_key(method: str, task: str, length: int, sample: int) -> tuple[str, str, int, int]:
