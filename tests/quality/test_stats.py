@@ -67,3 +67,21 @@ def test_report_prints_intervals_n_and_paired_deltas():
     header = next(line for line in text.splitlines() if line.startswith("| method |"))
     separator = text.splitlines()[text.splitlines().index(header) + 1]
     assert header.count("|") == separator.count("|")
+
+
+def test_report_pairs_each_length_over_its_own_prompts():
+    """The by-length table pairs a method with the reference over every prompt of that length both scored, even
+    where another method lacks the length (so the summary's common cells leave it out)."""
+    records = []
+    for length, methods in ((2000, ("full", "entropyinfer")), (4000, ("full", "entropyinfer", "lever"))):
+        for sample in range(10):
+            for method in methods:
+                score = 0.0 if (method == "entropyinfer" and length == 4000 and sample < 5) else 1.0
+                records.append({"method": method, "task": "vartrack", "length": length, "sample": sample,
+                                "score": score, "prefill_density": 0.25 if length == 4000 else 0.5,
+                                "cache_fraction": 1.0, "compression_events": 0})
+    text = markdown_tables({"records": records, "methods": {}}, reference="entropyinfer")
+    by_length = [line for line in text.splitlines() if line.startswith("| `lever` |") and "(10)" in line]
+    assert by_length and "+50.0 [" in by_length[0] and "0.250" in by_length[0] and "| – |" in by_length[0]
+    full = [line for line in text.splitlines() if line.startswith("| `full` |") and "(10)" in line][0]
+    assert "+0.0 [" in full and "+50.0 [" in full

@@ -96,6 +96,7 @@ def markdown_tables(data: dict, *, methods: Sequence[str] | None = None, referen
            "when no compression fired). Compressions: compression events per sample. A bootstrap interval over a cell of "
            "a few samples is too narrow (all-correct cells give [100, 100]): read cells below ~10 samples as "
            "indicative only.", "", *lines, ""]
+    out += _by_length_table(records, methods, tasks, lengths, reference)
     for n in lengths:
         present = [t for t in tasks if any(cells.get((m, t, n)) for m in methods)]
         if not present:
@@ -109,6 +110,32 @@ def markdown_tables(data: dict, *, methods: Sequence[str] | None = None, referen
             out.append(f"| `{m}` | " + " | ".join(_interval(v) for v in vals) + f" | {pct(avg(m, n))} |")
         out.append("")
     return "\n".join(out)
+
+
+def _by_length_table(records: Sequence[dict], methods: Sequence[str], tasks: Sequence[str], lengths: Sequence[int],
+                     reference: str) -> list[str]:
+    """Per length: each method's difference to `reference`, paired over the prompts of that length both scored
+    (every task, not only the cells all methods share), with its N, and the method's prefill density there."""
+    if reference not in methods:
+        return []
+    lines = [f"Δ vs {reference} by length, paired over the prompts of that length both scored [95% CI] (N prompts); "
+             "prefill density at that length:", "",
+             "| method | " + " | ".join(f"{n} tok" for n in lengths) + " |", "|---|" + "---:|" * len(lengths)]
+    for m in methods:
+        if m == reference:
+            continue
+        row = []
+        for n in lengths:
+            cells = [(t, n) for t in tasks]
+            try:
+                diff = paired_difference(sample_scores(records, m, cells), sample_scores(records, reference, cells))
+            except ValueError:  # no prompt of this length scored by both
+                row.append("–")
+                continue
+            density = _mean(r["prefill_density"] for r in records if r["method"] == m and int(r["length"]) == n)
+            row.append(f"{diff.format(signed=True)} ({diff.n}); {_fmt(density)}")
+        lines.append(f"| `{m}` | " + " | ".join(row) + " |")
+    return lines + [""]
 
 
 def _fmt(value, digits: int = 3) -> str:
