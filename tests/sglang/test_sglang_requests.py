@@ -142,18 +142,35 @@ def test_chat_completion_reports_what_it_ran_with(server):
     assert 0 < report["kv_kept_fraction"] < 1 and report["compression_events"] == 1  # after 2 (then every 8)
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"input_ids": [1, 2, 100000]}, "input_ids[2]=100000 is not a token id of this model"),
-    ({"input_ids": [1, 2, -1]}, "input_ids[2]=-1 is not a token id"),
-    ({"input_ids": []}, "input_ids cannot be empty"),  # SGLang's own check
-    ({"input_ids": [[1, 2], []]}, "no input tokens"),
-    ({"input_ids": [[1, 2], [3, 100000]]}, "input_ids[1]=100000"),
-    ({"input_ids": [1, 2], "return_logprob": True, "top_logprobs_num": 100000}, "top_logprobs_num=100000"),
+@pytest.mark.parametrize("body, message, streamed_message", [
+    ({"input_ids": [1, 2, 100000]}, "input_ids[2]=100000 is not a token id of this model", None),
+    ({"input_ids": [1, 2, -1]}, "input_ids[2]=-1 is not a token id", None),
+    ({"input_ids": []}, "input_ids cannot be empty", "no input tokens"),  # SGLang's own check; streamed: the plugin's
+    ({"input_ids": [[1, 2], []]}, "no input tokens", None),
+    ({"input_ids": [[1, 2], [3, 100000]]}, "input_ids[1]=100000", None),
+    ({"input_ids": [1, 2], "return_logprob": True, "top_logprobs_num": 100000}, "top_logprobs_num=100000", None),
+    ({"input_ids": [[1, 2], [3]], "return_logprob": [False, True], "top_logprobs_num": [100000, 100000]},
+     "top_logprobs_num=100000", None),
 ])
-def test_requests_that_would_crash_the_scheduler_are_400(server, body, message):
+def test_requests_that_would_crash_the_scheduler_are_400(server, body, message, streamed_message):
+    """Non-streamed and streamed: a streamed request is refused before its stream starts (not a 200 whose stream
+    carries an error event)."""
     response = _post(server, "/generate", {"sampling_params": {"max_new_tokens": 4}, **body})
     assert response.status_code == 400 and message in response.json()["error"]["message"], response.text
+    streamed = _post(server, "/generate", {"sampling_params": {"max_new_tokens": 4}, "stream": True, **body})
+    assert streamed.status_code == 400 and (streamed_message or message) in streamed.json()["message"], streamed.text
     _still_serving(server)
+
+
+def test_streamed_generate_with_good_input_ids_streams(server):
+    """The early check of given `input_ids` refuses nothing it should serve: a streamed batch of in-vocabulary ids
+    (logprobs of the top tokens asked for one of them) streams both."""
+    body = {"input_ids": [[1, 2, 3], [4, 5]], "stream": True, "sampling_params": {"max_new_tokens": 4},
+            "return_logprob": [False, True], "top_logprobs_num": [0, 2]}
+    served = _post(server, "/generate", body)
+    assert served.status_code == 200 and '"error"' not in served.text and served.text.endswith("data: [DONE]\n\n")
+    events = [json.loads(line[len("data: "):]) for line in served.text.splitlines() if line.startswith("data: {")]
+    assert {event["index"] for event in events} == {0, 1}, served.text
 
 
 @pytest.mark.parametrize("rid, what", [("fault-plan-1", "prefill planning"),

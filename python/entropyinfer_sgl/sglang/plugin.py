@@ -16,9 +16,9 @@ Importing this module has no side effects and imports no SGLang module. `registe
   --mem-fraction-static leaves room for it;
 - frees a request's EntropyInfer state when SGLang frees its `req_to_token` row (finish, abort, retraction);
 - refuses a request before it is scheduled (a 400 naming the problem: SGLang's request validation, `/generate`
-  and the OpenAI API; a streamed request's `custom_params` before its stream starts) when its `custom_params`
-  are not a JSON object, its `custom_params["entropyinfer"]` is malformed, unknown or beyond the server's
-  budgets (`runtime/request_settings.py`), or its token ids are empty or outside the vocabulary
+  and the OpenAI API; a streamed request's `custom_params` and given `input_ids` before its stream starts) when
+  its `custom_params` are not a JSON object, its `custom_params["entropyinfer"]` is malformed, unknown or beyond
+  the server's budgets (`runtime/request_settings.py`), or its token ids are empty or outside the vocabulary
   (`policy.request_input_problem`: such ids crash the model's embedding);
 - runs a request with its own settings, `custom_params: {"entropyinfer": {"enabled": false}}` or lower budgets,
   read when SGLang admits it, and puts what it ran with into its response (`meta_info["entropyinfer"]`, the

@@ -327,8 +327,10 @@ def register_request_validation_hook(check: Callable[[RequestFacts], str | None]
     - the OpenAI servers' `_validate_request(request)` (AFTER): the same check of `custom_params` before a streamed
       response starts (a streamed request refused later gets its error inside the stream);
     - `TokenizerManager.create_abort_task(obj)` (BEFORE; both releases): the same check of every sub-request's
-      `custom_params` in a streamed `/generate` (and OpenAI) request, which SGLang tokenizes and validates only once
-      its 200 response has started. An `HTTPException` there is SGLang's 400 (`{"message": ..., "code": 400}`).
+      `custom_params`, and of its token ids where the client gave `input_ids` (`_streamed_inputs`), in a streamed
+      `/generate` (and OpenAI) request, which SGLang tokenizes and validates only once its 200 response has started.
+      A text prompt is tokenized only then, so its ids are checked there (an error event in the stream); such ids
+      come from the model's tokenizer. An `HTTPException` there is SGLang's 400 (`{"message": ..., "code": 400}`).
     """
 
     def before_validate_one(self, obj, input_ids, *args, **kwargs):
@@ -354,9 +356,16 @@ def register_request_validation_hook(check: Callable[[RequestFacts], str | None]
                                   vocab_size=None, multimodal=False))
 
     def before_stream_start(self, obj, *args, **kwargs):
-        for custom_params in _streamed_custom_params(obj):
-            problem = check(RequestFacts(server_args=self.server_args, custom_params=custom_params, input_ids=None,
-                                         vocab_size=None, multimodal=False))
+        contains_mm = getattr(obj, "contains_mm_input", None)
+        multimodal = bool(contains_mm()) if callable(contains_mm) else False
+        vocab_size = getattr(self.model_config, "vocab_size", None)
+        facts = [RequestFacts(server_args=self.server_args, custom_params=None, input_ids=input_ids,
+                              vocab_size=vocab_size, multimodal=multimodal, top_logprobs_num=top_logprobs_num)
+                 for input_ids, top_logprobs_num in _streamed_inputs(obj)]
+        facts += [RequestFacts(server_args=self.server_args, custom_params=custom_params, input_ids=None,
+                               vocab_size=None, multimodal=False) for custom_params in _streamed_custom_params(obj)]
+        for one in facts:
+            problem = check(one)
             if problem:
                 from fastapi import HTTPException
 
@@ -375,6 +384,34 @@ def _streamed_custom_params(obj: Any) -> list:
     sampling = getattr(obj, "sampling_params", None)
     params = sampling if isinstance(sampling, list) else [sampling]
     return [p.get("custom_params") for p in params if isinstance(p, dict)]
+
+
+def _streamed_inputs(obj: Any) -> list[tuple[list | None, Any]]:
+    """`(input_ids, top_logprobs_num)` of each sub-request of a `GenerateReqInput` before SGLang normalizes it, as
+    `_validate_one_request` would see them: the ids where the client gave them (`input_ids`: one flat list, or one
+    list per sub-request), None where a text prompt (tokenized later) or `input_embeds` (which SGLang prefers)
+    gives them; `top_logprobs_num` where `return_logprob` asks for logprobs (each one value or one per
+    sub-request)."""
+    ids = None if getattr(obj, "input_embeds", None) is not None else getattr(obj, "input_ids", None)
+    if isinstance(ids, list) and ids and isinstance(ids[0], list):
+        per_request = ids
+    elif ids is not None:
+        per_request = [ids]
+    else:
+        text = getattr(obj, "text", None)
+        per_request = [None] * (len(text) if isinstance(text, list) else 1)
+    return_logprob, top_logprobs_num = getattr(obj, "return_logprob", None), getattr(obj, "top_logprobs_num", None)
+    return [(list(one) if isinstance(one, list) else None,
+             _sub_request_value(top_logprobs_num, index) if _sub_request_value(return_logprob, index) else None)
+            for index, one in enumerate(per_request)]
+
+
+def _sub_request_value(value: Any, index: int) -> Any:
+    """A `GenerateReqInput` argument for sub-request `index`: one value for all of them, or a list of one each
+    (None where that list is too short: SGLang refuses it when it normalizes the request)."""
+    if not isinstance(value, list):
+        return value
+    return value[index] if index < len(value) else None
 
 
 def request_finished(req: Any) -> bool:
