@@ -299,7 +299,8 @@ def cmd_eval(args) -> int:
         store.register(methods)  # a method already in the file with another config: refused before any work
     except ValueError as err:
         raise UsageError(f"--out {args.out}: {err}") from None
-    pending = sum(len(m) for *_, m in plan_runs(store, methods, tasks, lengths, args.samples, args.first_sample))
+    pending = sum(len(m) for *_, m in plan_runs(store, methods, tasks, lengths, args.samples, args.first_sample,
+                                                args.sample_stride))
     print(f"{len(methods)} methods x {len(tasks)} tasks x {len(lengths)} lengths x {args.samples} samples: "
           f"{pending} runs to do ({len(store.records)} records already in {args.out})", file=sys.stderr)
     added = 0
@@ -307,7 +308,8 @@ def cmd_eval(args) -> int:
         model, tokenizer, run = _server_runner(args) if args.server else (*_load(args), None)
         deadline = None if not args.time_limit_min else time.time() + 60 * args.time_limit_min
         added = evaluate(model, tokenizer, store, methods, tasks, lengths, args.samples,
-                         first_sample=args.first_sample, progress=not args.no_progress, verbose=args.verbose,
+                         first_sample=args.first_sample, sample_stride=args.sample_stride,
+                         progress=not args.no_progress, verbose=args.verbose,
                          deadline=deadline, run=run)
     print(f"results: {args.out.resolve()} ({added} records added, {len(store.records)} in all)")
     if store.records:
@@ -480,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", default="2000,4000,6000", help="prompt lengths in tokens (default 2000,4000,6000)")
     p.add_argument("--samples", type=_positive_int, default=5, help="samples per (task, length) cell (default 5)")
     p.add_argument("--first-sample", type=_nonnegative_int, default=0, help="seed of the first sample (default 0)")
+    p.add_argument("--sample-stride", type=_positive_int, default=1,
+                   help="run samples first, first+K, first+2K, ... (K workers with first 0..K-1 share a run; "
+                        "default 1)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT}); resumed "
                    "when it exists")
     p.add_argument("--table", type=Path, default=None, help="markdown table path (default: --out with .md)")

@@ -167,6 +167,8 @@ def test_plan_runs_goes_sample_by_sample():
         (300, "passkey", 3), (300, "multikey", 3), (300, "passkey", 4), (300, "multikey", 4),
         (600, "passkey", 3), (600, "multikey", 3), (600, "passkey", 4), (600, "multikey", 4)]
     assert all(missing == methods for *_, missing in todo)
+    strided = plan_runs(ResultStore(None), methods, ["passkey"], [300], 3, first_sample=1, sample_stride=5)
+    assert [sample for _, _, sample, _ in strided] == [1, 6, 11]
 
 
 def test_a_named_commit_wins_over_the_checkouts_own(monkeypatch):

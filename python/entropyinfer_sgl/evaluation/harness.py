@@ -13,13 +13,15 @@ from .runner import run_sample
 
 
 def plan_runs(store: ResultStore, methods: Sequence[Method], tasks: Sequence[str], lengths: Sequence[int],
-              samples: int, first_sample: int = 0) -> list[tuple[int, str, int, list[Method]]]:
+              samples: int, first_sample: int = 0, sample_stride: int = 1) -> list[tuple[int, str, int, list[Method]]]:
     """(length, task, sample, methods still to run) for every cell with something left, in run order: sample by
     sample, every task of a sample before the next, so that a run stopped by its deadline leaves cells of equal size.
+    The samples are `first_sample + i * sample_stride` for i < samples (parallel workers take interleaved samples,
+    so that whatever a deadline leaves is the lowest sample indices, which another run can pair with).
     """
     todo = []
     for length in lengths:
-        for sample in range(first_sample, first_sample + samples):
+        for sample in range(first_sample, first_sample + samples * sample_stride, sample_stride):
             for task in tasks:
                 missing = [m for m in methods if not store.has(m.name, task, length, sample)]
                 if missing:
@@ -28,7 +30,8 @@ def plan_runs(store: ResultStore, methods: Sequence[Method], tasks: Sequence[str
 
 
 def evaluate(model, tokenizer, store: ResultStore, methods: Sequence[Method], tasks: Sequence[str],
-             lengths: Sequence[int], samples: int, *, first_sample: int = 0, progress: bool = True,
+             lengths: Sequence[int], samples: int, *, first_sample: int = 0, sample_stride: int = 1,
+             progress: bool = True,
              verbose: bool = False, deadline: float | None = None,
              on_sample: Callable[[dict], None] | None = None, run: Callable | None = None) -> int:
     """Run everything that `store` lacks; save after each sample. Returns the number of records added.
@@ -40,7 +43,7 @@ def evaluate(model, tokenizer, store: ResultStore, methods: Sequence[Method], ta
     run = run_sample if run is None else run
     store.register(methods)
     store.save()
-    todo = plan_runs(store, methods, tasks, lengths, samples, first_sample)
+    todo = plan_runs(store, methods, tasks, lengths, samples, first_sample, sample_stride)
     bar = Progress(sum(len(m) for *_, m in todo), progress)
     sha, dirty = git_revision()
     added = 0
