@@ -12,7 +12,7 @@
 # that `--model gemma3` loads (~/.cache/entropyinfer/models/gemma3-270m, once per machine), then runs SHARDS worker
 # processes per length. Variables: METHODS, TASKS, LENGTHS (comma lists), SAMPLES (per cell), SHARDS (workers per
 # length), MINUTES (each worker starts no sample after this), BUDGETS (long32k), DEVICE (cuda; cpu for a
-# rehearsal). float32, as on CPU. Results: $OUT/gemma3/*.json, one file per worker (benchmarks/quality/merge_shards.py
+# rehearsal). float32, as on CPU. Results: $OUT/gemma3/eval.tgz (unpack it), one file per worker (benchmarks/quality/merge_shards.py
 # joins them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -47,7 +47,8 @@ case "${1:?stage: stash a|b|c|d|e|f, or eval}" in
     run_eval_shards "$WORK/results/gemma3_" --model gemma3 --budgets "${BUDGETS:-long32k}" --device "${DEVICE:-cuda}" \
       --methods "$METHODS" --tasks "$TASKS" || status=1
     nvidia-smi --query-gpu=name,memory.used --format=csv | tee -a "$OUT/device.txt" || true
-    cp "$WORK"/results/*.json "$WORK"/results/*.log "$OUT/gemma3/"
+    # one archive: the device returns only a few files from $OUT
+    tar czf "$OUT/gemma3/eval.tgz" -C "$WORK/results" $(cd "$WORK/results" && ls *.json *.log)
     tail -n 3 "$WORK"/results/*.log
     exit $status ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;

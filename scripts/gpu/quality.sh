@@ -8,11 +8,11 @@
 #   run(command="GIT_SHA=... bash scripts/gpu/quality.sh server", carry=[".bundle", ".whl", "python/..._scheduler.abi3.so"])
 #       the same tasks through `sglang.launch_server --enable-entropyinfer` (SmolLM2 exported from the joined GGUF,
 #       bf16, chunked prefill of CHUNK tokens, radix cache on): methods server_full (the request's off switch) and
-#       server_entropyinfer, SHARDS client processes per length; results in $OUT/quality/server_*.json
+#       server_entropyinfer, SHARDS client processes per length; results in $OUT/quality/server.tgz
 # Variables (eval): METHODS, TASKS, LENGTHS (comma lists), SAMPLES (per cell), SHARDS (workers per length),
 # MINUTES (each worker starts no sample after this), DEVICE (cuda; cpu for a rehearsal). float32, as on CPU.
 # RESUME=benchmarks/quality/results_gpu.json: start every worker from that file's records (a fresh machine goes on
-# where an earlier run stopped; merge_shards.py keeps one copy of each record). Results: $OUT/quality/*.json, one
+# where an earlier run stopped; merge_shards.py keeps one copy of each record). Results: $OUT/quality/eval.tgz (unpack it), one
 # file per worker (benchmarks/quality/merge_shards.py joins them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -44,7 +44,8 @@ case "${1:?stage: stash a|b, or eval}" in
     status=0
     run_eval_shards "$WORK/results/" --device "${DEVICE:-cuda}" --methods "$METHODS" --tasks "$TASKS" || status=1
     nvidia-smi --query-gpu=name,memory.used --format=csv | tee -a "$OUT/device.txt"
-    cp "$WORK"/results/*.json "$WORK"/results/*.log "$OUT/quality/"
+    # one archive: the device returns only a few files from $OUT
+    tar czf "$OUT/quality/eval.tgz" -C "$WORK/results" $(cd "$WORK/results" && ls *.json *.log)
     tail -n 3 "$WORK"/results/*.log
     exit $status ;;
   server)
@@ -71,7 +72,7 @@ case "${1:?stage: stash a|b, or eval}" in
     curl -s "http://127.0.0.1:$port/metrics" | grep '^entropyinfer_' > "$OUT/quality/server_metrics.txt"
     kill "$server"; wait "$server" 2> /dev/null
     grep -E "Traceback|Error" "$WORK/server.log" | head -n 20
-    cp "$WORK"/server/*.json "$WORK"/server/*.log "$OUT/quality/"; tail -n 60 "$WORK/server.log" > "$OUT/quality/server_log_tail.txt"
+    tar czf "$OUT/quality/server.tgz" -C "$WORK/server" $(cd "$WORK/server" && ls *.json *.log); tail -n 60 "$WORK/server.log" > "$OUT/quality/server_log_tail.txt"
     tail -n 2 "$WORK"/server/*.log
     exit $status ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
