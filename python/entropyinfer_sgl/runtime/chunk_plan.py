@@ -24,6 +24,7 @@ from ..core.plan import PlannerBackend, PrefillPlan, plan_prefill, reference_pat
 from ..core.profile import (LAYER_FUSION_PREVIOUS_WEIGHT, HeadProfile, attention_entropy, block_representatives,
                             scores_from_representatives, segment_representatives)
 from ..core.transfer import host_to_device
+from .host_threads import planner_threads
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,15 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
     prompt_len_tokens: the whole prompt's length (SGLang's admission knows it; None: the chunk's end), so that
     a complete segment ending the chunk runs sparse as it would in the whole prompt (`plan.sparse_segment_mask`).
     """
+    with planner_threads(q_chunk.device):
+        return _plan_chunk(q_chunk, k_all, config, prefix_len=prefix_len, layer_idx=layer_idx, typing=typing,
+                           previous_block_scores=previous_block_scores, planner=planner,
+                           prompt_len_tokens=prompt_len_tokens)
+
+
+def _plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferConfig, *, prefix_len: int,
+                layer_idx: int, typing: ChunkTyping | None, previous_block_scores: torch.Tensor | None,
+                planner: PlannerBackend | None, prompt_len_tokens: int | None) -> ChunkPlan:
     seq_len = k_all.shape[0]
     chunk_len = q_chunk.shape[0]
     segment = config.segment_size_tokens
