@@ -3,6 +3,7 @@ compression tables, per-request state, site hooks and the CPU sgl_kernel stub.""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import sys
@@ -13,7 +14,7 @@ import torch
 from entropyinfer_sgl import (EntropyInferConfig, observation_scores, plan_decode_compression, plan_prefill,
                               profile_prefill, sparse_prefill_reference)
 from entropyinfer_sgl.sglang import compat, site_hooks
-from entropyinfer_sgl.runtime.chunk_plan import ChunkTyping, plan_chunk
+from entropyinfer_sgl.runtime.chunk_plan import ChunkTyping, carries_key_blocks, plan_chunk
 from entropyinfer_sgl.runtime.decode_table import compress_layer
 from entropyinfer_sgl.runtime.requests import StateStore
 from entropyinfer_sgl.runtime.sparse_attention import compressed_decode_attention, sparse_chunk_attention
@@ -190,6 +191,103 @@ def test_recompression_matches_the_hf_cache_layer(adaptive, generator):
 
 
 # --- state -----------------------------------------------------------------------------------------------
+def _chunked_plans(q, k, ends, *, uncached=False):
+    """Plan `q`/`k` chunk by chunk (layer 1, prompt length given): [(ChunkPlan, typing it carried in)].
+    uncached: every chunk recomputes every key block's representatives (the carried ones are dropped)."""
+    typing, prefix, out = None, 0, []
+    for end in ends:
+        if uncached and typing is not None:
+            typing = dataclasses.replace(typing, key_max=None, key_min=None)
+        result = plan_chunk(q[prefix:end], k[:end], CFG, prefix_len=prefix, layer_idx=1, typing=typing,
+                            prompt_len_tokens=ends[-1])
+        out.append((result, typing))
+        typing, prefix = result.typing, end
+    return out
+
+
+def _same_plan(a, b):
+    return (torch.equal(a.plan.indptr, b.plan.indptr) and torch.equal(a.plan.indices, b.plan.indices)
+            and torch.equal(a.block_scores, b.block_scores))
+
+
+@pytest.mark.parametrize("ends", [[64, 128, 230], [50, 100, 161, 230], [96, 97, 230]])
+def test_chunks_reuse_key_block_representatives_exactly(ends, generator):
+    """A chunk on the CPU carries its key block representatives to the next chunk, which reduces only the blocks
+    after them; the plans and block scores are those of chunks that recompute every block, to the element."""
+    q, k, _ = _qkv(230, generator)
+    cached = _chunked_plans(q, k, ends)
+    for index, (result, carried_in) in enumerate(cached):
+        if carried_in is not None and carried_in.key_max is not None:
+            blocks = carried_in.key_max.shape[0]
+            assert blocks > 0
+            torch.testing.assert_close(carried_in.key_max, k[:blocks * 8].view(blocks, 8, 2, 16).amax(dim=1),
+                                       rtol=0, atol=0)
+            torch.testing.assert_close(carried_in.key_min, k[:blocks * 8].view(blocks, 8, 2, 16).amin(dim=1),
+                                       rtol=0, atol=0)
+            uncached_in = dataclasses.replace(carried_in, key_max=None, key_min=None)
+            prefix = ends[index - 1]
+            again = plan_chunk(q[prefix:ends[index]], k[:ends[index]], CFG, prefix_len=prefix, layer_idx=1,
+                               typing=uncached_in, prompt_len_tokens=230)
+            assert _same_plan(result, again)
+    assert any(t is not None and t.key_max is not None for _, t in cached[1:])  # the cache was really used
+    assert cached[-1][0].typing.key_max is None  # the prompt's last chunk hands nothing on: no memory held
+
+
+def test_carried_key_blocks_decide_the_plan(generator):
+    """The carried representatives are what the next chunk scores against (so a stale cache would change the
+    plan: the tests above and below could fail): another request's, of the same length, give another plan."""
+    q, k, _ = _qkv(230, generator)
+    _, k_other, _ = _qkv(230, generator)
+    first = plan_chunk(q[:128], k[:128], CFG, prefix_len=0, layer_idx=1, typing=None, prompt_len_tokens=230)
+    other = plan_chunk(q[:128], k_other[:128], CFG, prefix_len=0, layer_idx=1, typing=None, prompt_len_tokens=230)
+    stale = dataclasses.replace(first.typing, key_max=other.typing.key_max, key_min=other.typing.key_min)
+    own = plan_chunk(q[128:], k, CFG, prefix_len=128, layer_idx=1, typing=first.typing, prompt_len_tokens=230)
+    wrong = plan_chunk(q[128:], k, CFG, prefix_len=128, layer_idx=1, typing=stale, prompt_len_tokens=230)
+    assert not torch.equal(own.block_scores, wrong.block_scores)
+    # only the CPU carries them (on an accelerator the kernel path's memory is worth more than the reduction)
+    assert carries_key_blocks(k, 128, 230) and not carries_key_blocks(k, 230, 230)
+    assert not carries_key_blocks(torch.empty(128, 2, 16, device="meta"), 128, 230)
+
+
+def test_key_block_cache_belongs_to_its_request(generator):
+    """Through the state store as the backend drives it: two requests of the same length with different prompts,
+    chunks interleaved, and one retracted after its first chunk and prefilled again from other keys (its pool rows
+    were freed: new keys), and a prefix-cache hit; every chunk plans what an uncached chunking of its own prompt
+    does."""
+    store = StateStore()
+    prompts = {rid: _qkv(230, generator) for rid in ("a", "b", "a-again")}
+    ends = [100, 161, 230]
+    expected = {rid: [r for r, _ in _chunked_plans(q, k, ends, uncached=True)] for rid, (q, k, _) in prompts.items()}
+
+    def chunk(rid, pool_idx, index, prompt):
+        prefix = 0 if index == 0 else ends[index - 1]
+        st = store.begin_extend(rid, pool_idx, prefix)
+        q, k, _ = prompts[prompt]
+        typing = st.typing_for(1, prefix, 2, CFG, q.device)
+        assert index > 0 or typing is None
+        result = plan_chunk(q[prefix:ends[index]], k[:ends[index]], CFG, prefix_len=prefix, layer_idx=1,
+                            typing=typing, prompt_len_tokens=230)
+        st.keep_typing(1, result.typing, result.typed)
+        st.extended_tokens = ends[index]
+        assert _same_plan(result, expected[prompt][index]), (rid, index)
+
+    chunk("a", 0, 0, "a")
+    chunk("b", 1, 0, "b")
+    chunk("a", 0, 1, "a")
+    chunk("b", 1, 1, "b")
+    chunk("a", 0, 0, "a-again")  # retracted after two chunks, prefilled again: its cache was dropped
+    chunk("b", 1, 2, "b")
+    chunk("a", 0, 1, "a-again")
+    chunk("a", 0, 2, "a-again")
+    hit = store.begin_extend("c", 2, 128)  # a prefix-cache hit is a new request: it has no key blocks to reuse
+    assert hit.typing_for(1, 128, 2, CFG, torch.device("cpu")) is None or \
+        hit.typing_for(1, 128, 2, CFG, torch.device("cpu")).key_max is None
+    assert store.get("a").typing[1].key_max is None  # after the prompt's last chunk none are held
+    for rid in ("a", "b", "c"):
+        store.free(rid)
+    assert len(store) == 0
+
+
 def test_state_store_lifecycle():
     store = StateStore()
     st = store.begin_extend("a", 3, 0)

@@ -92,12 +92,15 @@ def block_causal_mask(num_segments: int, num_blocks: int, blocks_per_segment: in
 
 
 def scores_from_representatives(q_max: torch.Tensor, q_min: torch.Tensor, k: torch.Tensor,
-                                config: EntropyInferConfig, seq_len: int, first_segment: int = 0) -> torch.Tensor:
+                                config: EntropyInferConfig, seq_len: int, first_segment: int = 0,
+                                key_representatives: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The block distribution p `[Hkv, rows, num_blocks]` (q's dtype) of the segments from `first_segment` on.
 
     q_max / q_min: `[rows, Hq, D]` those segments' representatives; k: `[>= num_blocks * block, Hkv, D]` keys of
     a `seq_len`-token sequence. Whole prompts (`block_scores`) and prefill chunks (`runtime.chunk_plan`) both score
-    here, so a chunk's rows are the whole prompt's to the element in float32.
+    here, so a chunk's rows are the whole prompt's to the element in float32. key_representatives: `(k_max, k_min)`
+    of the first `num_blocks` key blocks when the caller has them already (`block_representatives` of k, exactly:
+    a chunk reuses the earlier chunks' blocks); None: computed from k here.
     """
     num_rows, num_q_heads, head_dim = q_max.shape
     num_kv_heads = k.shape[1]
@@ -106,7 +109,12 @@ def scores_from_representatives(q_max: torch.Tensor, q_min: torch.Tensor, k: tor
     blocks_per_segment = segment // block
     num_segments = -(-seq_len // segment)
     num_blocks = (num_segments - 1) * blocks_per_segment
-    k_max, k_min = block_representatives(k, num_blocks, block)  # [NB, Hkv, D]
+    if key_representatives is None:
+        key_representatives = block_representatives(k, num_blocks, block)
+    k_max, k_min = key_representatives  # [NB, Hkv, D]
+    if k_max.shape[0] != num_blocks:
+        raise ValueError(f"{k_max.shape[0]} key block representatives for a {seq_len}-token sequence with "
+                         f"{num_blocks} scored blocks")
     # Same batched matmul shapes as the prototype ([2*nseg, D] x [D, NB] per query head) so float32 matches
     # to the element; keys broadcast over the group instead of being copied per query head.
     qq = torch.cat([q_max, q_min], dim=0).permute(1, 0, 2).reshape(num_kv_heads, group, 2 * num_rows, head_dim)

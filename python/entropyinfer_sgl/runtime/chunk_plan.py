@@ -21,9 +21,10 @@ import torch
 from ..core.budgets import HeadTypingState, head_budgets, keep_blocks
 from ..core.config import EntropyInferConfig
 from ..core.plan import PlannerBackend, PrefillPlan, plan_prefill, reference_path_planner
-from ..core.profile import (LAYER_FUSION_PREVIOUS_WEIGHT, HeadProfile, attention_entropy,
+from ..core.profile import (LAYER_FUSION_PREVIOUS_WEIGHT, HeadProfile, attention_entropy, block_representatives,
                             scores_from_representatives, segment_representatives)
 from ..core.transfer import host_to_device
+from .host_threads import planner_threads
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,19 @@ class ChunkTyping:
     partial_max / partial_min: `[Hq, D]` representatives of the incomplete segment the last chunk ended in.
     tail_cached: the tokens before this chunk come from the prefix cache and end inside a segment whose cached
     tokens' queries were never seen (no representatives): the new tokens alone represent that segment.
+    key_max / key_min: `[n, Hkv, D]` max/min representatives of this request's key blocks 0 .. n-1, which the
+    next chunk scores against again (None: it computes them). Only `plan_chunk` on the CPU carries them (see
+    `carries_key_blocks`). They belong to the request whose chunk computed them: a `RequestState` keeps them
+    with its typing, so a request that ends or is retracted drops them, and a prefix-cache hit (a new request)
+    starts without them.
     """
 
     state: HeadTypingState | None
     partial_max: torch.Tensor | None = None
     partial_min: torch.Tensor | None = None
     tail_cached: bool = False
+    key_max: torch.Tensor | None = None
+    key_min: torch.Tensor | None = None
 
     @property
     def segments_typed(self) -> int:
@@ -103,6 +111,15 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
     prompt_len_tokens: the whole prompt's length (SGLang's admission knows it; None: the chunk's end), so that
     a complete segment ending the chunk runs sparse as it would in the whole prompt (`plan.sparse_segment_mask`).
     """
+    with planner_threads(q_chunk.device):
+        return _plan_chunk(q_chunk, k_all, config, prefix_len=prefix_len, layer_idx=layer_idx, typing=typing,
+                           previous_block_scores=previous_block_scores, planner=planner,
+                           prompt_len_tokens=prompt_len_tokens)
+
+
+def _plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferConfig, *, prefix_len: int,
+                layer_idx: int, typing: ChunkTyping | None, previous_block_scores: torch.Tensor | None,
+                planner: PlannerBackend | None, prompt_len_tokens: int | None) -> ChunkPlan:
     seq_len = k_all.shape[0]
     chunk_len = q_chunk.shape[0]
     segment = config.segment_size_tokens
@@ -142,7 +159,12 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
         return ChunkPlan(None, ChunkTyping(state, *partial) if config.causal_head_typing else None, None, rigid,
                          "the sequence is one segment long", typed_here)
 
-    p = scores_from_representatives(q_max, q_min, k_all, config, seq_len, first_segment=first)
+    num_blocks = (num_segments - 1) * (segment // config.block_size_tokens)
+    keys = _key_block_representatives(k_all, num_blocks, config.block_size_tokens, typing)
+    p = scores_from_representatives(q_max, q_min, k_all, config, seq_len, first_segment=first,
+                                    key_representatives=keys)
+    if not carries_key_blocks(k_all, seq_len, prompt_len_tokens):
+        keys = (None, None)
     if config.layer_fusion and previous_block_scores is not None and previous_block_scores.shape == p.shape:
         previous = previous_block_scores.to(device=p.device, dtype=p.dtype)
         p = previous * LAYER_FUSION_PREVIOUS_WEIGHT + p * (1 - LAYER_FUSION_PREVIOUS_WEIGHT)
@@ -166,7 +188,7 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
             else:
                 rigid, new, state = head_budgets(new_entropy, config, causal=True, state=state)
             budgets[:, typed:complete] = new
-        carried = ChunkTyping(state, *partial)
+        carried = ChunkTyping(state, *partial, key_max=keys[0], key_min=keys[1])
     else:  # paper typing over the whole prompt (prefix_len == 0 == first here): exactly profile_prefill
         rigid, budgets, _ = head_budgets(entropy, config, causal=False)
         carried = None
@@ -180,6 +202,29 @@ def plan_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferC
     plan = plan_prefill(profile, config, layer_idx=layer_idx, backend=planner, prompt_len_tokens=prompt_len_tokens,
                         first_segment=first)
     return ChunkPlan(plan, carried, p, rigid, None, typed_here)
+
+
+def carries_key_blocks(k_all: torch.Tensor, seq_len: int, prompt_len_tokens: int | None) -> bool:
+    """Whether a chunk hands its key block representatives on to the next chunk (`ChunkTyping.key_max`).
+
+    Only on the CPU: there, recomputing every earlier block's max/min at every chunk is host time the planner
+    pays per layer, while on an accelerator the reduction is cheap and the memory (a quarter of the keys per
+    layer, for the whole prefill) is not. Not after the prompt's last chunk (no next chunk reads them)."""
+    return k_all.device.type == "cpu" and (prompt_len_tokens is None or seq_len < prompt_len_tokens)
+
+
+def _key_block_representatives(k_all: torch.Tensor, num_blocks: int, block: int,
+                               typing: ChunkTyping | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`block_representatives(k_all, num_blocks, block)`, reusing the blocks the previous chunk of this request and
+    layer carried (the keys of positions before this chunk are the same: elementwise max/min of the same rows, so
+    the result is the same to the element) and reducing only the blocks after them."""
+    cached = None if typing is None else typing.key_max
+    if cached is None or cached.shape[0] > num_blocks or cached.shape[1:] != k_all.shape[1:] \
+            or cached.dtype != k_all.dtype or cached.device != k_all.device:
+        return block_representatives(k_all, num_blocks, block)
+    done = cached.shape[0]
+    new_max, new_min = block_representatives(k_all[done * block:], num_blocks - done, block)
+    return torch.cat([cached, new_max]), torch.cat([typing.key_min, new_min])
 
 
 def _chunk_representatives(rows: torch.Tensor, offset: int, segment: int) -> tuple[torch.Tensor, torch.Tensor]:

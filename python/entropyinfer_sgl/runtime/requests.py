@@ -105,8 +105,9 @@ class RequestState:
         total = sum(w.numel() * w.element_size() for w in self.window.values())
         total += sum(t.positions.numel() * 8 + t.lengths.numel() * 8 for t in self.tables.values())
         for t in self.typing.values():
-            if t.partial_max is not None:
-                total += 2 * t.partial_max.numel() * t.partial_max.element_size()
+            for rep in (t.partial_max, t.partial_min, t.key_max, t.key_min):
+                if rep is not None:
+                    total += rep.numel() * rep.element_size()
         return total
 
 

@@ -46,6 +46,8 @@ def sparse_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pl
     gathered = plan.sparse_segments.cpu() & ~(row_len == own_end_block[None, :]).all(dim=0)
     gathered[:first] = False
     indices = plan.indices.to(device=q.device, dtype=torch.int64)
+    num_blocks_total = -(-seq_len // block)
+    k_rows, v_rows, row_of = _flat_key_rows(k, v)
 
     def dense_rows(q0: int, q1: int) -> None:  # queries q0..q1-1 over every earlier key: one SDPA call
         if q0 == 0:  # queries and keys both start at 0: top-left causal is exact (and needs no mask)
@@ -60,30 +62,35 @@ def sparse_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pl
     def gathered_rows(segments: list[int]) -> None:  # segments with the same query range within each
         q0 = max(segments[0] * segment, prefix_len)
         q1 = min((segments[0] + 1) * segment, seq_len)
+        n, per_segment = len(segments), q1 - q0
         sel = torch.tensor(segments)
         lengths, starts = row_len[:, sel], row_start[:, sel]  # [Hkv, n]
         slot = torch.arange(int(lengths.max()))
         valid = slot < lengths[..., None]  # [Hkv, n, width in blocks]
         where = torch.where(valid, starts[..., None] + slot, 0).to(q.device)
-        blocks = indices[where]
+        blocks = torch.where(valid.to(q.device), indices[where], num_blocks_total)  # padding: a block past the end
         token = (blocks[..., None] * block + torch.arange(block, device=q.device)).flatten(-2)  # [Hkv, n, width]
-        present = valid.to(q.device).repeat_interleave(block, dim=-1) & (token < seq_len)
-        token = token.clamp_(max=seq_len - 1)
-        heads = torch.arange(num_kv_heads, device=q.device)[:, None, None]
-        keys, values = kh[heads, token], vh[heads, token]  # [Hkv, n, width, D]
         query_pos = sel.to(q.device)[:, None] * segment + torch.arange(q0 - segments[0] * segment,
                                                                         q1 - segments[0] * segment, device=q.device)
-        mask = present[:, :, None, :] & (token[:, :, None, :] <= query_pos[None, :, :, None])  # [Hkv, n, Sq, width]
-        rows = (query_pos - prefix_len).flatten()
-        grouped = qh.reshape(num_kv_heads, group, chunk_len, head_dim)[:, :, rows]
-        grouped = grouped.view(num_kv_heads, group, len(segments), q1 - q0, head_dim).transpose(1, 2)
+        # every query is before seq_len, so padding and positions past the end compare False: one pass
+        mask = token[:, :, None, :] <= query_pos[None, :, :, None]  # [Hkv, n, Sq, width]
+        flat_rows = row_of(token.clamp_(max=seq_len - 1),
+                           torch.arange(num_kv_heads, device=q.device)[:, None, None]).flatten()
+        width = token.shape[-1]
+        keys = k_rows.index_select(0, flat_rows).view(num_kv_heads * n, 1, width, head_dim)
+        values = v_rows.index_select(0, flat_rows).view(num_kv_heads * n, 1, width, head_dim)
+        if segments[-1] - segments[0] == n - 1:  # consecutive segments (the usual case): one slice of rows
+            rows = slice(q0 - prefix_len, q0 - prefix_len + n * per_segment)
+        else:
+            rows = (query_pos - prefix_len).flatten()
+        grouped = q[rows].reshape(n, per_segment, num_kv_heads, group, head_dim).permute(2, 0, 3, 1, 4)
         # 4-d with (kv head, segment) as the batch: 5-d inputs take a slower SDPA path on CPU
         attended = F.scaled_dot_product_attention(
-            grouped.flatten(0, 1), keys.flatten(0, 1)[:, None], values.flatten(0, 1)[:, None],
-            attn_mask=mask.flatten(0, 1)[:, None], scale=scale,
-        ).view(num_kv_heads, len(segments), group, q1 - q0, head_dim)
+            grouped.reshape(num_kv_heads * n, group, per_segment, head_dim), keys, values,
+            attn_mask=mask.view(num_kv_heads * n, 1, per_segment, width), scale=scale,
+        ).view(num_kv_heads, n, group, per_segment, head_dim)
         out.view(num_kv_heads, group, chunk_len, head_dim)[:, :, rows] = (
-            attended.transpose(1, 2).reshape(num_kv_heads, group, -1, head_dim))
+            attended.transpose(1, 2).reshape(num_kv_heads, group, n * per_segment, head_dim))
 
     run_start = None  # start of a run of dense segments
     batch: list[int] = []
@@ -107,6 +114,18 @@ def sparse_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pl
     if run_start is not None:
         dense_rows(run_start, seq_len)
     return out.transpose(0, 1)
+
+
+def _flat_key_rows(k: torch.Tensor, v: torch.Tensor):
+    """k, v `[T, Hkv, D]` as `[T * Hkv, D]` rows and the row of (token, kv head), without a copy when both are
+    token-major (the SGLang path) or both head-major (HF passes `[Hkv, T, D]` transposed) in memory, so that
+    gathering a row set is contiguous row copies (`index_select`) instead of a strided gather; other layouts are
+    copied once per call."""
+    seq_len, num_kv_heads, head_dim = k.shape
+    if all(not t.is_contiguous() and t.transpose(0, 1).is_contiguous() for t in (k, v)):
+        return (k.transpose(0, 1).reshape(-1, head_dim), v.transpose(0, 1).reshape(-1, head_dim),
+                lambda token, head: head * seq_len + token)
+    return k.reshape(-1, head_dim), v.reshape(-1, head_dim), lambda token, head: token * num_kv_heads + head
 
 
 def compressed_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
