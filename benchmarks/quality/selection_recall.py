@@ -124,7 +124,8 @@ def parse_config(spec: str) -> tuple[str, EntropyInferConfig]:
 def summarize(values: list[float]) -> str:
     t = torch.tensor(values)
     low = [f"p{q}% {float(torch.quantile(t[torch.randperm(t.numel())[:1 << 24]], q / 100)):.3f}" for q in (10, 1)]
-    return f"mean {float(t.mean()):.4f}  {'  '.join(low)}  below 0.5: {float((t < 0.5).float().mean()):.4f}  (n={t.numel()})"
+    below = float((t < 0.5).float().mean())
+    return f"mean {float(t.mean()):.4f}  {'  '.join(low)}  below 0.5: {below:.4f}  (n={t.numel()})"
 
 
 def main() -> None:

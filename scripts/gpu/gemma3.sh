@@ -12,8 +12,8 @@
 # that `--model gemma3` loads (~/.cache/entropyinfer/models/gemma3-270m, once per machine), then runs SHARDS worker
 # processes per length. Variables: METHODS, TASKS, LENGTHS (comma lists), SAMPLES (per cell), SHARDS (workers per
 # length), MINUTES (each worker starts no sample after this), BUDGETS (long32k), DEVICE (cuda; cpu for a
-# rehearsal). float32, as on CPU. Results: $OUT/gemma3/eval.tgz (unpack it), one file per worker (benchmarks/quality/merge_shards.py
-# joins them).
+# rehearsal). float32, as on CPU. Results: $OUT/gemma3/eval.tgz (unpack it), one file per worker
+# (benchmarks/quality/merge_shards.py joins them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}

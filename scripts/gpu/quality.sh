@@ -12,8 +12,8 @@
 # Variables (eval): METHODS, TASKS, LENGTHS (comma lists), SAMPLES (per cell), SHARDS (workers per length),
 # MINUTES (each worker starts no sample after this), DEVICE (cuda; cpu for a rehearsal). float32, as on CPU.
 # RESUME=benchmarks/quality/results_gpu.json: start every worker from that file's records (a fresh machine goes on
-# where an earlier run stopped; merge_shards.py keeps one copy of each record). Results: $OUT/quality/eval.tgz (unpack it), one
-# file per worker (benchmarks/quality/merge_shards.py joins them).
+# where an earlier run stopped; merge_shards.py keeps one copy of each record). Results: $OUT/quality/eval.tgz
+# (unpack it), one file per worker (benchmarks/quality/merge_shards.py joins them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
@@ -72,7 +72,8 @@ case "${1:?stage: stash a|b, or eval}" in
     curl -s "http://127.0.0.1:$port/metrics" | grep '^entropyinfer_' > "$OUT/quality/server_metrics.txt"
     kill "$server"; wait "$server" 2> /dev/null
     grep -E "Traceback|Error" "$WORK/server.log" | head -n 20
-    tar czf "$OUT/quality/server.tgz" -C "$WORK/server" $(cd "$WORK/server" && ls *.json *.log); tail -n 60 "$WORK/server.log" > "$OUT/quality/server_log_tail.txt"
+    tar czf "$OUT/quality/server.tgz" -C "$WORK/server" $(cd "$WORK/server" && ls *.json *.log)
+    tail -n 60 "$WORK/server.log" > "$OUT/quality/server_log_tail.txt"
     tail -n 2 "$WORK"/server/*.log
     exit $status ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;

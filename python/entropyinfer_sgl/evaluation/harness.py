@@ -13,7 +13,8 @@ from .runner import run_sample
 
 
 def plan_runs(store: ResultStore, methods: Sequence[Method], tasks: Sequence[str], lengths: Sequence[int],
-              samples: int, first_sample: int = 0, sample_stride: int = 1) -> list[tuple[int, str, int, list[Method]]]:
+              samples: int, first_sample: int = 0,
+              sample_stride: int = 1) -> list[tuple[int, str, int, list[Method]]]:
     """(length, task, sample, methods still to run) for every cell with something left, in run order: sample by
     sample, every task of a sample before the next, so that a run stopped by its deadline leaves cells of equal size.
     The samples are `first_sample + i * sample_stride` for i < samples (parallel workers take interleaved samples,
@@ -31,8 +32,7 @@ def plan_runs(store: ResultStore, methods: Sequence[Method], tasks: Sequence[str
 
 def evaluate(model, tokenizer, store: ResultStore, methods: Sequence[Method], tasks: Sequence[str],
              lengths: Sequence[int], samples: int, *, first_sample: int = 0, sample_stride: int = 1,
-             progress: bool = True,
-             verbose: bool = False, deadline: float | None = None,
+             progress: bool = True, verbose: bool = False, deadline: float | None = None,
              on_sample: Callable[[dict], None] | None = None, run: Callable | None = None) -> int:
     """Run everything that `store` lacks; save after each sample. Returns the number of records added.
 
