@@ -41,3 +41,11 @@ def tiny_model(family: str = "llama", *, seed: int = 0, **overrides):
 
 def prompt(length: int, *, seed: int = 1, batch: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def greedy_answer(model, tokenizer, input_ids: torch.Tensor, new_tokens: int) -> str:
+    """Exactly `new_tokens` greedy tokens after `input_ids` (batch 1), decoded without special tokens."""
+    with torch.no_grad():
+        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False)
+    return tokenizer.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True)

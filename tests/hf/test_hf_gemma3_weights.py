@@ -10,10 +10,10 @@ on 2 CPU cores (two 3k prefills and 20 greedy tokens each); deselect with `-m "n
 import importlib.util
 
 import pytest
-import torch
 
 from entropyinfer_sgl import EntropyInferConfig, hf
 from entropyinfer_sgl.evaluation.haystack import build_passkey_prompt
+from hf_helpers import greedy_answer
 
 pytestmark = [
     pytest.mark.slow,
@@ -32,22 +32,15 @@ def gemma3():
     return load_gemma3()
 
 
-def _answer(model, tokenizer, input_ids):
-    with torch.no_grad():
-        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=NEW_TOKENS,
-                             min_new_tokens=NEW_TOKENS, do_sample=False)
-    return tokenizer.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True)
-
-
 def test_gemma3_passkey_full_and_entropyinfer(gemma3):
     model, tokenizer = gemma3
     assert model.config.model_type == "gemma3_text" and tokenizer.chat_template is None  # a base model
     prompt = build_passkey_prompt(tokenizer, total_tokens=3000, depth=0.5, seed=1)
     assert 2950 <= prompt.num_tokens <= 3050
     assert prompt.input_ids[0, 0] == tokenizer.bos_token_id and prompt.text.endswith("The pass key is")
-    full = _answer(model, tokenizer, prompt.input_ids)
+    full = greedy_answer(model, tokenizer, prompt.input_ids, NEW_TOKENS)
     with hf.enable(model, EntropyInferConfig.small()) as handle:
-        sparse = _answer(model, tokenizer, prompt.input_ids)
+        sparse = greedy_answer(model, tokenizer, prompt.input_ids, NEW_TOKENS)
     stats = handle.stats
     assert prompt.retrieved(full), full
     assert prompt.retrieved(sparse), sparse

@@ -6,10 +6,10 @@ About 30-60 s on 2 CPU cores (GGUF load + two 2k prefills); runs by default, des
 import importlib.util
 
 import pytest
-import torch
 
 from entropyinfer_sgl import EntropyInferConfig, hf
 from entropyinfer_sgl.evaluation.haystack import build_passkey_prompt
+from hf_helpers import greedy_answer
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,21 +29,14 @@ def smollm2():
     return load_smollm2()
 
 
-def _answer(model, tokenizer, input_ids):
-    with torch.no_grad():
-        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=NEW_TOKENS,
-                             min_new_tokens=NEW_TOKENS, do_sample=False)
-    return tokenizer.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True)
-
-
 def test_smollm2_passkey_full_and_entropyinfer(smollm2):
     model, tokenizer = smollm2
     prompt = build_passkey_prompt(tokenizer, total_tokens=2000, depth=0.5, seed=1)
     assert 1950 <= prompt.num_tokens <= 2050
-    full = _answer(model, tokenizer, prompt.input_ids)
+    full = greedy_answer(model, tokenizer, prompt.input_ids, NEW_TOKENS)
     config = EntropyInferConfig.small()
     with hf.enable(model, config) as handle:
-        sparse = _answer(model, tokenizer, prompt.input_ids)
+        sparse = greedy_answer(model, tokenizer, prompt.input_ids, NEW_TOKENS)
     stats = handle.stats
     assert prompt.retrieved(full), full
     assert prompt.retrieved(sparse), sparse
