@@ -181,16 +181,14 @@ def plan_prefill(profile: HeadProfile, config: EntropyInferConfig, *, layer_idx:
             and profile.block_size_tokens == config.block_size_tokens,
             "the profile was made with other segment/block sizes than this config")
     require(layer_idx >= 0, f"layer_idx must be >= 0, got {layer_idx}")
+    if backend not in ("torch", "rust", "device"):
+        raise ValueError(f"backend must be 'torch', 'rust' or 'device', got {backend!r}")
+    keep, scores = profile.keep_blocks, forced_blocks_first(profile.block_scores, config, first_segment=first_segment)
     if backend == "device":
         from .device_plan import plan_from_scores_device
 
-        return plan_from_scores_device(forced_blocks_first(profile.block_scores, config, first_segment=first_segment),
-                                       profile.keep_blocks, config,
-                                       seq_len=profile.seq_len_tokens, layer_idx=layer_idx,
+        return plan_from_scores_device(scores, keep, config, seq_len=profile.seq_len_tokens, layer_idx=layer_idx,
                                        first_segment=first_segment, prompt_len_tokens=prompt_len_tokens)
-    if backend not in ("torch", "rust"):
-        raise ValueError(f"backend must be 'torch', 'rust' or 'device', got {backend!r}")
-    keep, scores = profile.keep_blocks, forced_blocks_first(profile.block_scores, config, first_segment=first_segment)
     if first_segment:  # earlier rows: keep 0 (dense rows), scores never read
         keep = torch.cat([keep.new_zeros(keep.shape[0], first_segment), keep], dim=1)
         scores = torch.cat([scores.new_zeros(scores.shape[0], first_segment, scores.shape[2]), scores], dim=1)
