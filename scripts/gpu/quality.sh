@@ -21,6 +21,9 @@ WORK=/tmp/eiq
 GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
 mkdir -p "$WORK/results" "$OUT/quality"
 source scripts/gpu/eval_shards.sh
+TASKS=${TASKS:-passkey,multikey,multivalue,vartrack,commonwords,copylist}  # both stages: the same prompts
+LENGTHS=${LENGTHS:-2000,4000,8000}
+SAMPLES=${SAMPLES:-40}
 case "${1:?stage: stash a|b, or eval}" in
   stash)
     cp ".carry/smollm2-${2:?part a or b}" "$WORK/part-$2"
@@ -36,9 +39,6 @@ case "${1:?stage: stash a|b, or eval}" in
     NO_BUNDLE=1 source scripts/gpu/setup.sh
     export PYTHONPATH=$PYTHONPATH:$WORK/site OMP_NUM_THREADS=1 ENTROPYINFER_GIT_SHA=${GIT_SHA:-}
     METHODS=${METHODS:-full,entropyinfer,entropyinfer_paper,critiprefill,snapkv,adakv,streamingllm}
-    TASKS=${TASKS:-passkey,multikey,multivalue,vartrack,commonwords,copylist}
-    LENGTHS=${LENGTHS:-2000,4000,8000}
-    SAMPLES=${SAMPLES:-40}
     SHARDS=${SHARDS:-5}
     MINUTES=${MINUTES:-8}
     status=0
@@ -53,9 +53,6 @@ case "${1:?stage: stash a|b, or eval}" in
     source scripts/gpu/setup.sh
     export PYTHONPATH=$PYTHONPATH:$WORK/site OMP_NUM_THREADS=1 ENTROPYINFER_GIT_SHA=${GIT_SHA:-}
     python3 -m entropyinfer_sgl.cli model export smollm2 "$WORK/hf"
-    TASKS=${TASKS:-passkey,multikey,multivalue,vartrack,commonwords,copylist}
-    LENGTHS=${LENGTHS:-2000,4000,8000}
-    SAMPLES=${SAMPLES:-40}
     SHARDS=${SHARDS:-4}
     MINUTES=${MINUTES:-6}
     port=31000
