@@ -53,7 +53,7 @@ def test_eval_bad_flags(capsys, tmp_path, no_model_load, flags, expected):
 
 
 @pytest.mark.parametrize("flag,value", [("--samples", "0"), ("--first-sample", "-1"), ("--threads", "0"),
-                                        ("--time-limit-min", "0"), ("--samples", "two")])
+                                        ("--time-limit-min", "0"), ("--samples", "two"), ("--sample-stride", "0")])
 def test_eval_bad_numbers_are_argparse_errors(capsys, flag, value):
     with pytest.raises(SystemExit) as exited:
         cli.main(["eval", flag, value])
