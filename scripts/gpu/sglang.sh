@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SGLang end to end on the GPU machine (H100 or H200), from the repository root:
 #   bash scripts/gpu/sglang.sh [tests] [chunk_path] [one_batch] [dense_graph] [ei_graph] [profile] [serving] [capacity]
-#                              [shared_prefix]
+#                              [shared_prefix] [soak]
 #   (default: tests one_batch serving)
 # - tests: the kernel path's and the device planner's GPU tests (tests/kernel_tests, bf16);
 # - chunk_path: one layer of chunked prefill in isolation (`benchmarks/bench_chunk_path.py`, $CHUNK_SEQ_LEN tokens,
@@ -26,6 +26,10 @@
 #   default config: one $SHARED_DOC_TOKENS-token document (default 65536) asked 8 questions of $SHARED_QUESTION_TOKENS
 #   (default 2048) one after another (the later ones hit the cached document), then 8 fresh documents; time to
 #   first token per request, and the EntropyInfer requests' stats lines (typing resumed, sparse chunks).
+# - soak (issue 22): `benchmarks/soak.py` against a server with --enable-entropyinfer, phase 2 (decode_free_memory),
+#   the radix cache and metrics on: $SOAK_REQUESTS mixed requests (default 200; 1k-128k tokens, streamed, n > 1,
+#   disconnects, aborts, off switch, bad requests), then every request accounted for and the server's memory checks;
+#   $OUT/soak.json (summary), $OUT/soak.log, $OUT/soak_server.log.
 # Model: the Llama-3.1-8B-geometry dummy (scripts/gpu/llama8b_dummy: config + SmolLM2 tokenizer, --load-format dummy).
 # Results: $OUT/one_batch.log, $OUT/serving.log (full output), $OUT/summary.txt (the figures' lines).
 set -uo pipefail
@@ -143,6 +147,15 @@ PY
           grep -oE "EntropyInfer request $variant-[a-z0-9]+ freed: .*" "$log" | cut -c1-400
           grep -E "Traceback|out of memory" "$log" | head -5; } >> "$SUMMARY"
       done ;;
+    soak)
+      log="$OUT/soak_server.log"
+      start_server "$log" --enable-entropyinfer --entropyinfer-config '{"decode_free_memory": true}' --enable-metrics \
+        --chunked-prefill-size "${SOAK_CHUNK:-16384}"
+      timeout "${SOAK_TIMEOUT:-480}" python3 benchmarks/soak.py --url "http://127.0.0.1:$port" --log "$log" --pid "$pid" \
+        --requests "${SOAK_REQUESTS:-200}" --gate 4096 --max-new 48 --out "$OUT/soak.json" > "$OUT/soak.log" 2>&1
+      echo "soak exit $?" >> "$OUT/soak.log"
+      kill $pid; wait $pid 2>/dev/null
+      { echo "== soak"; tail -n 25 "$OUT/soak.log"; grep -E "Traceback|leak detected|out of memory" "$log" | head -5; } >> "$SUMMARY" ;;
     capacity)
       for run in ${CAPACITY_RUNS:-dense:10 phase1:10 phase2:48}; do
         variant=${run%%:*} prompts=${run##*:}
