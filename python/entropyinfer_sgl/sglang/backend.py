@@ -268,8 +268,9 @@ class EntropyInferAttnBackend(_AttentionBackend):
             info.prompt_len = target if target is not None and target >= seq_len else None
             info.records_window = (self.config.decode_compression and st.method_enabled
                                    and self._window_wanted(st, seq_len))
-            if info.records_window and self.windows is not None and st.window_slot is None:
-                info.records_window = self._take_window_slot(st, seq_len - min(extend, self.config.observation_window_tokens))
+            if info.records_window and self.windows is not None and st.window_slot is None:  # its chunk's last W
+                first = seq_len - min(extend, self.config.observation_window_tokens)
+                info.records_window = self._take_window_slot(st, first)
             self._infos.append(info)
             st.extended_tokens = seq_len
 
