@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # SGLang end to end on the GPU machine (H100 or H200), from the repository root:
-#   bash scripts/gpu/sglang.sh [tests] [chunk_path] [one_batch] [dense_graph] [ei_graph] [profile] [serving] [capacity]
-#                              [shared_prefix] [soak]
+#   bash scripts/gpu/sglang.sh [tests] [chunk_path] [one_batch] [dense_graph] [ei_graph] [decode_steps] [profile]
+#                              [serving] [capacity] [shared_prefix] [soak]
 #   (default: tests one_batch serving)
-# - tests: the kernel path's and the device planner's GPU tests (tests/kernel_tests, bf16);
+# - tests: the kernel path's and the device planner's GPU tests (tests/kernel_tests, bf16; the window arena inside a
+#   CUDA graph); tests/sglang/test_sglang_gpu_graph_decode.py (CUDA-graph decode = eager decode, two engines) is run
+#   on its own: `python3 -m pytest -m gpu tests/sglang/test_sglang_gpu_graph_decode.py`;
 # - chunk_path: one layer of chunked prefill in isolation (`benchmarks/bench_chunk_path.py`, $CHUNK_SEQ_LEN tokens,
 #   default 65536, in $CHUNK_TOKENS-token chunks, default 8192);
 # - one_batch: `bench_one_batch` (batch 1, eager: --disable-cuda-graph) at $LENS tokens, dense FlashInfer vs
@@ -11,6 +13,10 @@
 #   β, forced to 3β);
 # - dense_graph: dense FlashInfer with CUDA graphs on (SGLang's default decode), for the decode baseline;
 # - ei_graph: --enable-entropyinfer (default config) with CUDA-graph decode (SGLang's default decode);
+# - decode_steps (issue 20): every decode step's latency, batch 1 at $STEPS_LEN tokens (default 100000), CUDA graphs
+#   on, dense FlashInfer vs --enable-entropyinfer with $STEPS_CONFIG (default {}: the first event at step 16, none
+#   after; e.g. '{"decode_evict_interval_steps": 32}' for re-compressions), $STEPS_OUTPUT_LEN steps (default 96);
+#   `benchmarks/decode_steps.py` writes $OUT/decode_steps.txt (one row per step, both runs, the ratio);
 # - profile: the prefill of `bench_one_batch` at $LENS (CUDA graphs on) under the torch profiler for each of
 #   $PROFILE_VARIANTS (default "entropyinfer dense"); `benchmarks/summarize_trace.py` writes $OUT/profile_<variant>.txt
 #   (GPU busy/idle time, GPU time by kernel, the longest idle gaps); the traces themselves are not kept;
@@ -43,6 +49,7 @@ read -r -a EXTRA <<< "${EXTRA_ARGS:-}"  # e.g. "--device cpu --dtype float32" fo
 FORCE_BETA='{"rigid_entropy_threshold": 1e9}'
 FORCE_3BETA='{"rigid_entropy_threshold": 1e9, "base_budget_tokens": 6144, "max_budget_tokens": 6144}'
 CONFIGS=${CONFIGS:-"default={} beta=$FORCE_BETA 3beta=$FORCE_3BETA"}
+STEPS_CONFIG=${STEPS_CONFIG:-"{}"}
 STAGES=${*:-tests one_batch serving}
 export ENTROPYINFER_LOG_LEVEL=debug  # per-request stats lines ("EntropyInfer request ... freed: ...")
 SUMMARY="$OUT/summary.txt"
@@ -59,6 +66,7 @@ one_batch() {  # $1: run name, then extra args (GRAPH=1: CUDA graphs on)
     --context-length "$CONTEXT_LEN" --mem-fraction-static "${MEM_FRACTION:-0.85}" --run-name "$name" "${EXTRA[@]}" "$@" > "$log" 2>&1
   echo "exit $?" >> "$log"
   summarize "one_batch $name" "$log"
+  [ "${KEEP_LOG:-0}" = 1 ] && cp "$log" "$OUT/one_batch_$name.log"
   { echo "=== $name: $*"; cat "$log"; } >> "$OUT/one_batch.log"
   rm -f "$log"
 }
@@ -81,7 +89,7 @@ for stage in $STAGES; do
     tests)
       timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider --maxfail=10 -rs \
         tests/kernel_tests/test_sglang_kernel_path.py tests/kernel_tests/test_sparse_prefill.py tests/kernel_tests/test_compressed_decode.py \
-        tests/kernel_tests/test_entropy_profile.py -k "prefix or kernel_path or gpu or arena or pool_rows or max_kept or device_plan" \
+        tests/kernel_tests/test_entropy_profile.py tests/kernel_tests/test_window_arena_graph.py -k "prefix or kernel_path or gpu or arena or pool_rows or max_kept or device_plan" \
         2>&1 | tee "$OUT/gpu_tests.log" | tail -5
       tail -3 "$OUT/gpu_tests.log" | sed 's/^/tests: /' >> "$SUMMARY" ;;
     chunk_path)
@@ -92,6 +100,16 @@ for stage in $STAGES; do
       GRAPH=1 one_batch dense_graph --attention-backend "$DENSE_BACKEND" ;;
     ei_graph)
       GRAPH=1 one_batch ei_graph --enable-entropyinfer ;;
+    decode_steps)
+      for variant in dense entropyinfer; do
+        extra=(--attention-backend "$DENSE_BACKEND")
+        [ "$variant" = entropyinfer ] && extra=(--enable-entropyinfer --entropyinfer-config "$STEPS_CONFIG")
+        GRAPH=1 KEEP_LOG=1 LENS="${STEPS_LEN:-100000}" OUTPUT_LEN="${STEPS_OUTPUT_LEN:-96}" \
+          one_batch "steps_$variant" "${extra[@]}" --log-decode-step 1
+      done
+      python3 benchmarks/decode_steps.py "dense=$OUT/one_batch_steps_dense.log" \
+        "entropyinfer=$OUT/one_batch_steps_entropyinfer.log" > "$OUT/decode_steps.txt" 2>&1
+      { echo "== decode_steps (ms per step; CUDA graphs on)"; cat "$OUT/decode_steps.txt"; } >> "$SUMMARY" ;;
     one_batch)
       [ "${SKIP_DENSE:-0}" = 1 ] || one_batch dense --attention-backend "$DENSE_BACKEND"
       python3 - "$CONFIGS" > "$OUT/configs.tmp" <<'PY'

@@ -4,8 +4,9 @@ the Triton interpreter, against the reference path: same tokens, same per-reques
 Two servers with the `engaged` config and `--chunked-prefill-size 128`: `reference` (the CPU default) and `kernels`
 (`ENTROPYINFER_USE_KERNELS=1 TRITON_INTERPRET=1`). A ~570-token prompt crosses four chunk boundaries, so the first
 chunk is planned on the device and later ones continue causal typing after a cached prefix (`sparse_prefill` with
-`prefix_len`), then decode compresses and re-compresses (`compressed_decode` over the decode-table arena); every table is
-returned when its request ends.
+`prefix_len`), then decode compresses and re-compresses (`compressed_decode` over the decode-table arena; the
+observation windows recorded in the window arena by device writes, not in Python); every table is returned when its
+request ends.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def test_kernel_path_serves_like_the_reference_path(tiny_model, tmp_path):
         for server in servers.values():
             server.wait_ready(timeout=400)
         assert "kernel path" in servers["kernels"].log_text()
+        assert "observation window arena" in servers["kernels"].log_text()  # its windows: recorded on the device
         assert "reference path" in servers["reference"].log_text()
         for words, seed, new_tokens in ((420, 11, 30), (150, 12, 20)):  # different seeds: no radix-cache hit
             text = tiny_llama.prompt(words, seed=seed)
@@ -66,5 +68,8 @@ def test_kernel_path_serves_like_the_reference_path(tiny_model, tmp_path):
         in_use = [int(n) for n in re.findall(r"returned its decode table: (\d+) in use",
                                              servers["kernels"].log_text())]
         assert len(in_use) >= 3 and in_use[-1] == 0  # one per compressed request; none left behind
+        windows_in_use = [int(n) for n in re.findall(r"returned its observation window slot: (\d+) in use",
+                                                     servers["kernels"].log_text())]
+        assert len(windows_in_use) >= 3 and windows_in_use[-1] == 0
     finally:
         stop_all(servers.values())

@@ -41,6 +41,8 @@ class RequestState:
     window: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer: [<=W, Hq, D]
     window_end: dict[int, int] = field(default_factory=dict)  # per layer: position after the window's last query
     holds_window: bool = False  # the backend let this request record observation windows (one of a bounded number)
+    window_slot: int | None = None  # kernel path: its windows' slot in the backend's `ObservationWindowArena`
+    window_start: int | None = None  # kernel path: the first position its slot holds (every later one is written)
     tables: dict[int, DecodeTable] = field(default_factory=dict)  # per layer
     last_event_checked: int = -1  # generated-token count whose compression check already ran
     stats: RequestStats = field(default_factory=RequestStats)
@@ -87,7 +89,8 @@ class RequestState:
             self.typed_chunk[layer_id] = typed
 
     def drop_windows(self) -> None:
-        """No later compression event reads them (or none will run): free the observation windows."""
+        """No later compression event reads them (or none will run): free the observation windows (a window
+        arena slot goes back through `StateStore.on_release`)."""
         self.window.clear()
         self.window_end.clear()
         self.holds_window = False
@@ -117,7 +120,7 @@ class StateStore:
     def __init__(self) -> None:
         self._states: dict[str, RequestState] = {}
         self._lock = threading.Lock()
-        self.on_release: Callable[[RequestState], None] | None = None  # the backend returns the request's table
+        self.on_release: Callable[[RequestState], None] | None = None  # the backend returns its table and window slot
         self._settings: dict[str, "RequestSettings"] = {}  # per-request settings, from admission to the first chunk
         self._prefill_tokens: dict[str, int] = {}  # tokens each admitted request holds once its prefill is done
         self.records: "TypingRecords | None" = None  # typing at segment boundaries (the backend sets it)
@@ -228,6 +231,8 @@ class StateStore:
             if st is not None:
                 self.flush_typing(st)
             if st is None or st.req_pool_idx != req_pool_idx:
+                if st is not None:
+                    self._release(st)  # a state of an earlier row: its arena entries must not leak
                 st = RequestState(rid=rid, req_pool_idx=req_pool_idx, extended_tokens=seq_len - 1)
                 self._states[rid] = st
             if st.prompt_len is None:
@@ -273,8 +278,7 @@ class StateStore:
         if st is None:
             return None
         self.flush_typing(st)
-        if st.table_id is not None and self.on_release is not None:
-            self.on_release(st)
+        self._release(st)
         st.fold_device_stats()
         self.totals.add(st.stats)
         self.finished += 1
@@ -306,10 +310,14 @@ class StateStore:
         st.method_enabled = False
         st.drop_windows()
         st.tables.clear()
-        if st.table_id is not None and self.on_release is not None:
-            self.on_release(st)
+        self._release(st)
         with self._lock:
             self.failed[st.rid] = why
+
+    def _release(self, st: RequestState) -> None:
+        """Give the request's arena entries (decode table, window slot) back to the backend."""
+        if (st.table_id is not None or st.window_slot is not None) and self.on_release is not None:
+            self.on_release(st)
 
     def take_failures(self) -> dict[str, str]:
         with self._lock:

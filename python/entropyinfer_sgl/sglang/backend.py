@@ -26,8 +26,10 @@ ENTROPYINFER_USE_KERNELS=1).
 
 CUDA-graph decode (kernel path): the captured graph runs `compressed_decode` over the arena for the whole batch
 (a request without a table reads its whole row), so replays need no per-step preparation: tables change only at
-compression events. Steps that must run Python (a compression event, or recording the observation window's
-queries before one) run eagerly: `graph_step_allowed` tells SGLang's decode graph runner (compat hook).
+compression events. The observation windows are recorded on the device too (`runtime/window_arena.py`: every
+decode step writes the batch's queries into static buffers, inside the graph), so only a step that must run Python
+(a compression event, or a request taking its window slot) runs eagerly: `graph_step_allowed` tells SGLang's
+decode graph runner (compat hook). The reference path records windows in Python (`RequestState.record_queries`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from ..runtime.kernel_path import (ArenaDecode, DecodeTableArena, chunk_has_spar
 from ..runtime.requests import STORE, RequestState, StateStore
 from ..runtime.sparse_attention import compressed_decode_attention, sparse_chunk_attention
 from ..runtime.typing_records import TypingRecords
+from ..runtime.window_arena import ObservationWindowArena
 
 logger = logging.getLogger("entropyinfer_sgl.sglang")
 
@@ -110,7 +113,11 @@ class EntropyInferAttnBackend(_AttentionBackend):
                            ENV_TEST_FAULT, self.faults.describe())
         self.max_windows = self._compressible_requests()  # requests that may hold observation windows at once
         self.arena = self._create_arena(view) if self.use_kernels and config.decode_compression else None
-        self.store.on_release = self._release_table
+        self.windows = None if self.arena is None else self._create_window_arena(model_runner)
+        self._window_layers: set[int] = set()  # the layers whose queries the window arena records
+        self._window_indices: torch.Tensor | None = None  # the decode step's rows of the window arena
+        self._window_indices_layer = -1  # the layer that computed them (the first recording layer of a forward)
+        self.store.on_release = self._release_arena_entries
         self.store.config = config  # requests' own settings are checked against it at admission
         if self.store.records is None or self.store.records.segment_size_tokens != config.segment_size_tokens:
             self.store.records = TypingRecords(config.segment_size_tokens)
@@ -152,6 +159,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
             self._batch = compat.batch_view(forward_batch)
             self._infos = []
             self._arena_decode = None
+            self._window_indices = None
             if self.arena is not None:
                 table_rows = compat.req_to_token(self.req_to_token_pool)
                 self._arena_decode = ArenaDecode(self.arena, table_rows, forward_batch.req_pool_indices,
@@ -160,8 +168,10 @@ class EntropyInferAttnBackend(_AttentionBackend):
 
     def graph_step_allowed(self, forward_batch) -> bool:
         """Whether this decode step may replay a CUDA graph: no request of the batch has a compression event
-        due or an observation window to record at this step (those run Python: the step runs eagerly). A request
-        whose cache is still below what an evicting event needs records nothing and has no event to run."""
+        due or a window slot to take at this step (those run Python: the step runs eagerly). The graph records
+        the observation windows itself (the window arena). A request whose cache is still below what an evicting
+        event needs records nothing and has no event to run. A request's first decode step (its prompt length not
+        yet recorded by `begin_decode`) may replay too: its prompt is what its extend chunks covered."""
         if self.arena is None:
             return True
         rids = forward_batch.rids
@@ -170,16 +180,27 @@ class EntropyInferAttnBackend(_AttentionBackend):
             return False
         for rid, seq_len in zip(rids, seq_lens.tolist()):
             st = self.store.get(rid)
-            if st is None or st.prompt_len is None:
+            if st is None:
                 return False
-            if (st.method_enabled and (st.holds_window or self._window_reachable(st, int(seq_len)))
-                    and self._needs_python(st, int(seq_len) - 1 - st.prompt_len)):
+            if st.method_enabled and self._step_needs_python(st, int(seq_len)):
                 return False
         return True
 
+    def _step_needs_python(self, st: RequestState, seq_len: int) -> bool:
+        """Kernel path, a decode step of `seq_len` positions (the new token's included): its compression event is
+        due, or the request starts recording its observation window now (it takes a window arena slot)."""
+        prompt_len = st.extended_tokens if st.prompt_len is None else st.prompt_len
+        generated = seq_len - 1 - prompt_len
+        if not (st.holds_window or self._window_reachable(st, seq_len)):
+            return False
+        if not st.holds_window and self._needs_python(st, generated):
+            return True
+        return generated > st.last_event_checked and compression_due(generated, self.request_config(st))
+
     def _needs_python(self, st: RequestState, generated: int) -> bool:
         """At a decode step with `generated` generated tokens in the cache: a compression event is due or the
-        step's query belongs to the observation window of the next event."""
+        step's query belongs to the observation window of the next event (the reference path records it then; a
+        request without a window starts recording then)."""
         cfg = self.request_config(st)
         if generated <= cfg.decode_delay_steps:
             return True
@@ -207,12 +228,23 @@ class EntropyInferAttnBackend(_AttentionBackend):
         self._batch = batch
         self._infos = []
         self._arena_decode = None
+        self._window_indices = None
         if not batch.has_rids:
             return  # no request identities (a dummy batch): everything stays dense
         if batch.mode == "extend":
             self._prepare_extend(batch)
         elif batch.mode == "decode":
             self._prepare_decode(batch)
+        elif self.windows is not None:
+            self._windows_skip(batch)
+
+    def _windows_skip(self, batch: compat.BatchView) -> None:
+        """A batch the method runs dense without recording (mixed chunked prefill): the window arena misses its
+        queries, so the requests' windows restart after it (as the reference path's contiguity check does)."""
+        for rid, seq_len in zip(batch.rids, batch.seq_lens):
+            st = self.store.get(rid)
+            if st is not None and st.window_slot is not None:
+                st.window_start = seq_len
 
     def _request_slots(self, info: _RequestInfo) -> torch.Tensor:
         if info.slots is None:
@@ -236,6 +268,9 @@ class EntropyInferAttnBackend(_AttentionBackend):
             info.prompt_len = target if target is not None and target >= seq_len else None
             info.records_window = (self.config.decode_compression and st.method_enabled
                                    and self._window_wanted(st, seq_len))
+            if info.records_window and self.windows is not None and st.window_slot is None:  # its chunk's last W
+                first = seq_len - min(extend, self.config.observation_window_tokens)
+                info.records_window = self._take_window_slot(st, first)
             self._infos.append(info)
             st.extended_tokens = seq_len
 
@@ -257,6 +292,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
             if compressing:  # every step up to the first event, then the steps before each later one
                 info.record_fresh = self._needs_python(st, generated)
                 info.records_window = (info.record_fresh or st.holds_window) and self._window_wanted(st, seq_len)
+                if info.records_window and self.windows is not None and st.window_slot is None:
+                    info.records_window = self._take_window_slot(st, seq_len - 1)
             if (compressing and generated > st.last_event_checked and generated >= 0
                     and compression_due(generated, request_cfg)):
                 st.last_event_checked = generated
@@ -315,6 +352,48 @@ class EntropyInferAttnBackend(_AttentionBackend):
         st.holds_window = True
         return True
 
+    def _take_window_slot(self, st: RequestState, start: int) -> bool:
+        """Kernel path: a request starts holding observation windows (`_window_wanted` counted it) from position
+        `start` on: it takes a window arena slot. There is one per request `max_windows` allows, so none free
+        means a slot was not returned: the request stays uncompressed (logged), never compressed from a partial
+        window."""
+        slot = self.windows.assign(st.req_pool_idx)
+        if slot is None:
+            logger.warning("EntropyInfer: no free observation window slot (%d in use, %d charged); request %s stays "
+                           "uncompressed", self.windows.slots_in_use, self.max_windows, st.rid)
+            st.drop_windows()
+            return False
+        st.window_slot, st.window_start = slot, start
+        return True
+
+    def _drop_windows(self, st: RequestState) -> None:
+        st.drop_windows()
+        self._release_window_slot(st)
+
+    def _release_window_slot(self, st: RequestState) -> None:
+        if self.windows is not None and st.window_slot is not None:
+            self.windows.release(st.req_pool_idx, st.window_slot)
+            logger.debug("EntropyInfer request %s returned its observation window slot: %d in use", st.rid,
+                         self.windows.slots_in_use)
+        st.window_slot = st.window_start = None
+
+    def _release_arena_entries(self, st: RequestState) -> None:
+        """The store's `on_release`: the request's row is freed (or it failed): its decode table and window slot."""
+        self._release_table(st)
+        self._release_window_slot(st)
+
+    def _create_window_arena(self, model_runner: Any) -> ObservationWindowArena:
+        """The observation windows of this process's kernel path: one slot per request that can hold windows at
+        once (`max_windows`, charged to the pool by the plugin), written by every decode step on the device."""
+        num_q_heads, head_dim, dtype = compat.query_geometry(model_runner)
+        rows = compat.req_to_token(self.req_to_token_pool).shape[0]
+        windows = ObservationWindowArena(self.max_windows, self.num_layers, self.config.observation_window_tokens,
+                                         num_q_heads, head_dim, rows, dtype, self.device)
+        logger.info("EntropyInfer observation window arena: %d slots x %d layers x %d queries x %d q heads x %d "
+                    "(%s, %.1f MiB)", self.max_windows, self.num_layers, self.config.observation_window_tokens,
+                    num_q_heads, head_dim, dtype, windows.nbytes() / 2 ** 20)
+        return windows
+
     def _create_arena(self, view: compat.RunnerView) -> DecodeTableArena:
         """The decode tables of this process: one per request that can be compressed at once."""
         _, num_kv_heads = compat.kv_pool_geometry(self.token_to_kv_pool)
@@ -333,21 +412,33 @@ class EntropyInferAttnBackend(_AttentionBackend):
                          self.arena.tables_in_use)
         st.table_id = None
 
+    def _event_windows(self, st: RequestState, in_cache: int) -> dict[int, torch.Tensor]:
+        """The observation window per layer that an event at `in_cache` cache entries reads: the queries recorded
+        up to position in_cache - 1 (the last W at most, oldest first). Kernel path: from the window arena;
+        reference path: the windows `record_queries` kept, where they end right before the new token (not, e.g.,
+        for an unsupported layer)."""
+        if self.windows is None:
+            return {layer_id: window for layer_id, window in st.window.items()
+                    if st.window_end.get(layer_id) == in_cache and window.shape[0] <= in_cache}
+        if st.window_slot is None or st.window_start >= in_cache:
+            return {}
+        return {layer_id: self.windows.window(layer_id, st.window_slot, st.window_start, in_cache)
+                for layer_id in sorted(self._window_layers)}
+
     def _compress(self, info: _RequestInfo, in_cache: int) -> None:
         st = info.state
-        if not st.window:
+        windows = self._event_windows(st, in_cache)
+        if not (windows if self.windows is not None else st.window):
             return  # nothing recorded: the cache is within the budget (an event would keep everything)
         if self.arena is not None and st.table_id is None and not self.arena.has_free_table:
             if "arena" not in self._unsupported_logged:
                 self._unsupported_logged.add("arena")
                 logger.warning("EntropyInfer: every decode table is in use; request %s stays uncompressed", info.rid)
-            st.drop_windows()  # it will not be compressed later either
+            self._drop_windows(st)  # it will not be compressed later either
             return
         slots = compat.req_to_token(self.req_to_token_pool)[info.row, :in_cache].to(torch.int64)
         events = 0
-        for layer_id, window in list(st.window.items()):
-            if st.window_end.get(layer_id) != in_cache or window.shape[0] > in_cache:
-                continue  # the window does not end right before the new token (e.g. an unsupported layer)
+        for layer_id, window in windows.items():
             k_buf, _ = compat.kv_buffers(self.token_to_kv_pool, layer_id)
             keys = k_buf[slots]
             table, before, kept = compress_layer(window, keys.to(window.dtype), st.tables.get(layer_id),
@@ -367,7 +458,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
         if self.config.decode_free_memory and events:
             self.store.compaction_due.append((info.rid, in_cache))  # `compact`, after this forward
         if self.config.decode_evict_interval_steps == 0:
-            st.drop_windows()  # no later event reads them
+            self._drop_windows(st)  # no later event reads them
         if events:
             st.stats.compression_events += 1
             if logger.isEnabledFor(logging.DEBUG):
@@ -426,7 +517,11 @@ class EntropyInferAttnBackend(_AttentionBackend):
                 if not info.records_window:
                     continue
                 rows = q3[info.q_start:info.q_start + info.extend_len]
-                info.state.record_queries(lv.layer_id, rows, info.seq_len, cfg.observation_window_tokens)
+                if self.windows is None:
+                    info.state.record_queries(lv.layer_id, rows, info.seq_len, cfg.observation_window_tokens)
+                else:
+                    self._window_layers.add(lv.layer_id)
+                    self.windows.write_extend(lv.layer_id, info.state.window_slot, rows, info.seq_len)
         if supported and lv.layer_id >= cfg.num_dense_layers:
             for info in self._infos:
                 if info.dense_only:
@@ -597,7 +692,9 @@ class EntropyInferAttnBackend(_AttentionBackend):
         self._current(forward_batch)
         supported = self._layer_supported(lv)
         q3 = q.reshape(-1, lv.num_q_heads, lv.head_dim)
-        if cfg.decode_compression and supported:
+        if self.windows is not None and supported:
+            self._record_decode_queries(lv.layer_id, q3, forward_batch)
+        elif cfg.decode_compression and supported:
             for info in self._infos:
                 st = info.state
                 if not info.records_window:
@@ -631,6 +728,17 @@ class EntropyInferAttnBackend(_AttentionBackend):
             out = compressed_decode_attention(q3[info.index], k_buf, v_buf, slots, lengths, scale=lv.scaling)
             out3[info.index] = out.to(out3.dtype)
         return out3.view(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
+
+    def _record_decode_queries(self, layer_id: int, q3: torch.Tensor, forward_batch) -> None:
+        """Kernel path: write every request's query of this step into the window arena (rows without a window
+        slot write its scratch row). Device ops only, so a captured graph records too; the rows are computed by
+        the forward's first recording layer (layers run in increasing order, so a layer id not above the one
+        that computed them starts a new forward: in a graph's warm-up and capture runs alike)."""
+        if self._window_indices is None or layer_id <= self._window_indices_layer:
+            self._window_indices = self.windows.decode_indices(forward_batch.req_pool_indices, forward_batch.seq_lens)
+            self._window_indices_layer = layer_id
+        self._window_layers.add(layer_id)
+        self.windows.write_decode(layer_id, q3, self._window_indices)
 
     def _forward_decode_kernels(self, q, k, v, layer, forward_batch, lv: compat.LayerView, q3: torch.Tensor,
                                 supported: bool, save_kv_cache=True, **kwargs):

@@ -710,6 +710,15 @@ class RunnerView:
     tp_rank: int
 
 
+def query_geometry(runner: Any) -> tuple[int, int, Any]:
+    """(query heads per attention-TP rank, head dim, model dtype): what a layer's decode queries are."""
+    from sglang.srt.runtime_context import get_parallel
+
+    model_config = runner.model_config
+    tp_size = int(get_parallel().attn_tp_size or 1)
+    return int(model_config.get_num_attention_heads(tp_size)), int(model_config.head_dim), model_config.dtype
+
+
 def runner_view(runner: Any) -> RunnerView:
     model_config = runner.model_config
     return RunnerView(device=str(runner.device), server_args=runner.server_args,

@@ -1,0 +1,100 @@
+"""The observation windows of the kernel path, in static-shape device buffers that decode writes with
+shape-static tensor ops (eagerly and inside CUDA graphs: no host sync, no per-request Python per layer).
+
+No engine import: the SGLang backend hands plain tensors in. Each request that holds a window owns one slot: `W`
+query rows per layer, written circularly (position p goes to row p % W), so the last W queries are always there.
+A batch's decode step writes every row of the batch: a request's `req_to_token` row maps to its slot
+(`slot_of_row`), a row without one (a request that records nothing, CUDA-graph padding) to one scratch row per layer
+that nothing reads. The host knows which positions a slot holds (`start`: the first position written since the slot
+was assigned, every later position written by every step), so a compression event reads exactly the window the
+Python recording (`RequestState.record_queries`) would hold: the last min(W, end - start) queries, oldest first.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class ObservationWindowArena:
+    """queries `[layers, slots * W + 1, Hq, D]` in the query dtype (the last row: the scratch row),
+    slot_of_row int64 `[req_to_token rows]` (-1: the row records into the scratch row)."""
+
+    def __init__(self, num_slots: int, num_layers: int, window_tokens: int, num_q_heads: int, head_dim: int,
+                 num_rows: int, dtype: torch.dtype, device: torch.device | str):
+        if min(num_slots, num_layers, window_tokens, num_q_heads, head_dim, num_rows) < 1:
+            raise ValueError(f"ObservationWindowArena needs positive sizes, got slots={num_slots} layers={num_layers} "
+                             f"window_tokens={window_tokens} q_heads={num_q_heads} head_dim={head_dim} "
+                             f"rows={num_rows}")
+        self.window_tokens = window_tokens
+        self.scratch_row = num_slots * window_tokens
+        self.queries = torch.zeros(num_layers, self.scratch_row + 1, num_q_heads, head_dim, dtype=dtype,
+                                   device=device)
+        self.slot_of_row = torch.full((num_rows,), -1, dtype=torch.int64, device=device)
+        self._free = list(range(num_slots - 1, -1, -1))
+        self._owner: dict[int, int] = {}  # slot -> row
+
+    @staticmethod
+    def bytes_per_slot(num_layers: int, window_tokens: int, num_q_heads: int, head_dim: int, dtype_bytes: int) -> int:
+        """What one request's windows take (the plugin charges this per request that can be compressed)."""
+        return num_layers * window_tokens * num_q_heads * head_dim * dtype_bytes
+
+    @property
+    def slots_in_use(self) -> int:
+        return len(self._owner)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.queries, self.slot_of_row))
+
+    def assign(self, row: int) -> int | None:
+        """A free slot for the request of `req_to_token` row `row` (None: every slot is in use)."""
+        if not self._free:
+            return None
+        slot = self._free.pop()
+        self._owner[slot] = row
+        self.slot_of_row[row] = slot
+        return slot
+
+    def release(self, row: int, slot: int) -> None:
+        """Return a request's slot; its row records into the scratch row again. What the slot holds is not
+        cleared: its next owner reads only positions it wrote (`start`)."""
+        if self._owner.pop(slot, None) is None:
+            return
+        self.slot_of_row[row] = -1
+        self._free.append(slot)
+
+    # --- writes ----------------------------------------------------------------------------------------
+    def decode_indices(self, row_indices: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
+        """Where each request of a decode batch writes its query (position seq_len - 1): `[B]` int64 rows of
+        `queries[layer]`. Device ops only (computed once per step, or once inside a captured graph)."""
+        slot = self.slot_of_row[row_indices.to(torch.int64)]
+        position = (seq_lens.to(torch.int64) - 1).remainder(self.window_tokens)
+        return torch.where(slot >= 0, slot * self.window_tokens + position,
+                           torch.full_like(position, self.scratch_row))
+
+    def write_decode(self, layer_id: int, q3: torch.Tensor, indices: torch.Tensor) -> None:
+        """One layer of a decode step: q3 `[B, Hq, D]`, `indices` from `decode_indices` (rows without a slot all
+        write the scratch row; which of them lands there does not matter)."""
+        self._check(q3)
+        self.queries[layer_id].index_put_((indices,), q3)
+
+    def write_extend(self, layer_id: int, slot: int, q_chunk: torch.Tensor, end: int) -> None:
+        """An extend chunk of one request (host-known, eager): its queries of positions end - n .. end - 1; the
+        last W of them are kept."""
+        self._check(q_chunk)
+        q_chunk = q_chunk[-self.window_tokens:]
+        positions = torch.arange(end - q_chunk.shape[0], end, device=self.queries.device)
+        self.queries[layer_id, slot * self.window_tokens + positions % self.window_tokens] = q_chunk
+
+    # --- reads -----------------------------------------------------------------------------------------
+    def window(self, layer_id: int, slot: int, start: int, end: int) -> torch.Tensor:
+        """The window a compression event at `end` cache entries reads: queries of positions
+        max(start, end - W) .. end - 1, oldest first (`[n, Hq, D]`, a copy)."""
+        first = max(start, end - self.window_tokens)
+        positions = torch.arange(first, end, device=self.queries.device)
+        return self.queries[layer_id, slot * self.window_tokens + positions % self.window_tokens]
+
+    def _check(self, q: torch.Tensor) -> None:
+        if q.dtype != self.queries.dtype or q.shape[1:] != self.queries.shape[2:]:
+            raise RuntimeError(f"EntropyInfer observation window arena holds {self.queries.dtype} queries of shape "
+                               f"[*, {self.queries.shape[2]}, {self.queries.shape[3]}], got {q.dtype} "
+                               f"{list(q.shape)}")

@@ -1,0 +1,80 @@
+"""The kernel path's observation window arena (`runtime/window_arena.py`) holds exactly the windows the Python
+recording (`RequestState.record_queries`) keeps: same queries, same order, same dtype."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from entropyinfer_sgl.runtime.requests import RequestState
+from entropyinfer_sgl.runtime.window_arena import ObservationWindowArena
+
+W, LAYERS, HQ, D, ROWS = 8, 2, 3, 4, 10
+
+
+def _poisoned_arena(slots: int) -> ObservationWindowArena:
+    arena = ObservationWindowArena(slots, LAYERS, W, HQ, D, ROWS, torch.bfloat16, "cpu")
+    arena.queries.fill_(float("nan"))  # whatever a read returns that was not written shows up as NaN
+    return arena
+
+
+def test_decode_steps_record_what_record_queries_keeps():
+    gen = torch.Generator().manual_seed(0)
+    arena = _poisoned_arena(slots=3)
+    # request rows and the prompt tail each records at extend (a 5-token tail: shorter than W; a 20-token one)
+    requests = {7: (40, 5), 2: (100, 20), 4: (13, 0)}  # row -> (prompt length, prompt queries recorded)
+    states, slots, starts = {}, {}, {}
+    for row, (prompt, tail) in requests.items():
+        st = states[row] = RequestState(rid=f"r{row}", req_pool_idx=row)
+        slot = slots[row] = arena.assign(row)
+        starts[row] = prompt - tail if tail else prompt  # the request with no tail starts at its first decode step
+        if tail:
+            q = torch.randn(tail, HQ, D, generator=gen).to(torch.bfloat16)
+            for layer in range(LAYERS):
+                st.record_queries(layer, q * (layer + 1), prompt, W)
+                arena.write_extend(layer, slot, q * (layer + 1), prompt)
+    seq = {row: prompt for row, (prompt, _) in requests.items()}
+    idle_rows = [0, 9]  # CUDA-graph padding (row 0) and a request that records nothing: the scratch row
+    for step in range(2 * W + 3):  # past W: the window wraps around
+        rows = list(requests) + idle_rows
+        order = torch.randperm(len(rows), generator=gen).tolist()  # batch order changes step to step
+        rows = [rows[i] for i in order]
+        for row in requests:
+            seq[row] += 1
+        seq_lens = torch.tensor([seq.get(row, 1) for row in rows])
+        indices = arena.decode_indices(torch.tensor(rows), seq_lens)
+        q = torch.randn(len(rows), HQ, D, generator=gen).to(torch.bfloat16)
+        for layer in range(LAYERS):
+            arena.write_decode(layer, q * (layer + 1), indices)
+            for i, row in enumerate(rows):
+                if row in requests:
+                    states[row].record_queries(layer, q[i:i + 1] * (layer + 1), seq[row], W)
+        for row, st in states.items():
+            for layer in range(LAYERS):
+                window = arena.window(layer, slots[row], starts[row], seq[row])
+                assert window.dtype == st.window[layer].dtype
+                assert torch.equal(window, st.window[layer]), (row, step, layer)
+                assert not window.isnan().any()
+
+
+def test_released_slots_serve_their_next_request_from_its_own_start():
+    arena = _poisoned_arena(slots=1)
+    slot = arena.assign(3)
+    assert arena.assign(4) is None  # one slot: the next request has none
+    q = torch.randn(6, HQ, D).to(torch.bfloat16)
+    arena.write_extend(0, slot, q, 50)
+    arena.release(3, slot)
+    assert int(arena.slot_of_row[3]) == -1 and arena.slots_in_use == 0
+    again = arena.assign(4)
+    assert again == slot and int(arena.slot_of_row[4]) == slot
+    q2 = torch.randn(2, HQ, D).to(torch.bfloat16)
+    arena.write_extend(0, again, q2, 10)
+    assert torch.equal(arena.window(0, again, 8, 10), q2)  # not the earlier owner's queries
+
+
+def test_wrong_queries_are_refused():
+    arena = _poisoned_arena(slots=1)
+    with pytest.raises(RuntimeError, match="window arena holds"):
+        arena.write_decode(0, torch.zeros(1, HQ, D), torch.zeros(1, dtype=torch.int64))  # float32, not bf16
+    with pytest.raises(RuntimeError, match="window arena holds"):
+        arena.write_extend(0, 0, torch.zeros(1, HQ + 1, D, dtype=torch.bfloat16), 1)
