@@ -63,7 +63,7 @@ if [ "$transformers_latest" = 1 ]; then
   run_pytest "newest transformers ($latest_py)" "$latest_py" "${args[@]}"
   if [ "$#" -eq 0 ]; then
     echo "demo: newest transformers (fails unless decode compression really ran)"
-    "$latest_py" -m entropyinfer_sgl.demo --tokens 1500 --new-tokens 24 --heatmap out/demo_ci_heatmap.png 2>&1 \
+    "$latest_py" -m entropyinfer_sgl.demo --tokens 1500 --new-tokens 72 --heatmap out/demo_ci_heatmap.png 2>&1 \
       | grep -E "^(full attention|EntropyInfer |prefill density|kv_kept_fraction|rigid kv heads|error)"
     rc=${PIPESTATUS[0]}
     if [ "$status" -eq 0 ]; then status=$rc; fi

@@ -32,7 +32,7 @@ def test_lower_budgets_and_delay_run_with_them():
     assert (s.config.base_budget_tokens, s.config.max_budget_tokens, s.config.decode_budget_tokens,
             s.config.decode_delay_steps) == (64, 128, 100, 40)
     assert s.config.replace(base_budget_tokens=512, max_budget_tokens=1536, decode_budget_tokens=256,
-                            decode_delay_steps=16) == SERVER  # nothing else changed
+                            decode_delay_steps=SERVER.decode_delay_steps) == SERVER  # nothing else changed
     assert not _settings({"decode_budget_tokens": 100}).own_prefill_budgets
     off = _settings({"enabled": False})
     assert not off.enabled and off.config == SERVER

@@ -193,8 +193,9 @@ def run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m entropyinfer_sgl.serve_demo", description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=3000, help="prompt length in tokens (default 3000)")
-    parser.add_argument("--new-tokens", type=int, default=24,
-                        help="tokens generated per answer (default 24: past the small config's compression delay)")
+    parser.add_argument("--new-tokens", type=int, default=72,
+                        help="tokens generated per answer (default 72: past the small config's 64-token compression "
+                             "delay)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the pass key")
     parser.add_argument("--config", default="small", help="--entropyinfer-config: a preset, JSON or file")
     parser.add_argument("--model-dir", default=None, help="where the exported model lives (default "

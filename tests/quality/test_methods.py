@@ -40,6 +40,13 @@ def test_what_each_method_changes():
     paper = get_method("entropyinfer_paper").config
     assert not paper.per_head_budgets and not paper.causal_head_typing and paper.decode_evict_interval_steps == 0
     assert get_method("entropyinfer_immediate").config.decode_delay_steps == 0
+    # EntropyInfer's own levers are the default's (and the immediate ablation's), never a baseline's
+    default = get_method("entropyinfer").config
+    assert (default.dense_tail_tokens, default.decode_delay_steps) == (128, 64)
+    assert get_method("entropyinfer_immediate").config.dense_tail_tokens == 128
+    for name in ("entropyinfer_paper", "critiprefill", "snapkv", "adakv", "streamingllm"):
+        config = get_method(name).config
+        assert config.dense_tail_tokens == 0 and config.decode_delay_steps in (0, 16), name
     criti = get_method("critiprefill").config
     assert criti.max_budget_tokens == criti.base_budget_tokens and not criti.decode_compression
     snap, ada = get_method("snapkv"), get_method("adakv")
@@ -60,7 +67,7 @@ def test_prefill_sharing_groups():
     assert len({keys["entropyinfer"], keys["entropyinfer_paper"], keys["critiprefill"], keys["full"]}) == 4
     assert get_method("entropyinfer", beta=256).prefill_key() != keys["entropyinfer"]
     # a prefill lever never shares another method's prefill; a decode-only change does
-    assert get_method("entropyinfer", dense_tail_tokens=128).prefill_key() != keys["entropyinfer"]
+    assert get_method("entropyinfer", dense_tail_tokens=0).prefill_key() != keys["entropyinfer"]
     assert get_method("entropyinfer", decode_budget_tokens=512).prefill_key() == keys["entropyinfer"]
 
 

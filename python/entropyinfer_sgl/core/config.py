@@ -87,6 +87,13 @@ class EntropyInferConfig:
         first 4k), budgets of 512..1536 tokens (the prototype's budget/segment ratio of 4, so a 2k prompt's late
         segments run at roughly 25-75% density), and a decode budget of 256 entries per kv head (8 sink + 32
         local window + 216 scored) re-compressed every 64 steps so that long outputs stay bounded.
+
+        Two levers beyond the paper, kept because the paired quality harness showed them helping
+        (`benchmarks/QUALITY.md`): the segments holding the prompt's last 128 tokens run dense
+        (`dense_tail_tokens`: the question at the end of a prompt reads every block, not the ones its segment's
+        budget picked) and the first compression waits for 64 generated tokens (`decode_delay_steps`: the
+        observation window then holds generated queries only, never the prompt's tail, and a short answer is
+        never compressed at all).
         """
         return cls(
             segment_size_tokens=128,
@@ -95,9 +102,10 @@ class EntropyInferConfig:
             base_budget_tokens=512,
             max_budget_tokens=1536,
             decode_budget_tokens=256,
-            decode_delay_steps=16,
+            decode_delay_steps=64,
             decode_evict_interval_steps=64,
             sink_tokens=8,
+            dense_tail_tokens=128,
         )
 
     @classmethod
@@ -112,7 +120,9 @@ class EntropyInferConfig:
         visible tokens (6-19%) and one of an 8k prompt to 25-75%; the first 4096 tokens stay dense (the
         prototype's gate, `small()`'s 1024 x 4). 1024 decode entries are 3-12% of an 8k-32k cache, the share
         `small()`'s 256 are of 2k-8k; re-compression every 256 generated tokens (`small()`: 64). Only full-attention
-        layers are affected: a hybrid model's sliding-window layers keep their window (`hf.enable`).
+        layers are affected: a hybrid model's sliding-window layers keep their window (`hf.enable`). `small()`'s
+        quality levers (`dense_tail_tokens`, the later `decode_delay_steps`) are not carried over: they were
+        measured at 2k-8k only.
         """
         return cls(sink_tokens=8, decode_evict_interval_steps=256)
 

@@ -11,13 +11,16 @@ Equal budgets (all derived from `EntropyInferConfig.small()`, stated here once; 
 - decode: 256 KV entries per kv head (8 sink + 32 local window + 216 scored), observation window 32 queries,
   avg-pool 5, GQA mean; re-compression every 64 generated tokens for every compressing method, so long answers
   stay bounded the same way (SnapKV/AdaKV/StreamingLLM first compress right after the prompt, EntropyInfer after
-  16 generated tokens, which is the "latent" part).
+  64 generated tokens, which is the "latent" part; the paper's execution after 16).
+
+EntropyInfer's own levers (`LEVER_FIELDS`: the segments holding the prompt's last 128 tokens dense, the first
+compression after 64 generated tokens) are `small()`'s; the baselines and `entropyinfer_paper` run without them.
 
 | method | prefill | decode cache |
 |---|---|---|
 | `full` | dense | everything |
-| `entropyinfer` | entropy-typed per-head budgets (β..3β), causal typing | latent: SnapKV scores from prompt tail + 16 generated queries, 256/head |
-| `entropyinfer_paper` | prototype execution: one k per segment (max over heads), whole-prompt typing | latent, compressed once |
+| `entropyinfer` | entropy-typed per-head budgets (β..3β), causal typing, last 128 tokens' segments dense | latent: SnapKV scores from the newest 32 of 64 generated queries, 256/head |
+| `entropyinfer_paper` | prototype execution: one k per segment (max over heads), whole-prompt typing | latent after 16 generated tokens (window: prompt tail + 16 generated queries), compressed once |
 | `entropyinfer_immediate` | as `entropyinfer` | compressed right after the prompt (no latency) |
 | `critiprefill` | fixed β for every head and segment, CritiPrefill layer fusion | everything |
 | `snapkv` | dense | SnapKV: prompt-tail window, uniform 256/head, right after the prompt |
@@ -162,21 +165,35 @@ def _dense(config: EntropyInferConfig) -> EntropyInferConfig:
     return config.replace(min_sparse_len_tokens=DENSE_GATE_TOKENS)
 
 
+# EntropyInfer's own levers beyond the paper (`EntropyInferConfig.small()` turns them on): the baselines and the
+# paper-execution ablation run without them (the dataclass defaults, the prototype's), so each stays the method
+# it names.
+LEVER_FIELDS = ("dense_tail_tokens", "decode_delay_steps")
+
+
+def without_levers(config: EntropyInferConfig) -> EntropyInferConfig:
+    """`config` with EntropyInfer's own levers (`LEVER_FIELDS`) at the dataclass defaults."""
+    defaults = EntropyInferConfig()
+    return config.replace(**{name: getattr(defaults, name) for name in LEVER_FIELDS})
+
+
 def _registry(budgets: str = "small") -> dict[str, tuple[str, EntropyInferConfig | None, str | None]]:
-    BASE = budget_base(budgets)  # noqa: N806 - the module-level name, for this preset
+    DEFAULT = budget_base(budgets)  # noqa: N806 - `entropyinfer` itself
+    BASE = without_levers(DEFAULT)  # noqa: N806 - what every baseline and ablation derives from
     snapkv = _dense(BASE).replace(decode_delay_steps=0)
     window = BASE.decode_budget_tokens - BASE.sink_tokens  # StreamingLLM: sink 8 + newest 248 (small)
     return {
         "full": ("dense attention, full KV cache (plain HF attention)", None, None),
         "entropyinfer": (f"EntropyInferConfig.{budgets}(): entropy-typed per-head prefill budgets, causal typing, "
-                         f"latent decode compression (after {BASE.decode_delay_steps} generated tokens, every "
-                         f"{BASE.decode_evict_interval_steps})", BASE, None),
+                         f"the last {DEFAULT.dense_tail_tokens} prompt tokens' segments dense, latent decode "
+                         f"compression (after {DEFAULT.decode_delay_steps} generated tokens, every "
+                         f"{DEFAULT.decode_evict_interval_steps})", DEFAULT, None),
         "entropyinfer_paper": (f"{budgets} scale, prototype execution: one k per segment (max over kv heads), "
                                "whole-prompt head typing, decode compression once",
                                BASE.replace(per_head_budgets=False, causal_head_typing=False,
                                             decode_evict_interval_steps=0), None),
         "entropyinfer_immediate": ("EntropyInfer with decode_delay_steps=0: compression right after the prompt "
-                                   "(immediate instead of latent)", BASE.replace(decode_delay_steps=0), None),
+                                   "(immediate instead of latent)", DEFAULT.replace(decode_delay_steps=0), None),
         "critiprefill": ("CritiPrefill: fixed budget β for every head and segment (no entropy typing), layer "
                          "fusion, no decode compression",
                          BASE.replace(max_budget_tokens=BASE.base_budget_tokens, layer_fusion=True,
