@@ -323,7 +323,10 @@ def model_facts(url: str) -> tuple[int, int]:
     path = Path(info["model_path"]) / "config.json"
     config = json.loads(path.read_text()) if path.is_file() else {}
     vocab = int(config.get("vocab_size") or 32000)
-    context = int(info.get("max_context_length") or config.get("max_position_embeddings") or 4096)
+    # the server's context length (`--context-length` may be below the config's max_position_embeddings)
+    served = requests.get(url + "/v1/models", timeout=30).json().get("data") or [{}]
+    context = int(served[0].get("max_model_len") or info.get("max_context_length")
+                  or config.get("max_position_embeddings") or 4096)
     return vocab, context
 
 

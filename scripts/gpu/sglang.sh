@@ -170,7 +170,7 @@ PY
       start_server "$log" --enable-entropyinfer --entropyinfer-config '{"decode_free_memory": true}' --enable-metrics \
         --chunked-prefill-size "${SOAK_CHUNK:-16384}"
       timeout "${SOAK_TIMEOUT:-480}" python3 benchmarks/soak.py --url "http://127.0.0.1:$port" --log "$log" --pid "$pid" \
-        --requests "${SOAK_REQUESTS:-200}" --gate 4096 --max-new 48 --out "$OUT/soak.json" > "$OUT/soak.log" 2>&1
+        --requests "${SOAK_REQUESTS:-200}" --gate 4096 --context "$CONTEXT_LEN" --max-new 48 --out "$OUT/soak.json" > "$OUT/soak.log" 2>&1
       echo "soak exit $?" >> "$OUT/soak.log"
       kill $pid; wait $pid 2>/dev/null
       { echo "== soak"; tail -n 25 "$OUT/soak.log"; grep -E "Traceback|leak detected|out of memory" "$log" | head -5; } >> "$SUMMARY" ;;
