@@ -179,7 +179,7 @@ def without_levers(config: EntropyInferConfig) -> EntropyInferConfig:
 
 def _registry(budgets: str = "small") -> dict[str, tuple[str, EntropyInferConfig | None, str | None]]:
     DEFAULT = budget_base(budgets)  # noqa: N806 - `entropyinfer` itself
-    BASE = without_levers(DEFAULT)  # noqa: N806 - what every baseline and ablation derives from
+    BASE = without_levers(DEFAULT)  # noqa: N806 - what the baselines and the paper ablation derive from
     snapkv = _dense(BASE).replace(decode_delay_steps=0)
     window = BASE.decode_budget_tokens - BASE.sink_tokens  # StreamingLLM: sink 8 + newest 248 (small)
     return {
