@@ -252,11 +252,12 @@ def _side_table_bytes_per_token(kvc, cell_size: int) -> int:
         return 0
     from ..core.decode import max_kept_per_head_tokens
     from ..runtime.kernel_path import DecodeTableArena
+    from ..runtime.window_arena import ObservationWindowArena
 
     kv_heads = facts.num_kv_heads
     per_table = DecodeTableArena.bytes_per_table(facts.num_layers, kv_heads, max_kept_per_head_tokens(config, kv_heads))
-    per_windows = (facts.num_layers * config.observation_window_tokens * facts.num_q_heads * facts.head_dim
-                   * facts.dtype_bytes)
+    per_windows = ObservationWindowArena.bytes_per_slot(facts.num_layers, config.observation_window_tokens,
+                                                        facts.num_q_heads, facts.head_dim, facts.dtype_bytes)
     return -(-(per_table + per_windows) // (config.decode_budget_tokens + 1))
 
 
