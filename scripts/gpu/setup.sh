@@ -13,7 +13,8 @@ EI_DIST=/tmp/site/entropyinfer_sgl-0.0.0+source.dist-info
 mkdir -p "$EI_DIST"
 printf 'Metadata-Version: 2.1\nName: entropyinfer-sgl\nVersion: 0.0.0+source\n' > "$EI_DIST/METADATA"
 printf '[sglang.srt.plugins]\nentropyinfer = entropyinfer_sgl.sglang.plugin:register\n' > "$EI_DIST/entry_points.txt"
-if [ -z "${NO_BUNDLE:-}" ] && [ -f .bundle/sglang-0.5.17-bundle.tar.xz ]; then  # NO_BUNDLE=1: a CPU rehearsal
+# NO_BUNDLE=1: a CPU rehearsal. Once unpacked, the bundle serves later calls on this machine without being carried.
+if [ -z "${NO_BUNDLE:-}" ] && { [ -f .bundle/sglang-0.5.17-bundle.tar.xz ] || [ -f /tmp/sg/.unpacked ]; }; then
   [ -f /tmp/sg/.unpacked ] || { mkdir -p /tmp/sg && tar -xJf .bundle/sglang-0.5.17-bundle.tar.xz -C /tmp/sg \
     && touch /tmp/sg/.unpacked; }  # once per machine
   export PYTHONPATH=$PYTHONPATH:/tmp/sg/site
