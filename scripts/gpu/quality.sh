@@ -16,6 +16,8 @@
 # RESUME=benchmarks/quality/results_gpu.json: start every worker from that file's records (a fresh machine goes on
 # where an earlier run stopped; merge_shards.py keeps one copy of each record). Results: $OUT/quality/eval.tgz
 # (unpack it), one file per worker (benchmarks/quality/merge_shards.py joins them).
+# Variables (server): TASKS, LENGTHS, SAMPLES, SHARDS (clients per length), MINUTES, CHUNK (chunked prefill, 2048),
+# SERVER_MEM_FRACTION (--mem-fraction-static, 0.5; less leaves room for other work on the GPU).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
@@ -67,7 +69,7 @@ case "${1:?stage: stash a|b, eval or server}" in
     port=31000
     python3 -m entropyinfer_sgl.sglang.launch_server --model-path "$WORK/hf" --enable-entropyinfer \
       --entropyinfer-config small --context-length 8192 --chunked-prefill-size "${CHUNK:-2048}" --enable-metrics \
-      --mem-fraction-static 0.5 --port "$port" --host 127.0.0.1 > "$WORK/server.log" 2>&1 &
+      --mem-fraction-static "${SERVER_MEM_FRACTION:-0.5}" --port "$port" --host 127.0.0.1 > "$WORK/server.log" 2>&1 &
     server=$!
     for _ in $(seq 400); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 1; done
     curl -sf "http://127.0.0.1:$port/health" > /dev/null || { tail -n 40 "$WORK/server.log"; exit 1; }
