@@ -722,9 +722,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
         k_buf, v_buf = compat.kv_buffers(self.token_to_kv_pool, lv.layer_id)
         table_rows = compat.req_to_token(self.req_to_token_pool)
         for info in tabled:
-            table = info.state.tables[lv.layer_id]
-            positions, lengths = table.visible(info.seq_len)
-            slots = table_rows[info.row].to(torch.int64)[positions]  # [Hkv, width] pool slots
+            slots, lengths = info.state.tables[lv.layer_id].visible_slots(table_rows[info.row], info.seq_len)
             out = compressed_decode_attention(q3[info.index], k_buf, v_buf, slots, lengths, scale=lv.scaling)
             out3[info.index] = out.to(out3.dtype)
         return out3.view(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
