@@ -48,7 +48,7 @@ pub fn visible_slots<S: Copy + Into<i64>>(table: &TableView<'_>, seq_len: usize,
         }
         return Ok(VisibleSlots { slots: Vec::new(), lengths: Vec::new(), width: 0 });
     }
-    if table.positions.len() % h != 0 {
+    if !table.positions.len().is_multiple_of(h) {
         return Err(shape(format!(
             "positions has {} values, not a multiple of num_heads = {h}",
             table.positions.len()
