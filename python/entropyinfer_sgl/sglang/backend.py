@@ -20,7 +20,8 @@ request, layer and step the method leaves dense. Per forward:
   the end of its row and the plugin returns the rest to SGLang, `runtime/compaction.py`).
 
 Two paths with one behaviour: the reference path (a Python loop over requests, SDPA on gathered keys: the CPU
-default) and the kernel path (`runtime/kernel_path.py`: on-device planning, one `sparse_prefill` launch per request and
+default; the pool slots each kv head of a compressed request reads come from the Rust scheduler,
+`DecodeTable.visible_slots`) and the kernel path (`runtime/kernel_path.py`: on-device planning, one `sparse_prefill` launch per request and
 layer, `compressed_decode` over the `DecodeTableArena`: the CUDA default, or CPU under the Triton interpreter with
 ENTROPYINFER_USE_KERNELS=1).
 
