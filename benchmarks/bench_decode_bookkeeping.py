@@ -16,6 +16,10 @@ table arenas, on the CPU here). Prints µs per step (the minimum over repeats of
 pool slots each kv head reads: kept positions, then the tokens appended since the event, through its
 `req_to_token` row): SmolLM2's geometry (3 kv heads, 30 layers), 1024 kept entries per head of a 3000-token cache,
 100 tokens appended. Works on code before `DecodeTable.visible_slots` too (`visible` + a gather), for before/after.
+
+`--gather` times what handing the schedule to one Rust call per step would cost before the call: reading the
+fields `graph_step_allowed` reads from every request's state into an int64 array (`[B, 8]`) and the step's
+sequence lengths as numpy, at the `--batch` sizes (the most such a move could save is the schedule's time minus this).
 """
 
 from __future__ import annotations
@@ -119,6 +123,36 @@ def measure_tables(iterations: int, num_layers: int = 30, num_kv_heads: int = 3,
             "layers": num_layers}
 
 
+def measure_gather(batch: int, iterations: int) -> dict:
+    import numpy as np
+
+    backend = _backend(kernel=True, interval=64, num_rows=batch + 1)
+    store, rids = backend.store, [f"r{i}" for i in range(batch)]
+    for i, rid in enumerate(rids):
+        st = store.begin_extend(rid, i + 1, 0)
+        st.extended_tokens = st.prompt_len = 2000
+        st.holds_window = True
+    seq_lens = torch.full((batch,), 2100)
+
+    def gather():
+        fields = []
+        for rid in rids:
+            st = store.get(rid)
+            cfg = backend.request_config(st)
+            fields.append((st.extended_tokens if st.prompt_len is None else st.prompt_len, st.last_event_checked,
+                           st.holds_window, st.method_enabled, cfg.decode_delay_steps,
+                           cfg.decode_evict_interval_steps, cfg.observation_window_tokens, cfg.decode_budget_tokens))
+        return np.array(fields, dtype=np.int64), seq_lens.numpy()
+
+    for _ in range(100):
+        gather()
+    t0 = time.perf_counter_ns()
+    for _ in range(iterations):
+        gather()
+    return {"what": "schedule inputs gathered", "batch": batch, "iterations": iterations,
+            "per_step_us": (time.perf_counter_ns() - t0) / iterations / 1e3}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", default="1,16,64", help="comma-separated batch sizes")
@@ -126,7 +160,15 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=64, help="decode_evict_interval_steps")
     parser.add_argument("--repeats", type=int, default=5, help="runs per cell (the minimum is reported)")
     parser.add_argument("--tables", action="store_true", help="time the decode-table slots instead (see above)")
+    parser.add_argument("--gather", action="store_true", help="time the schedule inputs' gathering (see above)")
     args = parser.parse_args()
+    if args.gather:
+        for batch in [int(x) for x in args.batch.split(",")]:
+            runs = [measure_gather(batch, args.steps * 10) for _ in range(args.repeats)]
+            best = min(runs, key=lambda r: r["per_step_us"])
+            best["repeats"] = args.repeats
+            print(json.dumps(best), flush=True)
+        return
     if args.tables:
         runs = [measure_tables(args.steps * 5) for _ in range(args.repeats)]
         best = min(runs, key=lambda r: r["per_layer_us"])
