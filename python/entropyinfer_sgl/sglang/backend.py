@@ -21,9 +21,9 @@ request, layer and step the method leaves dense. Per forward:
 
 Two paths with one behaviour: the reference path (a Python loop over requests, SDPA on gathered keys: the CPU
 default; the pool slots each kv head of a compressed request reads come from the Rust scheduler,
-`DecodeTable.visible_slots`) and the kernel path (`runtime/kernel_path.py`: on-device planning, one `sparse_prefill` launch per request and
-layer, `compressed_decode` over the `DecodeTableArena`: the CUDA default, or CPU under the Triton interpreter with
-ENTROPYINFER_USE_KERNELS=1).
+`DecodeTable.visible_slots`) and the kernel path (`runtime/kernel_path.py`: on-device planning, one `sparse_prefill`
+launch per request and layer, `compressed_decode` over the `DecodeTableArena`: the CUDA default, or CPU under the
+Triton interpreter with ENTROPYINFER_USE_KERNELS=1).
 
 CUDA-graph decode (kernel path): the captured graph runs `compressed_decode` over the arena for the whole batch
 (a request without a table reads its whole row), so replays need no per-step preparation: tables change only at
