@@ -2,7 +2,8 @@
 
 Contract: docs/planner_spec.md. Arrays must have exactly the dtype shown (no silent casts: a wrong dtype or a
 non-array raises TypeError, a wrong rank raises ShapeError); any layout is accepted (inputs are copied).
-Every function reads C-contiguous inputs in place (no copy) and computes holding the GIL.
+Every function reads C-contiguous inputs in place (no copy; other layouts are copied) and computes with the GIL
+released. `visible_slots` is serving bookkeeping (every decode step and layer of the reference path), not the spec.
 """
 
 from typing import Optional
@@ -82,3 +83,16 @@ def eviction_order(
     local_window_tokens: int,
 ) -> npt.NDArray[np.int32]:
     """Spec §5: int32[H, T], per head a permutation of 0..T in ascending importance, protected entries last."""
+
+def visible_slots(
+    positions: npt.NDArray[np.int64],
+    lengths: npt.NDArray[np.int64],
+    row: npt.NDArray[np.int32] | npt.NDArray[np.int64],
+    *,
+    base_len: int,
+    seq_len: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(slots int64[Hkv, width], lengths int64[Hkv]): per kv head row[p] for its kept positions p (positions
+    int64[Hkv, max_kept], first lengths[h] of row h, each < base_len), then row[base_len:seq_len], padded with
+    row[0]. ParameterError for a position or length out of range or base_len > seq_len; ShapeError for a row
+    shorter than seq_len."""

@@ -241,8 +241,7 @@ def _compress(k_pool, slots, layers, generator, table=None):
 
 def _expected(q, k_pool, v_pool, tables, row_slots, seq_len, layer):
     if tables is not None and layer in tables:
-        positions, lengths = tables[layer].visible(seq_len)
-        slots = row_slots[positions.to(DEVICE)]
+        slots, lengths = tables[layer].visible_slots(row_slots, seq_len)
     else:
         slots, lengths = row_slots[:seq_len].expand(2, -1), torch.full((2,), seq_len)
     return compressed_decode_reference(q, k_pool, v_pool, slots, lengths, scale=SCALE)[0]

@@ -157,7 +157,7 @@ def test_first_compression_is_the_library_plan(generator):
     assert torch.equal(kept, plan.kept_lengths.to(torch.int64))
     for h in range(2):
         assert torch.equal(table.positions[h, :int(kept[h])], plan.kept_indices[h, :int(kept[h])].to(torch.int64))
-    positions, lengths = table.visible(105)  # five tokens appended since: visible to every head
+    positions, lengths = table.visible_slots(torch.arange(105), 105)  # five tokens appended: visible to every head
     assert torch.equal(lengths, kept + 5)
     assert positions[0, int(kept[0]):int(lengths[0])].tolist() == list(range(100, 105))
 

@@ -5,6 +5,9 @@ prefill chunk and layer and every compression event with it (`plan.reference_pat
 device planner plans instead (no host round trip per layer inside a GPU loop). Inputs that already are contiguous
 CPU tensors of the right dtype reach Rust as numpy views of their memory (no copy). Errors arrive as
 `SchedulerError` subclasses of ValueError.
+
+The Rust scheduler also does host bookkeeping of the serving path that runs every decode step: `visible_slots`
+(`runtime/decode_table.DecodeTable.visible_slots`).
 """
 
 from __future__ import annotations
@@ -80,3 +83,12 @@ def adaptive_budgets(scores: torch.Tensor, *, budget_tokens: int, floor_fraction
 def eviction_order(scores: torch.Tensor, *, sink_tokens: int, local_window_tokens: int) -> torch.Tensor:
     return torch.from_numpy(_module().eviction_order(_f32(scores), sink_tokens=sink_tokens,
                                                      local_window_tokens=local_window_tokens))
+
+
+def visible_slots(positions: torch.Tensor, lengths: torch.Tensor, row: torch.Tensor, *, base_len: int,
+                  seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slots int64 `[Hkv, width]`, lengths int64 `[Hkv]`) of `DecodeTable.visible_slots`; CPU tensors in
+    (int64 positions and lengths, an int32 or int64 row), read in place when contiguous."""
+    slots, visible = _module().visible_slots(positions.numpy(), lengths.numpy(), row.numpy(), base_len=base_len,
+                                             seq_len=seq_len)
+    return torch.from_numpy(slots), torch.from_numpy(visible)

@@ -33,15 +33,19 @@ class DecodeTable:
         return torch.cat([self.positions[head, :n],
                           torch.arange(self.base_len, seq_len, device=self.positions.device)])
 
-    def visible(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(positions `[Hkv, width]` padded with 0, lengths `[Hkv]`) visible to a query at position seq_len-1."""
-        heads = [self.held(h, seq_len) for h in range(self.positions.shape[0])]
-        lengths = torch.tensor([x.numel() for x in heads], dtype=torch.int64)
-        width = int(lengths.max())
-        out = torch.zeros(len(heads), width, dtype=torch.int64, device=self.positions.device)
-        for h, x in enumerate(heads):
-            out[h, : x.numel()] = x
-        return out, lengths
+    def visible_slots(self, row: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pool slots int64 `[Hkv, width]`, lengths int64 `[Hkv]`) a query at position seq_len-1 reads: per kv head
+        its kept positions, then every position from `base_len` on, mapped through `row` (the request's
+        `req_to_token` row, int32 or int64), padded with row[0] (masked by the lengths).
+
+        Host integer bookkeeping of every decode step and layer of the reference path, so it runs in the Rust
+        scheduler (`_scheduler.visible_slots`, reading CPU tensors in place); slots come back on `row`'s device.
+        A `row` of `torch.arange(seq_len)` gives the positions themselves."""
+        from ..core.rust_planner import visible_slots
+
+        slots, lengths = visible_slots(self.positions.cpu(), self.lengths.cpu(), row.cpu(), base_len=self.base_len,
+                                       seq_len=seq_len)
+        return slots.to(row.device), lengths
 
 
 @dataclass(frozen=True)

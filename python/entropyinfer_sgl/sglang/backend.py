@@ -20,9 +20,10 @@ request, layer and step the method leaves dense. Per forward:
   the end of its row and the plugin returns the rest to SGLang, `runtime/compaction.py`).
 
 Two paths with one behaviour: the reference path (a Python loop over requests, SDPA on gathered keys: the CPU
-default) and the kernel path (`runtime/kernel_path.py`: on-device planning, one `sparse_prefill` launch per request and
-layer, `compressed_decode` over the `DecodeTableArena`: the CUDA default, or CPU under the Triton interpreter with
-ENTROPYINFER_USE_KERNELS=1).
+default; the pool slots each kv head of a compressed request reads come from the Rust scheduler,
+`DecodeTable.visible_slots`) and the kernel path (`runtime/kernel_path.py`: on-device planning, one `sparse_prefill`
+launch per request and layer, `compressed_decode` over the `DecodeTableArena`: the CUDA default, or CPU under the
+Triton interpreter with ENTROPYINFER_USE_KERNELS=1).
 
 CUDA-graph decode (kernel path): the captured graph runs `compressed_decode` over the arena for the whole batch
 (a request without a table reads its whole row), so replays need no per-step preparation: tables change only at
@@ -722,9 +723,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
         k_buf, v_buf = compat.kv_buffers(self.token_to_kv_pool, lv.layer_id)
         table_rows = compat.req_to_token(self.req_to_token_pool)
         for info in tabled:
-            table = info.state.tables[lv.layer_id]
-            positions, lengths = table.visible(info.seq_len)
-            slots = table_rows[info.row].to(torch.int64)[positions]  # [Hkv, width] pool slots
+            slots, lengths = info.state.tables[lv.layer_id].visible_slots(table_rows[info.row], info.seq_len)
             out = compressed_decode_attention(q3[info.index], k_buf, v_buf, slots, lengths, scale=lv.scaling)
             out3[info.index] = out.to(out3.dtype)
         return out3.view(q3.shape[0], lv.num_q_heads * lv.v_head_dim)

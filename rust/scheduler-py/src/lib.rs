@@ -343,7 +343,49 @@ fn eviction_order<'py>(
     Ok(vec_2d(py, out, shape[0], shape[1]))
 }
 
-/// EntropyInfer planner (Rust): head budgets, keep counts, CSR block selection, decode budgets, eviction order.
+/// The pool slots one decode step reads per kv head of a compressed request (the reference path's decode
+/// bookkeeping, every step and layer): the table's kept positions, then positions base_len .. seq_len - 1 (appended
+/// since the compression event), mapped through the request's `req_to_token` row, padded with row[0].
+///
+/// positions: int64 [Hkv, max_kept] kept positions (< base_len, increasing; padding past lengths ignored); lengths:
+/// int64 [Hkv]; row: int32 or int64 [>= seq_len] pool slots (read in place when C-contiguous).
+///
+/// Returns (slots int64 [Hkv, width], lengths int64 [Hkv]). Raises ShapeError, ParameterError (a position or length
+/// out of range, base_len > seq_len); TypeError for other dtypes.
+#[pyfunction]
+#[pyo3(signature = (positions, lengths, row, *, base_len, seq_len))]
+fn visible_slots<'py>(
+    py: Python<'py>,
+    positions: &Bound<'py, PyAny>,
+    lengths: &Bound<'py, PyAny>,
+    row: &Bound<'py, PyAny>,
+    base_len: i64,
+    seq_len: i64,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let positions = read_array::<i64>(positions, "positions", "int64", 2)?;
+    let num_heads = positions.shape()[0];
+    let lengths = read_array::<i64>(lengths, "lengths", "int64", 1)?;
+    let (positions, lengths) = (row_major(&positions), row_major(&lengths));
+    let base_len = size(base_len, "base_len")?;
+    let seq_len = size(seq_len, "seq_len")?;
+    let table = core::TableView { positions: &positions, lengths: &lengths, num_heads, base_len };
+    let is_int32 = row.cast::<PyUntypedArray>().is_ok_and(|a| a.dtype().is_equiv_to(&dtype::<i32>(py)));
+    let out = if is_int32 {
+        let row = read_array::<i32>(row, "row", "int32 or int64", 1)?;
+        let row = row_major(&row);
+        py.detach(|| core::visible_slots(&table, seq_len, &row))
+    } else {
+        let row = read_array::<i64>(row, "row", "int32 or int64", 1)?;
+        let row = row_major(&row);
+        py.detach(|| core::visible_slots(&table, seq_len, &row))
+    }
+    .map_err(to_py)?;
+    let slots = vec_2d(py, out.slots, num_heads, out.width);
+    PyTuple::new(py, [slots.into_any(), PyArray1::from_vec(py, out.lengths).into_any()])
+}
+
+/// EntropyInfer planner (Rust): head budgets, keep counts, CSR block selection, decode budgets, eviction order, and the
+/// decode tables' visible slots (serving bookkeeping).
 #[pymodule]
 fn _scheduler(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -357,5 +399,6 @@ fn _scheduler(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(select_blocks, m)?)?;
     m.add_function(wrap_pyfunction!(adaptive_budgets, m)?)?;
     m.add_function(wrap_pyfunction!(eviction_order, m)?)?;
+    m.add_function(wrap_pyfunction!(visible_slots, m)?)?;
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! | §3 | [`select_blocks`] | [`select`] |
 //! | §4 | [`adaptive_budgets`] | [`decode`] |
 //! | §5 | [`eviction_order`] | [`decode`] |
+//! | – | [`visible_slots`] (serving bookkeeping, every decode step) | [`decode_table`] |
 //!
 //! Every function validates its inputs and returns a [`SchedulerError`] instead of panicking or propagating NaN.
 //!
@@ -37,6 +38,7 @@
 
 pub mod budget;
 pub mod decode;
+pub mod decode_table;
 pub mod error;
 pub mod geometry;
 mod order;
@@ -44,6 +46,7 @@ pub mod select;
 
 pub use budget::{head_budgets, keep_blocks, BudgetParams, HeadBudgets, HeadState, HeadTyping};
 pub use decode::{adaptive_budgets, eviction_order};
+pub use decode_table::{visible_slots, TableView, VisibleSlots};
 pub use error::{Result, SchedulerError};
 pub use geometry::Geometry;
 pub use select::{select_blocks, select_blocks_with_threads, Csr};
