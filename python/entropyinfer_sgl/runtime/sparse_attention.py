@@ -29,8 +29,9 @@ def sparse_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pl
     Returns `[Lc, Hq, D]` in q's dtype. Equals the chunk's rows of `sparse_prefill_reference(q_all, k, v, plan)`.
 
     Runs of segments whose rows list every visible block go through one causal SDPA call each; the other
-    segments are gathered and attended `SEGMENTS_PER_CALL` at a time (the chunk's first segment alone when the
-    chunk starts inside it: it has fewer queries).
+    segments' rows (kv head x segment) are gathered, sorted by length and attended in calls of rows of similar
+    length (`PACK_FILL`), at most `SEGMENTS_PER_CALL` segments' worth per call (a segment the chunk starts inside,
+    or the sequence ends inside, alone: it has fewer queries).
     """
     seq_len, num_kv_heads, head_dim = k.shape
     chunk_len, num_q_heads, _ = q.shape
