@@ -15,7 +15,10 @@ which with the default 32 includes the first compression event (after 16 generat
 
 Prints one row per length and server: median TTFT and decode step of each arm, their ratio, the server's CPU seconds per
 request (its processes' user + system time: less disturbed than wall time by other jobs on a shared machine), and
-every TTFT sample; `--json` appends the rows.
+every TTFT sample; then the paired on/off ratios: per repeat, the on request over the off request of the same
+repeat (adjacent in time, so they share the machine's load), their geometric mean and its 95% percentile-bootstrap
+interval (`evaluation.stats.mean_interval` of the log ratios), for TTFT and server CPU. The 1-minute load average is
+recorded at every request. `--json` appends the rows.
 
 `--host` times instead, in this process, the host work of the CPU engine's reference path for one request of
 SmolLM2's geometry (30 layers, 9 query / 3 kv heads of 64, `small`, 1024-token chunks), on random post-RoPE q/k/v
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import platform
 import statistics
@@ -45,6 +49,7 @@ import requests
 from transformers import AutoTokenizer
 
 from entropyinfer_sgl.evaluation.haystack import build_passkey_prompt
+from entropyinfer_sgl.evaluation.stats import mean_interval
 from entropyinfer_sgl.evaluation.models import export_smollm2
 from entropyinfer_sgl.serve_demo import DemoServer, ask
 from entropyinfer_sgl.sglang import site_hooks
@@ -148,6 +153,18 @@ def server_cpu_s(root_pid: int) -> float:
     return total
 
 
+def paired_ratio(on: list[float], off: list[float]) -> dict:
+    """Geometric mean of the per-repeat ratios on[i] / off[i], with its 95% bootstrap interval and N (pairs)."""
+    logs = {i: math.log(a / b) for i, (a, b) in enumerate(zip(on, off))}
+    interval = mean_interval({"pairs": logs})
+    return dict(ratio=math.exp(interval.mean), low=math.exp(interval.low), high=math.exp(interval.high),
+                n=interval.n)
+
+
+def format_ratio(paired: dict) -> str:
+    return f"{paired['ratio']:.3f} [{paired['low']:.3f}, {paired['high']:.3f}]"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", default="2048,3072,6144", help="prompt lengths, comma-separated")
@@ -188,13 +205,14 @@ def main() -> int:
         for server in servers.values():
             server.wait_ready(600)
 
-        def one(server: DemoServer, message: str, enabled: bool, tag: str) -> tuple[float, float, float]:
-            """(TTFT s, decode s per step, server CPU s for the request)"""
+        def one(server: DemoServer, message: str, enabled: bool, tag: str) -> tuple[float, float, float, float]:
+            """(TTFT s, decode s per step, server CPU s for the request, 1-minute load average at its end)"""
             requests.post(server.url + "/flush_cache", timeout=60)
             cpu = server_cpu_s(server.proc.pid)
             _, ttft, total = ask(server, message, rid=f"bench-{tag}-{os.getpid()}-{time.monotonic_ns()}",
                                  new_tokens=args.new_tokens, enabled=enabled)
-            return ttft, (total - ttft) / (args.new_tokens - 1), server_cpu_s(server.proc.pid) - cpu
+            return (ttft, (total - ttft) / (args.new_tokens - 1), server_cpu_s(server.proc.pid) - cpu,
+                    os.getloadavg()[0])
 
         warm = build_passkey_prompt(tokenizer, total_tokens=1024, seed=99).user_message
         for server in servers.values():
@@ -213,11 +231,14 @@ def main() -> int:
                            git_sha=git_sha(), machine=f"{platform.machine()} {os.cpu_count()} cpus",
                            date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
                 for enabled, arm in ((True, "on"), (False, "off")):
-                    ttft, step, cpu = (list(x) for x in zip(*samples[name, enabled]))
+                    ttft, step, cpu, load = (list(x) for x in zip(*samples[name, enabled]))
                     row.update({f"ttft_{arm}_s": ttft, f"decode_step_{arm}_s": step, f"cpu_{arm}_s": cpu,
+                                f"load_{arm}": load,
                                 f"median_ttft_{arm}_s": statistics.median(ttft),
                                 f"median_step_{arm}_s": statistics.median(step),
                                 f"median_cpu_{arm}_s": statistics.median(cpu)})
+                row["paired_ttft"] = paired_ratio(row["ttft_on_s"], row["ttft_off_s"])
+                row["paired_cpu"] = paired_ratio(row["cpu_on_s"], row["cpu_off_s"])
                 rows.append(row)
                 print(f"{name:8s} {prompt.num_tokens:6d} tokens: TTFT on {row['median_ttft_on_s']:6.2f} s, off "
                       f"{row['median_ttft_off_s']:6.2f} s (on/off {row['median_ttft_on_s'] / row['median_ttft_off_s']:.2f}); "
@@ -225,6 +246,13 @@ def main() -> int:
                       f"(on/off {row['median_cpu_on_s'] / row['median_cpu_off_s']:.2f}); decode step on "
                       f"{row['median_step_on_s'] * 1e3:.0f} ms, off {row['median_step_off_s'] * 1e3:.0f} ms; TTFT on "
                       f"{[round(x, 1) for x in row['ttft_on_s']]}, off {[round(x, 1) for x in row['ttft_off_s']]}",
+                      flush=True)
+                loads = row["load_on"] + row["load_off"]
+                print(f"{name:8s} {prompt.num_tokens:6d} tokens, paired on/off (geometric mean of {args.repeats} "
+                      f"per-repeat ratios, 95% bootstrap interval): TTFT " + format_ratio(row["paired_ttft"]) +
+                      ", server CPU " + format_ratio(row["paired_cpu"]) +
+                      f"; load average {min(loads):.1f}-{max(loads):.1f}; CPU on "
+                      f"{[round(x, 1) for x in row['cpu_on_s']]}, off {[round(x, 1) for x in row['cpu_off_s']]}",
                       flush=True)
     except Exception as err:  # noqa: BLE001 - reported with the servers' logs
         print(f"error: {err}", file=sys.stderr)

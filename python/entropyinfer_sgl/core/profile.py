@@ -70,16 +70,25 @@ def segment_representatives(q: torch.Tensor, segment_size_tokens: int) -> tuple[
     full = (num_segments - 1) * segment_size_tokens
     body = q[:full].view(num_segments - 1, segment_size_tokens, *q.shape[1:])
     tail = q[full:]
-    body_min, body_max = torch.aminmax(body, dim=1)  # one pass over q for both
-    tail_min, tail_max = torch.aminmax(tail, dim=0, keepdim=True)
+    body_max, body_min = max_min(body, dim=1)
+    tail_max, tail_min = max_min(tail, dim=0, keepdim=True)
     return torch.cat([body_max, tail_max], dim=0), torch.cat([body_min, tail_min], dim=0)
 
 
 def block_representatives(k: torch.Tensor, num_blocks: int, block_size_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Elementwise max and min of k over each of the first `num_blocks` blocks: two `[num_blocks, Hkv, D]`."""
     blocks = k[: num_blocks * block_size_tokens].view(num_blocks, block_size_tokens, *k.shape[1:])
-    k_min, k_max = torch.aminmax(blocks, dim=1)
-    return k_max, k_min
+    return max_min(blocks, dim=1)
+
+
+def max_min(x: torch.Tensor, dim: int, keepdim: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elementwise (max, min) of x over `dim`. On a CPU as two reductions: torch's `aminmax` over a dimension that
+    is not the innermost runs ~10x slower there than `amax` and `amin` together (the keys of a 1024-token chunk
+    in 8-token blocks: 700 vs 52 µs on one thread); elsewhere `aminmax`, which reads x once. Same values."""
+    if x.device.type == "cpu":
+        return x.amax(dim=dim, keepdim=keepdim), x.amin(dim=dim, keepdim=keepdim)
+    low, high = torch.aminmax(x, dim=dim, keepdim=keepdim)
+    return high, low
 
 
 def block_causal_mask(num_segments: int, num_blocks: int, blocks_per_segment: int, dtype: torch.dtype,

@@ -22,7 +22,7 @@ from ..core.budgets import HeadTypingState, head_budgets, keep_blocks
 from ..core.config import EntropyInferConfig
 from ..core.plan import PlannerBackend, PrefillPlan, plan_prefill, reference_path_planner
 from ..core.profile import (LAYER_FUSION_PREVIOUS_WEIGHT, HeadProfile, attention_entropy, block_representatives,
-                            scores_from_representatives, segment_representatives)
+                            max_min, scores_from_representatives, segment_representatives)
 from ..core.transfer import host_to_device
 from .host_threads import planner_threads
 
@@ -234,7 +234,7 @@ def _chunk_representatives(rows: torch.Tensor, offset: int, segment: int) -> tup
     head = min(segment - offset, rows.shape[0]) if offset else 0  # the rest of the segment the chunk starts in
     maxima, minima = [], []
     if head:
-        low, high = torch.aminmax(rows[:head], dim=0, keepdim=True)
+        high, low = max_min(rows[:head], dim=0, keepdim=True)
         maxima.append(high)
         minima.append(low)
     if rows.shape[0] > head:

@@ -15,6 +15,9 @@ from ..core.plan import PrefillPlan
 # Sparse segments attended in one SDPA call: few calls (on a busy CPU every small op pays thread start-up and
 # Python overhead), bounded memory (the math path holds [Hkv, n, group, segment, width] scores).
 SEGMENTS_PER_CALL = 8
+# Rows packed into one gathered call are at least this fraction of its longest row (padding is computed, then
+# masked away: at 2k tokens the rows of a chunk range 80-208 blocks, and one call padded them all to the longest)
+PACK_FILL = 0.8
 
 
 def sparse_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: PrefillPlan, *,
@@ -26,8 +29,9 @@ def sparse_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pl
     Returns `[Lc, Hq, D]` in q's dtype. Equals the chunk's rows of `sparse_prefill_reference(q_all, k, v, plan)`.
 
     Runs of segments whose rows list every visible block go through one causal SDPA call each; the other
-    segments are gathered and attended `SEGMENTS_PER_CALL` at a time (the chunk's first segment alone when the
-    chunk starts inside it: it has fewer queries).
+    segments' rows (kv head x segment) are gathered, sorted by length and attended in calls of rows of similar
+    length (`PACK_FILL`), at most `SEGMENTS_PER_CALL` segments' worth per call (a segment the chunk starts inside,
+    or the sequence ends inside, alone: it has fewer queries).
     """
     seq_len, num_kv_heads, head_dim = k.shape
     chunk_len, num_q_heads, _ = q.shape
@@ -59,38 +63,50 @@ def sparse_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pl
             qh[None, :, q0 - prefix_len:q1 - prefix_len], kh[None, :, :q1], vh[None, :, :q1], attn_mask=mask,
             is_causal=causal, scale=scale, enable_gqa=group > 1)[0]
 
-    def gathered_rows(segments: list[int]) -> None:  # segments with the same query range within each
-        q0 = max(segments[0] * segment, prefix_len)
-        q1 = min((segments[0] + 1) * segment, seq_len)
+    def gathered_rows(heads: torch.Tensor, segments: torch.Tensor) -> None:
+        """Rows (kv head `heads[i]`, segment `segments[i]`), segments with the same query range within each."""
+        q0 = max(int(segments[0]) * segment, prefix_len)
+        q1 = min((int(segments[0]) + 1) * segment, seq_len)
         n, per_segment = len(segments), q1 - q0
-        sel = torch.tensor(segments)
-        lengths, starts = row_len[:, sel], row_start[:, sel]  # [Hkv, n]
+        lengths, starts = row_len[heads, segments], row_start[heads, segments]  # [n]
         slot = torch.arange(int(lengths.max()))
-        valid = slot < lengths[..., None]  # [Hkv, n, width in blocks]
-        where = torch.where(valid, starts[..., None] + slot, 0).to(q.device)
+        valid = slot < lengths[:, None]  # [n, width in blocks]
+        where = torch.where(valid, starts[:, None] + slot, 0).to(q.device)
         blocks = torch.where(valid.to(q.device), indices[where], num_blocks_total)  # padding: a block past the end
-        token = (blocks[..., None] * block + torch.arange(block, device=q.device)).flatten(-2)  # [Hkv, n, width]
-        query_pos = sel.to(q.device)[:, None] * segment + torch.arange(q0 - segments[0] * segment,
-                                                                        q1 - segments[0] * segment, device=q.device)
+        token = (blocks[..., None] * block + torch.arange(block, device=q.device)).flatten(-2)  # [n, width]
+        query_pos = segments.to(q.device)[:, None] * segment + torch.arange(
+            q0 - int(segments[0]) * segment, q1 - int(segments[0]) * segment, device=q.device)  # [n, Sq]
         # every query is before seq_len, so padding and positions past the end compare False: one pass
-        mask = token[:, :, None, :] <= query_pos[None, :, :, None]  # [Hkv, n, Sq, width]
-        flat_rows = row_of(token.clamp_(max=seq_len - 1),
-                           torch.arange(num_kv_heads, device=q.device)[:, None, None]).flatten()
+        mask = token[:, None, :] <= query_pos[:, :, None]  # [n, Sq, width]
+        on_device = heads.to(q.device)
+        flat_rows = row_of(token.clamp_(max=seq_len - 1), on_device[:, None]).flatten()
         width = token.shape[-1]
-        keys = k_rows.index_select(0, flat_rows).view(num_kv_heads * n, 1, width, head_dim)
-        values = v_rows.index_select(0, flat_rows).view(num_kv_heads * n, 1, width, head_dim)
-        if segments[-1] - segments[0] == n - 1:  # consecutive segments (the usual case): one slice of rows
-            rows = slice(q0 - prefix_len, q0 - prefix_len + n * per_segment)
-        else:
-            rows = (query_pos - prefix_len).flatten()
-        grouped = q[rows].reshape(n, per_segment, num_kv_heads, group, head_dim).permute(2, 0, 3, 1, 4)
+        keys = k_rows.index_select(0, flat_rows).view(n, 1, width, head_dim)
+        values = v_rows.index_select(0, flat_rows).view(n, 1, width, head_dim)
+        rows = query_pos - prefix_len  # [n, Sq] rows of the chunk
+        grouped = q.unflatten(1, (num_kv_heads, group))[rows, on_device[:, None]]  # [n, Sq, G, D]
         # 4-d with (kv head, segment) as the batch: 5-d inputs take a slower SDPA path on CPU
-        attended = F.scaled_dot_product_attention(
-            grouped.reshape(num_kv_heads * n, group, per_segment, head_dim), keys, values,
-            attn_mask=mask.view(num_kv_heads * n, 1, per_segment, width), scale=scale,
-        ).view(num_kv_heads, n, group, per_segment, head_dim)
-        out.view(num_kv_heads, group, chunk_len, head_dim)[:, :, rows] = (
-            attended.transpose(1, 2).reshape(num_kv_heads, group, n * per_segment, head_dim))
+        attended = F.scaled_dot_product_attention(grouped.transpose(1, 2).contiguous(), keys, values,
+                                                  attn_mask=mask[:, None], scale=scale)  # [n, G, Sq, D]
+        out.view(num_kv_heads, group, chunk_len, head_dim).permute(0, 2, 1, 3)[on_device[:, None], rows] = (
+            attended.transpose(1, 2))
+
+    def gathered_segments(segments: list[int]) -> None:
+        """The rows of these segments (same query range within each), every kv head, packed by row length: one
+        SDPA call pads every row to its longest and computes the padding before masking it away, so rows of
+        similar lengths go together (`PACK_FILL`). The padding is masked: it changes a row's float32 result by
+        rounding only (a wider call sums in other tiles), as the batch a row was padded in always did."""
+        heads = torch.arange(num_kv_heads).repeat_interleave(len(segments))
+        segs = torch.tensor(segments).repeat(num_kv_heads)
+        order = torch.argsort(row_len[heads, segs], descending=True, stable=True)
+        heads, segs = heads[order], segs[order]
+        lengths = row_len[heads, segs].tolist()
+        start = 0
+        for end in range(1, len(lengths) + 1):
+            if end == len(lengths) or lengths[end] < PACK_FILL * lengths[start] \
+                    or end - start == num_kv_heads * SEGMENTS_PER_CALL:
+                gathered_rows(heads[start:end], segs[start:end])
+                start = end
 
     run_start = None  # start of a run of dense segments
     batch: list[int] = []
@@ -102,15 +118,12 @@ def sparse_chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pl
         if run_start is not None:
             dense_rows(run_start, q0)
             run_start = None
-        if q0 > s * segment:  # the chunk starts inside this segment: fewer queries, a call of its own
-            gathered_rows([s])
+        if q0 > s * segment or (s + 1) * segment > seq_len:  # the chunk starts (or the sequence ends) inside this
+            gathered_segments([s])  # segment: fewer queries, a call of its own
             continue
         batch.append(s)
-        if len(batch) == SEGMENTS_PER_CALL:
-            gathered_rows(batch)
-            batch = []
     if batch:
-        gathered_rows(batch)
+        gathered_segments(batch)
     if run_start is not None:
         dense_rows(run_start, seq_len)
     return out.transpose(0, 1)
