@@ -85,10 +85,14 @@ def test_eval_out_of_another_model_or_a_folder(capsys, tmp_path, no_model_load):
 
 
 def test_eval_in_bfloat16_never_adds_to_float32_results(capsys, tmp_path, no_model_load):
-    """`--dtype bfloat16` records name the dtype in the file's model, so a float32 file refuses them (and back)."""
+    """`--dtype bfloat16` records name the dtype in the file's model, so a float32 file refuses them (and back);
+    with `--server` the flag would do nothing (the server's own dtype decides), so it is refused."""
     out = _results(tmp_path / "r.json", [RECORD])
     line = _refused(capsys, ["eval", "--out", out, "--methods", "full", "--tasks", "passkey", "--dtype", "bfloat16"])
     assert "holds results of model 'smollm2', not 'smollm2 (bfloat16)'" in line, line
+    line = _refused(capsys, ["eval", "--out", str(tmp_path / "s.json"), "--server", "http://127.0.0.1:9",
+                             "--dtype", "bfloat16"])
+    assert "--dtype bfloat16 with --server: the server runs the model in the dtype it was launched with" in line
     with pytest.raises(SystemExit) as exited:
         cli.main(["eval", "--dtype", "float16"])
     assert exited.value.code == 2 and "argument --dtype: invalid choice: 'float16'" in capsys.readouterr().err

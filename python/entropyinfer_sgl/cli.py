@@ -186,7 +186,7 @@ def _load(args):
 def model_label(args) -> str:
     """The results file's model: `--model`, with the dtype where it is not float32 (records of two precisions are
     never one method's)."""
-    return args.model if args.server or args.dtype == "float32" else f"{args.model} ({args.dtype})"
+    return args.model if args.dtype == "float32" else f"{args.model} ({args.dtype})"
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -281,6 +281,9 @@ def cmd_eval(args) -> int:
     from .evaluation.tasks import TASKS
 
     if args.server:
+        if args.dtype != "float32":  # the server runs the model in its own --dtype: a flag here would do nothing
+            raise UsageError(f"--dtype {args.dtype} with --server: the server runs the model in the dtype it was "
+                             "launched with (its --dtype); drop --dtype here")
         from .evaluation.server import SERVER_METHODS, server_method
 
         try:
