@@ -114,7 +114,7 @@ def compare_layer(q, k, v, scale: float, config: EntropyInferConfig, layer_idx: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="bfloat16")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
     parser.add_argument("--task", choices=sorted(TASKS), default="passkey")
     parser.add_argument("--sample", type=int, default=0)
     parser.add_argument("--length", type=int, default=4000, help="prompt tokens (default 4000)")
