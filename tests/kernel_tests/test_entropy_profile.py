@@ -146,3 +146,27 @@ def test_device_plan_bf16_real_size(generator):
     assert torch.equal(plan.indices[:nnz].cpu(), reference.indices)
     oracle = block_scores(q.float(), k.float(), cfg)
     assert torch.allclose(profile.block_scores.float(), oracle, atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_entropy_kernel_bf16_types_like_float32(generator):
+    """bfloat16 on a GPU, SmolLM2's geometry and `small()`: peaked and spread block distributions (not the near-uniform
+    ones of plain randn, which any p passes), entropies and typing against the float32 oracle. Triton's CPU
+    interpreter computes `tl.dot` of bfloat16 wrongly, so only a GPU can check the kernel's bfloat16."""
+    from entropyinfer_sgl.core.device_plan import plan_prefill_device
+    from entropyinfer_sgl.kernels.entropy_profile import block_scores_and_entropy
+
+    config = EntropyInferConfig.small()
+    q, k = structured_qk(4096, 9, 3, 64, generator=generator, rigid_kv_heads=(0,), spike=12.0)
+    q[:, 3:6] *= 0.3  # kv head 1: spread distributions (high entropy); kv head 2 as drawn: peaked
+    q, k = q.to("cuda", torch.bfloat16), k.to("cuda", torch.bfloat16)
+    p, entropy = block_scores_and_entropy(q, k, config)
+    p_ref = block_scores(q.float(), k.float(), config)
+    entropy_ref = attention_entropy(p_ref)
+    assert not bool(torch.isnan(p).any()) and not bool(torch.isnan(entropy).any())
+    assert torch.allclose(p.float(), p_ref, atol=2e-2, rtol=0)
+    assert torch.allclose(entropy[:, 1:], entropy_ref[:, 1:], atol=5e-2, rtol=2e-2)
+    assert float(entropy_ref[1, 1:].min()) > 1.0 > float(entropy_ref[0, 1:].max())  # the inputs do spread and peak
+    profile, _ = plan_prefill_device(q, k, config, layer_idx=3)
+    assert torch.equal(profile.rigid.cpu(), profile_prefill(q.float(), k.float(), config).rigid)
