@@ -74,6 +74,23 @@ def test_half_precision_matches_prototype_scores(generator):
         assert prof.rigid.tolist() == [True, False]
 
 
+def test_float32_block_scores_score_16_bit_inputs_as_float32(generator):
+    """`float32_block_scores`: bf16/fp16 q/k are scored, normalised and entropied exactly as their float32 upcast
+    (the default rounds every score to the model dtype, the prototype's arithmetic, and differs)."""
+    q, k = structured_qk(700, 4, 2, 32, generator=generator)
+    q[:, 2:] *= 4.0  # kv head 1: scores in the tens, where bf16 rounds to whole units
+    switched = SMALL_PAPER.replace(float32_block_scores=True)
+    for dtype in (torch.float16, torch.bfloat16):
+        qh, kh = q.to(dtype), k.to(dtype)
+        prof = profile_prefill(qh, kh, switched)
+        upcast = profile_prefill(qh.float(), kh.float(), SMALL_PAPER)
+        assert prof.block_scores.dtype == torch.float32
+        assert torch.equal(prof.block_scores, upcast.block_scores)
+        assert torch.equal(prof.entropy, upcast.entropy) and torch.equal(prof.budget_tokens, upcast.budget_tokens)
+        default = profile_prefill(qh, kh, SMALL_PAPER)
+        assert not torch.equal(default.block_scores.float(), upcast.block_scores)
+
+
 def test_layer_fusion_mixes_previous_layer(generator):
     q, k = structured_qk(600, 4, 2, 32, generator=generator)
     cfg = SMALL_PAPER.replace(layer_fusion=True)

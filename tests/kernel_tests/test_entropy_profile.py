@@ -31,6 +31,25 @@ def test_block_scores_and_entropy_match_oracle(seq_len, num_q_heads, num_kv_head
     assert torch.allclose(entropy[:, 1:].cpu(), entropy_ref[:, 1:].float().cpu(), atol=tol_e, rtol=tol_e)
 
 
+def test_float32_block_scores_in_the_kernel(generator):
+    """`float32_block_scores` with 16-bit inputs: float32 products and a float32 p, the float32 oracle's values on
+    the same inputs, to a float32 tolerance that a 16-bit p cannot meet (bf16 only on a GPU: the default path's
+    bf16 `tl.dot` is wrong in the CPU interpreter)."""
+    from entropyinfer_sgl.kernels.entropy_profile import block_scores_and_entropy
+
+    dtypes = [torch.float16, torch.bfloat16] if DEVICE == "cuda" else [torch.float16]
+    config = CFG.replace(float32_block_scores=True)
+    for dtype in dtypes:
+        q, k = structured_qk(333, 8, 2, 32, generator=generator, spike=6.0)
+        q[:, 4:] *= 3.0
+        q, k = q.to(DEVICE, dtype), k.to(DEVICE, dtype)
+        p, entropy = block_scores_and_entropy(q, k, config, block_j=32)
+        p_ref = block_scores(q.float(), k.float(), CFG)
+        assert p.dtype == torch.float32 and not bool(torch.isnan(p).any())
+        assert torch.allclose(p.cpu(), p_ref.cpu(), atol=2e-5, rtol=0)
+        assert torch.allclose(entropy[:, 1:].cpu(), attention_entropy(p_ref)[:, 1:].cpu(), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_budget_scan_equals_torch_planner(causal, generator):
     from entropyinfer_sgl.kernels.budget_scan import head_budgets_device

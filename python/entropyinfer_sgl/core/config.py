@@ -51,6 +51,8 @@ class EntropyInferConfig:
     # segment's selection (inside its budget: density unchanged); 0 = scores alone decide, as the prototype
     prefill_local_tokens: int = 0  # the blocks of the this many tokens just before a sparse segment (its
     # neighbours) rank first as well, after the sink blocks; 0 = as the prototype
+    float32_block_scores: bool = False  # score blocks (representatives x key blocks) in float32 whatever the
+    # model dtype; False = in the model dtype, as the prototype (bf16 rounds a score of ~100 to steps of 0.5 nats)
 
     # --- decode: latent KV compression ------------------------------------------------------------------
     decode_compression: bool = True  # prototype `latent_decode`
@@ -194,8 +196,8 @@ _INT_FIELDS_MIN = {
     "prefill_local_tokens": 0,
     "schema_version": 1,
 }
-_BOOL_FIELDS = ("layer_fusion", "per_head_budgets", "causal_head_typing", "decode_compression",
-                "adaptive_decode_budgets", "decode_free_memory")
+_BOOL_FIELDS = ("layer_fusion", "per_head_budgets", "causal_head_typing", "float32_block_scores",
+                "decode_compression", "adaptive_decode_budgets", "decode_free_memory")
 
 
 def _fail(name: str, value: Any, why: str) -> None:

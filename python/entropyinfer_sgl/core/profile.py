@@ -4,7 +4,8 @@ This is the prototype's `cache_profilling` (SHA-4096/EntropyInfer `entropy_infer
 sequence, operation for operation in the input dtype so that float32 inputs reproduce it to the element:
 max/min representatives, score = max(mean-q . kmax, mean-q . kmin) without 1/sqrt(d), the GQA mean before the
 softmax, the block-causal mask (block j visible to segment s iff j <= s * S/b - 1) added as the dtype's most
-negative value, softmax in float32 cast back to the input dtype, entropy with +1e-9. Deliberate differences: float16
+negative value, softmax in float32 cast back to the input dtype, entropy with +1e-9 (`float32_block_scores`: scores,
+p and so the entropy in float32 whatever the input dtype, a switch beyond the prototype). Deliberate differences: float16
 entropies are computed in float32 (the prototype's are NaN there), and the budget recurrence runs in float32 for every input dtype (the prototype runs it in the model
 dtype, which quantises bfloat16 budgets to 8 mantissa bits); for float32 inputs both are the same.
 """
@@ -103,7 +104,8 @@ def block_causal_mask(num_segments: int, num_blocks: int, blocks_per_segment: in
 def scores_from_representatives(q_max: torch.Tensor, q_min: torch.Tensor, k: torch.Tensor,
                                 config: EntropyInferConfig, seq_len: int, first_segment: int = 0,
                                 key_representatives: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """The block distribution p `[Hkv, rows, num_blocks]` (q's dtype) of the segments from `first_segment` on.
+    """The block distribution p `[Hkv, rows, num_blocks]` (q's dtype; float32 with `config.float32_block_scores`)
+    of the segments from `first_segment` on.
 
     q_max / q_min: `[rows, Hq, D]` those segments' representatives; k: `[>= num_blocks * block, Hkv, D]` keys of
     a `seq_len`-token sequence. Whole prompts (`block_scores`) and prefill chunks (`runtime.chunk_plan`) both score
@@ -113,6 +115,7 @@ def scores_from_representatives(q_max: torch.Tensor, q_min: torch.Tensor, k: tor
     """
     num_rows, num_q_heads, head_dim = q_max.shape
     num_kv_heads = k.shape[1]
+    p_dtype = torch.float32 if config.float32_block_scores else q_max.dtype
     group = num_q_heads // num_kv_heads
     segment, block = config.segment_size_tokens, config.block_size_tokens
     blocks_per_segment = segment // block
@@ -124,6 +127,8 @@ def scores_from_representatives(q_max: torch.Tensor, q_min: torch.Tensor, k: tor
     if k_max.shape[0] != num_blocks:
         raise ValueError(f"{k_max.shape[0]} key block representatives for a {seq_len}-token sequence with "
                          f"{num_blocks} scored blocks")
+    if config.float32_block_scores:  # the same operations on the same values, in float32
+        q_max, q_min, k_max, k_min = (t.float() for t in (q_max, q_min, k_max, k_min))
     # Same batched matmul shapes as the prototype ([2*nseg, D] x [D, NB] per query head) so float32 matches
     # to the element; keys broadcast over the group instead of being copied per query head.
     qq = torch.cat([q_max, q_min], dim=0).permute(1, 0, 2).reshape(num_kv_heads, group, 2 * num_rows, head_dim)
@@ -135,7 +140,7 @@ def scores_from_representatives(q_max: torch.Tensor, q_min: torch.Tensor, k: tor
     scores = torch.max(scores_max, scores_min).mean(dim=1)  # GQA mean before the softmax: [Hkv, rows, NB]
     mask = block_causal_mask(num_segments, num_blocks, blocks_per_segment, scores.dtype, scores.device)
     scores = scores + mask[first_segment:]
-    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q_max.dtype)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(p_dtype)
 
 
 def block_scores(q: torch.Tensor, k: torch.Tensor, config: EntropyInferConfig) -> torch.Tensor:

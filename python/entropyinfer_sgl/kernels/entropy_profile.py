@@ -49,7 +49,8 @@ def _block_entropy_kernel(
     dims = tl.arange(0, HEAD_DIM)
     m = tl.load(m_ptr + row_segment[:, None] * stride_ms + (kv_head * GROUP + row_head)[:, None] * stride_mh
                 + dims[None, :], mask=row_ok[:, None], other=0.0)
-    m = m.to(kmax_ptr.dtype.element_ty)
+    if not IEEE_DOT:  # 16-bit products on the tensor cores; else float32 (`float32_block_scores`, float32 inputs)
+        m = m.to(kmax_ptr.dtype.element_ty)
     segments = first + tl.arange(0, SEGMENTS)
     segment_ok = segments < num_segments
     visible = tl.where(segment_ok, segments * blocks_per_segment, 0)  # [SEGMENTS]
@@ -101,8 +102,8 @@ def _segment_scores(m, kmax_ptr, kmin_ptr, k_base, blocks, visible, stride_kb, r
     k_max = tl.load(kmax_ptr + offsets, mask=loadable[:, None], other=0.0)
     k_min = tl.load(kmin_ptr + offsets, mask=loadable[:, None], other=0.0)
     if IEEE_DOT:
-        s_max = tl.dot(m, tl.trans(k_max), input_precision="ieee")
-        s_min = tl.dot(m, tl.trans(k_min), input_precision="ieee")
+        s_max = tl.dot(m, tl.trans(k_max.to(tl.float32)), input_precision="ieee")
+        s_min = tl.dot(m, tl.trans(k_min.to(tl.float32)), input_precision="ieee")
     else:
         s_max = tl.dot(m, tl.trans(k_max))
         s_min = tl.dot(m, tl.trans(k_min))
@@ -117,7 +118,8 @@ def block_scores_and_entropy(q: torch.Tensor, k: torch.Tensor, config: EntropyIn
 
     q: [L, Hq, D], k: [L, Hkv, D] (CUDA, or CPU under TRITON_INTERPRET=1); token rows may be strided (head
     slices of a fused QKV projection): only the representatives are read by the kernel. Returns the block distribution
-    p [Hkv, nseg, num_blocks] in q's dtype and the entropy float32 [Hkv, nseg].
+    p [Hkv, nseg, num_blocks] in q's dtype (float32 with `config.float32_block_scores`: scores from float32
+    products, not 16-bit tensor-core ones) and the entropy float32 [Hkv, nseg].
     """
     seq_len, num_q_heads, num_kv_heads, head_dim = check_attention_inputs(q, k, token_stride_ok=True)
     require(seq_len > config.segment_size_tokens,
@@ -132,7 +134,9 @@ def block_scores_and_entropy(q: torch.Tensor, k: torch.Tensor, config: EntropyIn
     q_max, q_min = segment_representatives(q, segment)
     m = ((q_max.float() + q_min.float()) * 0.5).contiguous()  # [nseg, Hq, D]
     k_max, k_min = (t.contiguous() for t in block_representatives(k, num_blocks, block))  # [NB, Hkv, D]
-    p = torch.empty(num_kv_heads, num_segments, num_blocks, dtype=q.dtype, device=q.device)
+    float32_scores = q.dtype == torch.float32 or config.float32_block_scores
+    p = torch.empty(num_kv_heads, num_segments, num_blocks, dtype=torch.float32 if float32_scores else q.dtype,
+                    device=q.device)
     entropy = torch.empty(num_kv_heads, num_segments, dtype=torch.float32, device=q.device)
     group_p2 = triton.next_power_of_2(group)
     segments = max(1, rows_per_program // group_p2)  # rows = segments x padded group: one k tile serves them all
@@ -144,6 +148,6 @@ def block_scores_and_entropy(q: torch.Tensor, k: torch.Tensor, config: EntropyIn
         p.stride(0), p.stride(1),
         entropy.stride(0),
         GROUP=group, GROUP_P2=group_p2, SEGMENTS=segments, HEAD_DIM=head_dim, BLOCK_J=block_j,
-        IEEE_DOT=q.dtype == torch.float32,
+        IEEE_DOT=float32_scores,
     )
     return p, entropy
