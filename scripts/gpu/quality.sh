@@ -15,13 +15,15 @@
 #       after `stash a`: benchmarks/quality/kernel_path_agreement.py on PROMPTS (task:sample list) on CUDA, the kernel
 #       path's plans and attention against the reference path's on the same q/k/v; $OUT/quality/agreement.txt
 # Variables (eval): METHODS, TASKS, LENGTHS (comma lists), SAMPLES (per cell), SHARDS (workers per length),
-# MINUTES (each worker starts no sample after this), DEVICE (cuda; cpu for a rehearsal). float32, as on CPU.
+# MINUTES (each worker starts no sample after this), DEVICE (cuda; cpu for a rehearsal), DTYPE (float32, as on CPU;
+# bfloat16 as the server runs; records of the two never mix: the model label says the dtype).
 # RESUME=benchmarks/quality/results_gpu.json: start every worker from that file's records (a fresh machine goes on
 # where an earlier run stopped; merge_shards.py keeps one copy of each record). Results: $OUT/quality/eval.tgz
 # (unpack it), one file per worker (benchmarks/quality/merge_shards.py joins them).
 # Variables (server): TASKS, LENGTHS, SAMPLES, SHARDS (clients per length), MINUTES, CHUNK (chunked prefill, 2048),
 # SERVER_MEM_FRACTION (--mem-fraction-static, 0.5; less leaves room for other work on the GPU), SERVER_ARGS (more
-# launch_server flags, e.g. --disable-cuda-graph with ENTROPYINFER_USE_KERNELS=0: the reference path on CUDA).
+# launch_server flags, e.g. --disable-cuda-graph with ENTROPYINFER_USE_KERNELS=0: the reference path on CUDA),
+# SERVER_CONFIG (the server's --entropyinfer-config, recorded with the results: preset or JSON; default small).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
@@ -57,7 +59,8 @@ case "${1:?stage: stash a|b, eval, server or agreement}" in
     SHARDS=${SHARDS:-5}
     MINUTES=${MINUTES:-8}
     status=0
-    run_eval_shards "$WORK/results/" --device "${DEVICE:-cuda}" --methods "$METHODS" --tasks "$TASKS" || status=1
+    run_eval_shards "$WORK/results/" --device "${DEVICE:-cuda}" --dtype "${DTYPE:-float32}" --methods "$METHODS" \
+      --tasks "$TASKS" || status=1
     nvidia-smi --query-gpu=name,memory.used --format=csv | tee -a "$OUT/device.txt"
     # one archive: the device returns only a few files from $OUT
     tar czf "$OUT/quality/eval.tgz" -C "$WORK/results" $(cd "$WORK/results" && ls *.json *.log)
@@ -72,7 +75,7 @@ case "${1:?stage: stash a|b, eval, server or agreement}" in
     MINUTES=${MINUTES:-6}
     port=31000
     python3 -m entropyinfer_sgl.sglang.launch_server --model-path "$WORK/hf" --enable-entropyinfer \
-      --entropyinfer-config small --context-length 8192 --chunked-prefill-size "${CHUNK:-2048}" --enable-metrics \
+      --entropyinfer-config "${SERVER_CONFIG:-small}" --context-length 8192 --chunked-prefill-size "${CHUNK:-2048}" --enable-metrics \
       --mem-fraction-static "${SERVER_MEM_FRACTION:-0.5}" --port "$port" --host 127.0.0.1 ${SERVER_ARGS:-} \
       > "$WORK/server.log" 2>&1 &
     server=$!
@@ -80,7 +83,7 @@ case "${1:?stage: stash a|b, eval, server or agreement}" in
     curl -sf "http://127.0.0.1:$port/health" > /dev/null || { tail -n 40 "$WORK/server.log"; exit 1; }
     mkdir -p "$WORK/server"
     status=0
-    run_eval_shards "$WORK/server/server_" --server "http://127.0.0.1:$port" --server-config small \
+    run_eval_shards "$WORK/server/server_" --server "http://127.0.0.1:$port" --server-config "${SERVER_CONFIG:-small}" \
       --model "$WORK/hf" --tasks "$TASKS" || status=1
     curl -s "http://127.0.0.1:$port/metrics" | grep '^entropyinfer_' > "$OUT/quality/server_metrics.txt" || true
     kill "$server"; wait "$server" 2> /dev/null || true  # a killed server exits 143/137: not this stage's failure (set -e)
