@@ -51,6 +51,7 @@ def test_load_preset_names():
     ({"decode_budget_tokens": 32}, "decode_budget_tokens"),  # not above the local window
     ({"head_budget_floor_fraction": 1.5}, "head_budget_floor_fraction"),
     ({"per_head_budgets": "yes"}, "per_head_budgets"),
+    ({"float32_block_scores": 1}, "float32_block_scores"),
     ({"segment_size_tokens": 512.0}, "segment_size_tokens"),
     ({"decode_gqa_reduction": "sum"}, "decode_gqa_reduction"),
     # re-compression would score with observation-window keys the previous compression evicted

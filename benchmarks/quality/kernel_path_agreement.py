@@ -52,6 +52,19 @@ def kept_layer_qkv():
         EntropyInferHandle._prefill = original
 
 
+def captured_layers(dtype: str, task: str, sample: int, length: int, device: str = "cpu"
+                    ) -> tuple[EntropyInferConfig, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]]]:
+    """SmolLM2 (`dtype`, on `device`) through `hf.enable` with the default config on one task prompt: the config
+    and every planned layer's (q, k, v `[L, H, D]`, scale)."""
+    model, tokenizer = load_smollm2(getattr(torch, dtype))
+    model = model.to(device)
+    config = EntropyInferConfig.small()
+    prompt = TASKS[task](tokenizer, length, sample)
+    with kept_layer_qkv() as kept, hf.enable(model, config), torch.no_grad():
+        model(prompt.prompt_ids.to(device))
+    return config, kept
+
+
 def selected_blocks(plan: PrefillPlan, first_segment: int) -> torch.Tensor:
     """bool `[Hkv, segments from first_segment on, key blocks]`: which blocks each plan row attends."""
     rows = plan.num_kv_heads * plan.num_segments
@@ -121,12 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=2048, help="chunked-prefill tokens (default 2048)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    model, tokenizer = load_smollm2(getattr(torch, args.dtype))
-    model = model.to(args.device)
-    config = EntropyInferConfig.small()
-    sample = TASKS[args.task](tokenizer, args.length, args.sample)
-    with kept_layer_qkv() as kept, hf.enable(model, config), torch.no_grad():
-        model(sample.prompt_ids.to(args.device))
+    config, kept = captured_layers(args.dtype, args.task, args.sample, args.length, args.device)
     totals = dict(typed_apart=0, heads=0, rows_apart=0, rows=0)
     worst = {"reference": 0.0, "kernel": 0.0}
     with torch.no_grad():

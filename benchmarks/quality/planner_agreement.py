@@ -17,35 +17,14 @@ totals.
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager
 
 import torch
 
-from entropyinfer_sgl import hf
 from entropyinfer_sgl.core.config import EntropyInferConfig
 from entropyinfer_sgl.core.plan import PrefillPlan, plan_prefill
 from entropyinfer_sgl.core.profile import HeadProfile, profile_prefill
-from entropyinfer_sgl.evaluation.models import load_smollm2
 from entropyinfer_sgl.evaluation.tasks import TASKS
-import entropyinfer_sgl.hf.integration as integration
-from kernel_path_agreement import selected_blocks  # this folder's sibling script
-
-
-@contextmanager
-def kept_layer_inputs():
-    """Inside: every `profile_prefill` call of the HF adapter appends its (q, k) `[L, H, D]` to the yielded list."""
-    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-    original = integration.profile_prefill
-
-    def keeping(q, k, config, **kwargs):
-        kept.append((q.clone(), k.clone()))
-        return original(q, k, config, **kwargs)
-
-    integration.profile_prefill = keeping
-    try:
-        yield kept
-    finally:
-        integration.profile_prefill = original
+from kernel_path_agreement import captured_layers, selected_blocks  # this folder's sibling script
 
 
 def plans(q: torch.Tensor, k: torch.Tensor, config: EntropyInferConfig, compare: str, layer_idx: int
@@ -73,13 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, default=4000, help="prompt tokens (default 4000)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    model, tokenizer = load_smollm2(getattr(torch, args.dtype))
-    config = EntropyInferConfig.small()
-    sample = TASKS[args.task](tokenizer, args.length, args.sample)
-    with kept_layer_inputs() as kept, hf.enable(model, config), torch.no_grad():
-        model(sample.prompt_ids)
+    config, kept = captured_layers(args.dtype, args.task, args.sample, args.length)
     typed_apart = heads = rows_apart = rows = 0
-    for index, (q, k) in enumerate(kept):
+    for index, (q, k, _, _) in enumerate(kept):
         layer_idx = index  # the adapter profiles every layer of the prompt (the dense ones too, for typing)
         reference, reference_plan, other, other_plan = plans(q, k, config, args.compare, layer_idx)
         apart = int((reference.rigid != other.rigid).sum())
