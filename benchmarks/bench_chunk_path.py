@@ -6,6 +6,11 @@ planner), timed with CUDA events, plus the CPU and CUDA ops of one chunk from th
 host syncs). For scale, dense attention of each chunk: torch SDPA (flash) of the chunk's queries over every key so
 far without a mask, an upper bound of causal dense attention (it also computes the chunk's upper triangle).
 
+Host time per chunk (issue 19): the host's time inside `prefill_chunk`, from an idle device to the call's return
+(planning, launches and any host sync), beside the chunk's time on the device; host < device means the host work
+hides behind the GPU's. `--host-only` prints just those rows. For before/after runs the script also imports the
+code before the layout change (`entropyinfer_sgl.sglang.kernel_path`, same signature).
+
     python benchmarks/bench_chunk_path.py --seq-len 65536 --chunk 8192
 """
 
@@ -13,11 +18,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 
 import torch
 
 from entropyinfer_sgl import EntropyInferConfig
-from entropyinfer_sgl.runtime.kernel_path import prefill_chunk
+
+try:
+    from entropyinfer_sgl.runtime.kernel_path import prefill_chunk
+except ImportError:  # the code before the layout change (before/after runs)
+    from entropyinfer_sgl.sglang.kernel_path import prefill_chunk
 
 
 def timed(fn, repeats: int = 5) -> float:
@@ -34,10 +44,24 @@ def timed(fn, repeats: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def host_ms(fn, repeats: int = 5) -> float:
+    """The host's time in `fn` (median), each call starting on an idle device."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize()
+    return sorted(times)[len(times) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seq-len", type=int, default=65536)
     parser.add_argument("--chunk", type=int, default=8192)
+    parser.add_argument("--host-only", action="store_true", help="only the host time per chunk (issue 19)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_chunk_path needs a CUDA device")
@@ -58,20 +82,27 @@ def main() -> None:
         qh, kh, vh = (x.transpose(0, 1)[None] for x in (q[prefix:end], k[:end], v[:end]))
         return torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, scale=scale, enable_gqa=True)
 
-    whole_ms = timed(lambda: run(0, seq_len, None))
-    typing, prefix, per_chunk = None, 0, []
+    typing, prefix, rows = None, 0, []
     for end in range(chunk, seq_len + 1, chunk):
-        result = run(prefix, end, typing)
-        if prefix:
-            carried = typing
-            per_chunk.append((end, timed(lambda: run(prefix, end, carried), repeats=3),
-                              timed(lambda: dense(prefix, end), repeats=3)))
+        carried = typing
+        result = run(prefix, end, carried)
+
+        def call():
+            return run(prefix, end, carried)
+
+        dense_ms = None if args.host_only or not prefix else timed(lambda: dense(prefix, end), repeats=3)
+        rows.append((prefix, end, host_ms(call), timed(call, repeats=3), dense_ms))
         typing, prefix = result.typing, end
-    print(f"whole prompt in one chunk (device planner): {whole_ms:.2f} ms")
-    for end, ms, dense_ms in per_chunk:
+    for prefix, end, host, device, _ in rows:
+        print(f"host time, chunk {prefix}-{end}: {host:.2f} ms on the host, {device:.2f} ms on the device")
+    if args.host_only:
+        return
+    print(f"whole prompt in one chunk (device planner): {timed(lambda: run(0, seq_len, None)):.2f} ms")
+    later = [row for row in rows if row[0]]
+    for _, end, _, ms, dense_ms in later:
         print(f"chunk ending at {end}: {ms:.2f} ms (dense SDPA, unmasked: {dense_ms:.2f} ms)")
-    print(f"sum over chunks after the first: {sum(c[1] for c in per_chunk):.2f} ms "
-          f"(dense SDPA, unmasked: {sum(c[2] for c in per_chunk):.2f} ms)")
+    print(f"sum over chunks after the first: {sum(r[3] for r in later):.2f} ms "
+          f"(dense SDPA, unmasked: {sum(r[4] for r in later):.2f} ms)")
 
     from torch.profiler import ProfilerActivity, profile
 

@@ -10,7 +10,8 @@ Each request has a 2000-token prompt and generates `--steps` tokens; the default
 event at 16 generated tokens) with `--interval` (re-compression every that many steps; default 64). The compression
 events themselves (`_compress`: scoring and planning, not bookkeeping) are replaced by a no-op that counts them.
 Two arms: `reference` (the CPU engine's path: windows in Python, no arenas) and `kernel` (the window and decode
-table arenas, on the CPU here). Prints µs per step (the minimum over repeats of the mean over steps) as JSON rows.
+table arenas, on `--device`: cpu, or cuda as the GPU server holds them). Prints µs per step (the minimum over
+repeats of the mean over steps) as JSON rows.
 
 `--tables` times instead the reference path's per-layer decode-table bookkeeping of one compressed request (the
 pool slots each kv head reads: kept positions, then the tokens appended since the event, through its
@@ -32,7 +33,7 @@ from types import SimpleNamespace
 import torch
 
 
-def _backend(kernel: bool, interval: int, num_rows: int):
+def _backend(kernel: bool, interval: int, num_rows: int, device: str = "cpu"):
     from entropyinfer_sgl import EntropyInferConfig
     from entropyinfer_sgl.runtime.requests import StateStore
     from entropyinfer_sgl.runtime.window_arena import ObservationWindowArena
@@ -45,7 +46,7 @@ def _backend(kernel: bool, interval: int, num_rows: int):
                             arena=None, windows=None, events=0)
     if kernel:
         backend.windows = ObservationWindowArena(num_rows, 1, config.observation_window_tokens, 1, 1, num_rows,
-                                                 torch.float32, "cpu")
+                                                 torch.float32, device)
         backend.arena = object()  # graph_step_allowed only asks whether there is one; no table is ever assigned
 
     def no_compress(info, in_cache):
@@ -66,8 +67,8 @@ def _decode_batch(rids: list[str], rows: list[int], seq_lens: list[int]):
     return forward_batch, view
 
 
-def measure(batch: int, kernel: bool, steps: int, interval: int, prompt: int = 2000) -> dict:
-    backend = _backend(kernel, interval, num_rows=batch + 1)
+def measure(batch: int, kernel: bool, steps: int, interval: int, prompt: int = 2000, device: str = "cpu") -> dict:
+    backend = _backend(kernel, interval, num_rows=batch + 1, device=device)
     rids = [f"r{i}" for i in range(batch)]
     rows = list(range(1, batch + 1))
     for rid, row in zip(rids, rows):
@@ -90,7 +91,7 @@ def measure(batch: int, kernel: bool, steps: int, interval: int, prompt: int = 2
         allowed_ns += t1 - t0
         prepare_ns += t2 - t1
         eager += not allowed
-    return {"batch": batch, "path": "kernel" if kernel else "reference", "steps": steps, "eager_steps": eager,
+    return {"batch": batch, "path": "kernel" if kernel else "reference", "device": device, "steps": steps, "eager_steps": eager,
             "events": backend.events, "graph_step_allowed_us": allowed_ns / steps / 1e3,
             "prepare_decode_us": prepare_ns / steps / 1e3}
 
@@ -161,6 +162,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="runs per cell (the minimum is reported)")
     parser.add_argument("--tables", action="store_true", help="time the decode-table slots instead (see above)")
     parser.add_argument("--gather", action="store_true", help="time the schedule inputs' gathering (see above)")
+    parser.add_argument("--device", default="cpu", help="where the kernel arm's window arena lives (cuda: as served)")
     args = parser.parse_args()
     if args.gather:
         for batch in [int(x) for x in args.batch.split(",")]:
@@ -177,7 +179,7 @@ def main() -> None:
         return
     for batch in [int(x) for x in args.batch.split(",")]:
         for kernel in (False, True):
-            runs = [measure(batch, kernel, args.steps, args.interval) for _ in range(args.repeats)]
+            runs = [measure(batch, kernel, args.steps, args.interval, device=args.device) for _ in range(args.repeats)]
             best = min(runs, key=lambda r: r["graph_step_allowed_us"] + r["prepare_decode_us"])
             best["repeats"] = args.repeats
             print(json.dumps(best), flush=True)

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # SGLang end to end on the GPU machine (H100 or H200), from the repository root:
 #   bash scripts/gpu/sglang.sh [tests] [chunk_path] [one_batch] [dense_graph] [ei_graph] [decode_steps] [profile]
-#                              [serving] [capacity] [shared_prefix] [soak]
+#                              [serving] [capacity] [shared_prefix] [soak] [host_time]
 #   (default: tests one_batch serving)
 # - tests: the kernel path's and the device planner's GPU tests (tests/kernel_tests, bf16; the window arena inside a
 #   CUDA graph); tests/sglang/test_sglang_gpu_graph_decode.py (CUDA-graph decode = eager decode, two engines) is run
 #   on its own: `python3 -m pytest -m gpu tests/sglang/test_sglang_gpu_graph_decode.py`;
 # - chunk_path: one layer of chunked prefill in isolation (`benchmarks/bench_chunk_path.py`, $CHUNK_SEQ_LEN tokens,
 #   default 65536, in $CHUNK_TOKENS-token chunks, default 8192);
+# - host_time (issue 19): the host's time per chunk (`bench_chunk_path.py --host-only`, as chunk_path) and per decode
+#   step (`bench_decode_bookkeeping.py --device cuda`), for this code and, where .before/python is carried (an older
+#   `git archive REV python`), the chunks for that code too;
 # - one_batch: `bench_one_batch` (batch 1, eager: --disable-cuda-graph) at $LENS tokens, dense FlashInfer vs
 #   --enable-entropyinfer with each config of $CONFIGS (name=JSON; default: the default config, budgets forced to
 #   β, forced to 3β);
@@ -96,6 +99,17 @@ for stage in $STAGES; do
       timeout "${CHUNK_TIMEOUT:-240}" python3 benchmarks/bench_chunk_path.py --seq-len "${CHUNK_SEQ_LEN:-65536}" \
         --chunk "${CHUNK_TOKENS:-8192}" > "$OUT/chunk_path.log" 2>&1
       { echo "== chunk_path (exit $?)"; grep -E "^(whole|chunk ending|sum over|last chunk)|Error" "$OUT/chunk_path.log"; } >> "$SUMMARY" ;;
+    host_time)
+      for code in after before; do
+        path=$PWD/python
+        if [ "$code" = before ]; then [ -d .before/python ] || continue; path=$PWD/.before/python; fi
+        { echo "== host_time $code"
+          PYTHONPATH=$path:$PYTHONPATH timeout "${CHUNK_TIMEOUT:-240}" python3 benchmarks/bench_chunk_path.py --host-only \
+            --seq-len "${CHUNK_SEQ_LEN:-65536}" --chunk "${CHUNK_TOKENS:-8192}" 2>&1 | grep -E "^host time|Error"
+          # the decode-step schedule is the same code before and after on CUDA (the arenas): this code's only
+          [ "$code" = after ] && timeout 240 python3 benchmarks/bench_decode_bookkeeping.py --device cuda \
+            --batch 1,16,64 --steps 400 --repeats 5 2>&1 | grep -E "^\{|Error"; } | tee -a "$OUT/host_time.txt" >> "$SUMMARY"
+      done ;;
     dense_graph)
       GRAPH=1 one_batch dense_graph --attention-backend "$DENSE_BACKEND" ;;
     ei_graph)
