@@ -23,7 +23,10 @@
 # Variables (server): TASKS, LENGTHS, SAMPLES, SHARDS (clients per length), MINUTES, CHUNK (chunked prefill, 2048),
 # SERVER_MEM_FRACTION (--mem-fraction-static, 0.5; less leaves room for other work on the GPU), SERVER_ARGS (more
 # launch_server flags, e.g. --disable-cuda-graph with ENTROPYINFER_USE_KERNELS=0: the reference path on CUDA),
-# SERVER_CONFIG (the server's --entropyinfer-config, recorded with the results: preset or JSON; default small).
+# SERVER_CONFIG (the server's --entropyinfer-config, recorded with the results: preset or JSON; default small),
+# SERVER_METHODS (server_full,server_entropyinfer), RUN (a suffix for this run's results: $OUT/quality/server$RUN.tgz),
+# PREFIX_HITS (benchmarks/quality/prefix_hits.py's arguments: after the eval, each prompt fresh and after a
+# prefix-cache hit, on the same server; $OUT/quality/prefix_hits$RUN.txt).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
@@ -70,7 +73,8 @@ case "${1:?stage: stash a|b, eval, server or agreement}" in
     join_gguf
     source scripts/gpu/setup.sh
     export PYTHONPATH=$PYTHONPATH:$WORK/site OMP_NUM_THREADS=1 ENTROPYINFER_GIT_SHA=${GIT_SHA:-}
-    python3 -m entropyinfer_sgl.cli model export smollm2 "$WORK/hf"
+    [ -f "$WORK/hf/config.json" ] || python3 -m entropyinfer_sgl.cli model export smollm2 "$WORK/hf"
+    RUN=${RUN:-}  # a name for this server run's results (several runs on one machine: RUN=_a, RUN=_b, ...)
     SHARDS=${SHARDS:-4}
     MINUTES=${MINUTES:-6}
     port=31000
@@ -81,16 +85,21 @@ case "${1:?stage: stash a|b, eval, server or agreement}" in
     server=$!
     for _ in $(seq 400); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 1; done
     curl -sf "http://127.0.0.1:$port/health" > /dev/null || { tail -n 40 "$WORK/server.log"; exit 1; }
-    mkdir -p "$WORK/server"
+    results=$WORK/server$RUN
+    mkdir -p "$results"
     status=0
-    run_eval_shards "$WORK/server/server_" --server "http://127.0.0.1:$port" --server-config "${SERVER_CONFIG:-small}" \
-      --model "$WORK/hf" --tasks "$TASKS" || status=1
-    curl -s "http://127.0.0.1:$port/metrics" | grep '^entropyinfer_' > "$OUT/quality/server_metrics.txt" || true
+    run_eval_shards "$results/server_" --server "http://127.0.0.1:$port" --server-config "${SERVER_CONFIG:-small}" \
+      --model "$WORK/hf" --tasks "$TASKS" --methods "${SERVER_METHODS:-server_full,server_entropyinfer}" || status=1
+    if [ -n "${PREFIX_HITS:-}" ]; then  # after the eval: fresh vs after-a-prefix-hit requests, on the same server
+      python3 benchmarks/quality/prefix_hits.py --server "http://127.0.0.1:$port" $PREFIX_HITS \
+        --out "$results/prefix_hits.jsonl" 2>&1 | grep -v Ignoring | tee "$OUT/quality/prefix_hits$RUN.txt" || status=1
+    fi
+    curl -s "http://127.0.0.1:$port/metrics" | grep '^entropyinfer_' > "$OUT/quality/server_metrics$RUN.txt" || true
     kill "$server"; wait "$server" 2> /dev/null || true  # a killed server exits 143/137: not this stage's failure (set -e)
     grep -E "Traceback|Error" "$WORK/server.log" | head -n 20 || true  # no match is the good case
-    tar czf "$OUT/quality/server.tgz" -C "$WORK/server" $(cd "$WORK/server" && ls *.json *.log)
-    tail -n 60 "$WORK/server.log" > "$OUT/quality/server_log_tail.txt"
-    tail -n 2 "$WORK"/server/*.log
+    tar czf "$OUT/quality/server$RUN.tgz" -C "$results" $(cd "$results" && ls *.json *.log *.jsonl 2> /dev/null)
+    tail -n 60 "$WORK/server.log" > "$OUT/quality/server_log_tail$RUN.txt"
+    tail -n 2 "$results"/*.log
     exit $status ;;
   agreement)  # the kernel path against the reference path on SmolLM2's real q/k/v (after `stash a`, carrying
     # .carry/smollm2-b .whl and the Rust module): PROMPTS (task:sample list), DTYPE (bfloat16), CHUNK (2048)
