@@ -5,7 +5,10 @@ first 100-2,900 tokens (the haystack up to the shorter prompt's needle), so most
 in SGLang's radix cache and resume head typing from the typing records (`runtime/typing_records.py`). This script
 asks each prompt twice with the method on: *fresh* (radix cache flushed first) and *after a hit* (flushed, then
 the same sample's shorter prompt, then this one), and compares the two requests' prefill density, rigid fraction,
-score and output tokens, with the cached length the second request reported.
+score and output tokens, with the cached length and the typing resume (`prefix_typing`) the second one reported.
+`--concurrent DELAY_S` sends this prompt DELAY_S seconds after the shorter one, without waiting for its answer (as
+`quality.sh server`'s clients do): admitted after the shorter prompt's prefill and before its decode ends, the
+second request hits a prefix whose request is still running.
 
     PYTHONPATH=python python benchmarks/quality/prefix_hits.py --server http://127.0.0.1:30000 \
         --tasks passkey,copylist --samples 0,2 --pairs 2000:4000,4000:8000 --out prefix_hits.jsonl
@@ -22,10 +25,11 @@ import json
 import os
 import sys
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
-
 
 def asked(runner, tokenizer, sample) -> dict:
     ids = sample.prompt_ids[0].tolist()
@@ -36,8 +40,22 @@ def asked(runner, tokenizer, sample) -> dict:
     text = tokenizer.decode(tokens, skip_special_tokens=True)
     report = _request_report(out)
     return {"tokens": tokens, "score": sample.score(text), "prefill_density": report.get("prefill_density"),
-            "rigid_fraction": report.get("rigid_fraction"),
+            "rigid_fraction": report.get("rigid_fraction"), "prefix_typing": report.get("prefix_typing"),
             "cached_tokens": (out.get("meta_info") or {}).get("cached_tokens")}
+
+
+def after_hit(runner, tokenizer, first, prompt, concurrent_delay_s: float | None) -> dict:
+    """`prompt` asked after `first` (whose tokens it starts with): once `first` is answered, or `--concurrent`:
+    `first` sent, and `prompt` `concurrent_delay_s` later while `first` is still running."""
+    if concurrent_delay_s is None:
+        asked(runner, tokenizer, first)
+        return asked(runner, tokenizer, prompt)
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(asked, runner, tokenizer, first)
+        time.sleep(concurrent_delay_s)
+        hit = asked(runner, tokenizer, prompt)
+        running.result()
+    return hit
 
 
 def main() -> int:
@@ -48,6 +66,8 @@ def main() -> int:
     parser.add_argument("--pairs", default="2000:4000", help="shorter:longer prompt lengths, comma-separated")
     parser.add_argument("--config", default="small", help="the started server's --entropyinfer-config")
     parser.add_argument("--chunk", type=int, default=2048, help="the started server's --chunked-prefill-size")
+    parser.add_argument("--concurrent", type=float, default=None, metavar="DELAY_S",
+                        help="send this prompt DELAY_S seconds after the shorter one, while that one still runs")
     parser.add_argument("--out", default=None, help="append the JSON lines here too")
     args = parser.parse_args()
 
@@ -81,13 +101,12 @@ def main() -> int:
                     requests.post(url + "/flush_cache", timeout=60)
                     fresh = asked(runner, tokenizer, prompt)
                     requests.post(url + "/flush_cache", timeout=60)
-                    asked(runner, tokenizer, TASKS[task](tokenizer, short, sample))
-                    hit = asked(runner, tokenizer, prompt)
+                    hit = after_hit(runner, tokenizer, TASKS[task](tokenizer, short, sample), prompt, args.concurrent)
                     row = {"task": task, "sample": sample, "length": long, "after": short, "fresh": fresh, "hit": hit,
-                           "same_tokens": fresh["tokens"] == hit["tokens"]}
+                           "concurrent": args.concurrent, "same_tokens": fresh["tokens"] == hit["tokens"]}
                     rows.append(row)
                     print(f"{task} {sample} {long} after {short}: cached {hit['cached_tokens']} "
-                          f"(fresh {fresh['cached_tokens']}), density {fresh['prefill_density']:.3f} fresh vs "
+                          f"(fresh {fresh['cached_tokens']}), typing {hit['prefix_typing']}, density {fresh['prefill_density']:.3f} fresh vs "
                           f"{hit['prefill_density']:.3f} after the hit, rigid {fresh['rigid_fraction']:.3f} vs "
                           f"{hit['rigid_fraction']:.3f}, score {fresh['score']:.2f} vs {hit['score']:.2f}, "
                           f"same tokens: {row['same_tokens']}", flush=True)

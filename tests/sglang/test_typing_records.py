@@ -7,6 +7,7 @@ import torch
 
 from entropyinfer_sgl import EntropyInferConfig, profile_prefill
 from entropyinfer_sgl.runtime.chunk_plan import ChunkTyping, plan_chunk
+from entropyinfer_sgl.runtime.request_settings import RequestSettings
 from entropyinfer_sgl.runtime.requests import StateStore
 from entropyinfer_sgl.runtime.typing_records import (BRIDGED, DEFAULTED, RESUMED, TypingRecords, segment_keys,
                                                     state_after)
@@ -181,6 +182,62 @@ def test_store_records_chunks_and_resumes_hits(generator):
     assert b.typing_for(1, 140, 2, CFG, q.device) is None  # only the chunk right after the cached prefix
     store.free("b")
     assert store.totals.typing_resumed == 1 and "typing_resumed=1" in store.totals.summary()
+
+
+def _prefilled(store, rid, q, k, tokens, row):
+    """`rid` admitted and its one chunk planned, as the backend drives it; the state stays (decoding)."""
+    store.set_prefill_ids(rid, len(tokens), lambda: tokens)
+    st = store.begin_extend(rid, row, 0)
+    result = plan_chunk(q, k, CFG, prefix_len=0, layer_idx=1, typing=st.typing_for(1, 0, 2, CFG, q.device))
+    st.keep_typing(1, result.typing, result.typed)
+    st.extended_tokens = len(tokens)
+    return st
+
+
+def test_a_hit_on_a_request_still_decoding_resumes(generator):
+    """a prefilled and decodes in CUDA graphs (no `begin_decode` runs, so nothing recorded its typing yet); b hits
+    a's prefix in the next batch: a's typing is recorded first and b resumes from it, as if a had been freed."""
+    q, k = _qk(160, generator)
+    store = StateStore()
+    store.records = TypingRecords(SEG)
+    tokens = list(range(160))
+    _prefilled(store, "a", q, k, tokens, row=0)
+    assert len(store.records) == 0
+    second = tokens[:128] + [999] * 40
+    store.set_prefill_ids("b", len(second), lambda: second)
+    b = store.begin_extend("b", 1, 128)
+    assert b.resume.kind == RESUMED and b.stats.typing_resumed == 1 and len(store.records) == 1
+    assert b.typing_for(1, 128, 2, CFG, q.device).segments_typed == 4
+    assert "a" in store and store.get("a").typed_chunk == {}
+
+
+def test_hits_in_one_batch_keep_each_others_resume_points(generator):
+    """b and c both hit a's prefix and begin in the same batch: c's look for records leaves b's resume point."""
+    q, k = _qk(160, generator)
+    store = StateStore()
+    store.records = TypingRecords(SEG)
+    tokens = list(range(160))
+    _prefilled(store, "a", q, k, tokens, row=0)
+    for rid, row in (("b", 1), ("c", 2)):
+        ids = tokens[:96] + [row] * 64
+        store.set_prefill_ids(rid, len(ids), lambda ids=ids: ids)
+        store.begin_extend(rid, row, 96)
+    for rid in "bc":
+        st = store.get(rid)
+        assert st.resume is not None and st.resume.kind == RESUMED
+        assert st.typing_for(1, 96, 2, CFG, q.device).segments_typed == 3
+
+
+def test_a_hit_of_a_request_that_turned_the_method_off_resumes_nothing(generator):
+    """The off switch runs dense: its hit is counted as cached tokens, not as a typing resume (it used to count
+    as `defaulted` in the stats and /metrics, looking like a failed resume)."""
+    store = StateStore()
+    store.records = TypingRecords(SEG)
+    store.set_request_settings("off", RequestSettings(enabled=False, config=CFG, own_prefill_budgets=False))
+    st = store.begin_extend("off", 0, 96)
+    assert st.resume is None and not st.method_enabled
+    assert (st.stats.prefix_cached_tokens, st.stats.typing_resumed, st.stats.typing_bridged,
+            st.stats.typing_defaulted) == (96, 0, 0, 0)
 
 
 def test_a_hit_without_records_says_why(generator):

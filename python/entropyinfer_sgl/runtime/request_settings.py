@@ -109,5 +109,12 @@ def request_report(enabled: bool, config: EntropyInferConfig, stats: Any, dense_
         "sparse_chunks": stats.sparse_chunks,
         "dense_chunks": stats.dense_chunks,
         "prefix_cached_tokens": stats.prefix_cached_tokens,
+        "prefix_typing": prefix_typing(stats),
         "dense_prefill_reason": dense_reason,
     }
+
+
+def prefix_typing(stats: Any) -> str | None:
+    """How typing went on after the request's prefix-cache hit (`typing_records`): "resumed", "bridged" or
+    "defaulted"; None without a hit."""
+    return next((kind for kind in ("resumed", "bridged", "defaulted") if getattr(stats, f"typing_{kind}")), None)

@@ -126,6 +126,9 @@ class StateStore:
         self.records: "TypingRecords | None" = None  # typing at segment boundaries (the backend sets it)
         self.config: EntropyInferConfig | None = None  # the server's config (the backend sets it; None: no backend)
         self._segment_keys: dict[str, list[bytes]] = {}  # per admitted request: its boundary keys
+        # requests whose last extend chunk's typing may not be recorded yet (it is when their next chunk or decode
+        # step begins, or they go; a hit on their prefix records it first: see `begin_extend`)
+        self._typing_unrecorded: set[str] = set()
         self.totals = RequestStats()
         self.finished = 0
         self.metrics = None  # metrics.EntropyInferMetrics when SGLang runs with --enable-metrics
@@ -183,6 +186,7 @@ class StateStore:
         """Record what the request's last chunk typed (every layer), under its boundary keys."""
         typed, st.typed_chunk = st.typed_chunk, {}
         st.resume = None
+        self._typing_unrecorded.discard(st.rid)
         if not typed or self.records is None:
             return
         some = next(iter(typed.values()))
@@ -191,6 +195,18 @@ class StateStore:
         if count and first + count <= len(keys) and all(
                 t.first_segment == first and t.count == count for t in typed.values()):
             self.records.add(typed, keys[first:first + count])
+
+    def _record_typing_of_others(self) -> None:
+        """Record what other requests' last extend chunks typed, before a prefix-cache hit looks for records: the
+        prefix may be theirs, and a request that decodes in CUDA graphs runs no `begin_decode` to record it (the
+        hit would find no record and type its kv heads afresh). Requests of the same batch that have not run their
+        chunk yet typed nothing (their resume point stays)."""
+        for rid in list(self._typing_unrecorded):
+            st = self._states.get(rid)
+            if st is None:
+                self._typing_unrecorded.discard(rid)
+            elif st.typed_chunk:
+                self.flush_typing(st)
 
     def prefill_tokens(self, rid: str) -> int | None:
         """The tokens the request holds once its prefill is done; None when SGLang's admission was not seen."""
@@ -208,16 +224,20 @@ class StateStore:
                                    or st.prompt_len is not None):
                 self._finish(rid)  # retracted and re-prefilled, or an inconsistent continuation: start over
                 st = None
+            settings = self._settings.get(rid)
             if st is None:
                 st = RequestState(rid=rid, req_pool_idx=req_pool_idx, extended_tokens=prefix_len)
-                if prefix_len > 0:  # a prefix-cache hit: typing resumes from the records (typing_records.py)
+                if prefix_len > 0 and settings is not None and not settings.enabled:  # dense: nothing to resume
+                    st.stats.prefix_cached_tokens += prefix_len
+                elif prefix_len > 0:  # a prefix-cache hit: typing resumes from the records (typing_records.py)
                     if self.records is None:
                         st.prefill_dense_reason = "prefix-cache hit: no typing records in this process"
                     else:
+                        self._record_typing_of_others()
                         st.resume = self.records.resume(self._segment_keys.get(rid, []), prefix_len)
                         st.stats.add_resume(st.resume.kind, prefix_len)
                 self._states[rid] = st
-            settings = self._settings.get(rid)
+            self._typing_unrecorded.add(rid)
             if settings is not None:
                 st.config = settings.config
                 if not settings.enabled:
