@@ -258,3 +258,23 @@ def test_the_state_after_every_boundary_is_the_whole_prompts(generator):
         assert torch.equal(state.rigid_so_far, whole.rigid_so_far)
         assert torch.equal(state.prev_budget_tokens, whole.prev_budget_tokens)
         torch.testing.assert_close(state.prev_entropy, whole.prev_entropy)  # shapes differ: float32 rounding
+
+
+def test_nonfinite_entropies_are_counted_reported_and_logged(caplog):
+    """The kernel path types on the device without a host sync, so it cannot refuse NaN block scores as the
+    reference path does ("block_scores contain NaN"): it counts them, and the request's report and log say so."""
+    import logging
+
+    from entropyinfer_sgl.runtime.chunk_plan import TypedSegments
+    from entropyinfer_sgl.runtime.request_settings import request_report
+
+    store = StateStore()
+    st = store.begin_extend("n", 0, 0)
+    entropy = torch.tensor([[0.5, float("nan"), 1.0], [float("inf"), 0.2, 0.3]])
+    st.add_device_stats(None, None, TypedSegments(None, entropy))
+    st.add_device_stats(None, None, TypedSegments(None, torch.ones(2, 2)))
+    with caplog.at_level(logging.ERROR, logger="entropyinfer_sgl.sglang"):
+        store.free("n")
+    assert st.stats.nonfinite_entropies == 2 and store.totals.nonfinite_entropies == 2
+    assert request_report(True, CFG, st.stats, None)["nonfinite_entropies"] == 2
+    assert "2 kv head x segment entropies" in caplog.text

@@ -110,6 +110,7 @@ def request_report(enabled: bool, config: EntropyInferConfig, stats: Any, dense_
         "dense_chunks": stats.dense_chunks,
         "prefix_cached_tokens": stats.prefix_cached_tokens,
         "prefix_typing": prefix_typing(stats),
+        "nonfinite_entropies": stats.nonfinite_entropies,
         "dense_prefill_reason": dense_reason,
     }
 

@@ -52,9 +52,15 @@ class RequestState:
     config: EntropyInferConfig | None = None  # the request's own config (custom_params budgets); None: the server's
     device_pairs_computed: torch.Tensor | None = None  # kernel path: stats kept on the device until the request ends
     device_rigid_heads: torch.Tensor | None = None
+    device_nonfinite: torch.Tensor | None = None
 
-    def add_device_stats(self, pairs_computed: torch.Tensor | None, rigid: torch.Tensor | None) -> None:
-        """Accumulate kernel-path stats on the device (read once, when the request ends: no per-layer sync)."""
+    def add_device_stats(self, pairs_computed: torch.Tensor | None, rigid: torch.Tensor | None,
+                         typed: TypedSegments | None = None) -> None:
+        """Accumulate kernel-path stats on the device (read once, when the request ends: no per-layer sync), and
+        count the typed segments' entropies that are not finite (the kernels take no host sync to refuse them)."""
+        if typed is not None and typed.count:
+            count = (~torch.isfinite(typed.entropy)).sum()
+            self.device_nonfinite = count if self.device_nonfinite is None else self.device_nonfinite + count
         if pairs_computed is not None:
             self.device_pairs_computed = (pairs_computed if self.device_pairs_computed is None
                                           else self.device_pairs_computed + pairs_computed)
@@ -69,6 +75,9 @@ class RequestState:
         if self.device_rigid_heads is not None:
             self.stats.rigid_heads += int(self.device_rigid_heads)
             self.device_rigid_heads = None
+        if self.device_nonfinite is not None:
+            self.stats.nonfinite_entropies += int(self.device_nonfinite)
+            self.device_nonfinite = None
 
     def typing_for(self, layer_id: int, prefix_len: int, num_kv_heads: int, config: EntropyInferConfig,
                    device: torch.device) -> ChunkTyping | None:
@@ -300,6 +309,10 @@ class StateStore:
         self.flush_typing(st)
         self._release(st)
         st.fold_device_stats()
+        if st.stats.nonfinite_entropies:  # the kernels cannot refuse these without a host sync: say so now
+            logger.error("EntropyInfer request %s: %d kv head x segment entropies of its prefill were NaN or inf on "
+                         "the kernel path (non-finite q/k): its block selection was unreliable",
+                         rid, st.stats.nonfinite_entropies)
         self.totals.add(st.stats)
         self.finished += 1
         if self.metrics is not None:

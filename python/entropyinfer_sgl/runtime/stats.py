@@ -24,6 +24,8 @@ class RequestStats:
     typing_resumed: int = 0  # a prefix-cache hit resumed typing from the record at its last segment boundary
     typing_bridged: int = 0  # ... from an earlier boundary's record (segments in between never prefilled)
     typing_defaulted: int = 0  # ... found no record: kv heads typed as in a fresh prompt from the first new segment
+    nonfinite_entropies: int = 0  # kernel path: (kv head, segment) entropies that came out NaN or inf (inputs that
+    # were not finite: the reference path refuses those with "block_scores contain NaN"; its plans are unreliable)
 
     @property
     def prefill_density(self) -> float | None:
@@ -59,7 +61,7 @@ class RequestStats:
                 f"dense_chunks={self.dense_chunks} compression_events={self.compression_events} "
                 f"slots_released={self.slots_released} prefix_cached_tokens={self.prefix_cached_tokens} "
                 f"typing_resumed={self.typing_resumed} typing_bridged={self.typing_bridged} "
-                f"typing_defaulted={self.typing_defaulted}")
+                f"typing_defaulted={self.typing_defaulted} nonfinite_entropies={self.nonfinite_entropies}")
 
     def add_resume(self, kind: str, prefix_len: int) -> None:
         self.prefix_cached_tokens += prefix_len

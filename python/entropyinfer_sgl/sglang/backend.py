@@ -631,7 +631,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
                 st.prefill_dense_reason = result.reason
             if result.rigid is not None:
                 st.stats.typed_heads += lv.num_kv_heads
-            st.add_device_stats(result.pairs_computed, result.rigid)
+            st.add_device_stats(result.pairs_computed, result.rigid, result.typed)
             if result.out is None:
                 self._add_dense_chunk(info, lv)
                 continue

@@ -31,6 +31,8 @@ COUNTERS = {
     "typing_resumed": ("typing_resumed", "prefix-cache hits whose typing resumed from the record at their end"),
     "typing_bridged": ("typing_bridged", "prefix-cache hits whose typing resumed from an earlier boundary's record"),
     "typing_defaulted": ("typing_defaulted", "prefix-cache hits with no typing record (heads typed afresh)"),
+    "nonfinite_entropies": ("nonfinite_entropies",
+                            "kernel path: (kv head, segment) entropies that were NaN or inf (unreliable plans)"),
 }
 
 
