@@ -7,8 +7,8 @@ asks each prompt twice with the method on: *fresh* (radix cache flushed first) a
 the same sample's shorter prompt, then this one), and compares the two requests' prefill density, rigid fraction,
 score and output tokens, with the cached length and the typing resume (`prefix_typing`) the second one reported.
 `--concurrent DELAY_S` sends this prompt DELAY_S seconds after the shorter one, without waiting for its answer (as
-`quality.sh server`'s clients do): admitted after the shorter prompt's prefill and before its decode ends, the
-second request hits a prefix whose request is still running.
+`quality.sh server`'s clients do). (On the CPU engine, 4k prompts sent 0.2 s and 1.5 s after their 2k prompt found
+nothing cached: SGLang had not inserted the running prompt yet, so the two ran as fresh prompts.)
 
     PYTHONPATH=python python benchmarks/quality/prefix_hits.py --server http://127.0.0.1:30000 \
         --tasks passkey,copylist --samples 0,2 --pairs 2000:4000,4000:8000 --out prefix_hits.jsonl
@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
+
 
 def asked(runner, tokenizer, sample) -> dict:
     ids = sample.prompt_ids[0].tolist()
