@@ -514,3 +514,20 @@ def test_requests_off_the_servers_settings_get_their_own_prefix_cache_namespace(
     salted = SimpleNamespace(extra_key="salt")  # a user's cache_salt stays part of the key
     compat.add_request_cache_namespace(salted, off)
     assert salted.extra_key == "salt" + off
+
+
+
+def test_a_failed_plans_inputs_say_where_they_are_not_finite():
+    from entropyinfer_sgl.runtime.chunk_plan import nonfinite_summary
+
+    q = torch.ones(4, 2, 3)
+    k = torch.ones(10, 1, 3)
+    k[7, 0, 1] = float("nan")
+    k[9, 0, 0] = float("inf")
+    text = nonfinite_summary(q, k, 6)
+    assert text.startswith("prefix 6; ")
+    assert "queries (4, 2, 3) torch.float32: 0 positions not finite, largest finite |x| 1" in text
+    assert "keys (10, 1, 3) torch.float32: 2 positions not finite, the first at position 7" in text
+    q[1, 0, 0] = float("nan")
+    assert "queries (4, 2, 3) torch.float32: 1 positions not finite, the first at position 7" in nonfinite_summary(
+        q, k, 6)

@@ -278,3 +278,4 @@ def test_nonfinite_entropies_are_counted_reported_and_logged(caplog):
     assert st.stats.nonfinite_entropies == 2 and store.totals.nonfinite_entropies == 2
     assert request_report(True, CFG, st.stats, None)["nonfinite_entropies"] == 2
     assert "2 kv head x segment entropies" in caplog.text
+

@@ -273,3 +273,19 @@ def plan_pair_counts(plan: PrefillPlan, prefix_len: int) -> tuple[torch.Tensor, 
     computed = ((row_len - own) * own + own * (own + 1) / 2).sum()
     dense = dense_pair_count(prefix_len, plan.seq_len_tokens, plan.num_kv_heads, segment, block)
     return computed, dense
+
+
+def nonfinite_summary(q_chunk: torch.Tensor, k_all: torch.Tensor, prefix_len: int) -> str:
+    """Where a failed chunk's planning inputs are not finite (for its error line): per input, how many positions
+    hold a NaN or inf and the first of them (keys before `prefix_len` were read back from the KV pool, the rest are
+    this chunk's), and the largest finite magnitude. q_chunk `[Lc, Hq, D]` (positions prefix_len ..), k_all
+    `[T, Hkv, D]`."""
+    parts = []
+    for name, t, first_position in (("queries", q_chunk, prefix_len), ("keys", k_all, 0)):
+        finite = torch.isfinite(t)
+        bad = (~finite).flatten(1).any(dim=1).nonzero().flatten()
+        largest = float(t[finite].abs().max()) if bool(finite.any()) else float("nan")
+        where = f", the first at position {int(bad[0]) + first_position}" if len(bad) else ""
+        parts.append(f"{name} {tuple(t.shape)} {t.dtype}: {len(bad)} positions not finite{where}, "
+                     f"largest finite |x| {largest:.3g}")
+    return f"prefix {prefix_len}; " + "; ".join(parts)

@@ -43,7 +43,7 @@ import torch
 from ..core.config import EntropyInferConfig
 from ..core.decode import compression_due, max_kept_per_head_tokens
 from . import compat
-from ..runtime.chunk_plan import ChunkPlan, dense_pair_count, plan_chunk, plan_pair_counts
+from ..runtime.chunk_plan import ChunkPlan, dense_pair_count, nonfinite_summary, plan_chunk, plan_pair_counts
 from ..runtime.compaction import compact_request
 from ..runtime.decode_table import compress_layer
 from ..runtime.faults import ENV_TEST_FAULT, fault_injection_from_env
@@ -308,13 +308,18 @@ class EntropyInferAttnBackend(_AttentionBackend):
             self._arena_decode = ArenaDecode(self.arena, compat.req_to_token(self.req_to_token_pool),
                                              *compat.batch_row_tensors(batch))
 
-    def _fail(self, info: _RequestInfo, what: str, layer_id: int | None, err: Exception) -> None:
+    def _fail(self, info: _RequestInfo, what: str, layer_id: int | None, err: Exception,
+              inputs: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """`what` raised for one request: it runs dense from here (this forward's output for it stays valid) and
-        the plugin fails it with this reason after the forward; the batch's other requests go on."""
+        the plugin fails it with this reason after the forward; the batch's other requests go on. inputs: a
+        planning failure's (chunk queries, keys), whose non-finite values the log line locates."""
         where = "" if layer_id is None else f" at layer {layer_id}"
         why = f"EntropyInfer {what} failed for this request{where}: {type(err).__name__}: {err}"
         logger.error("EntropyInfer: request %s: %s%s; the request is failed, the server keeps serving", info.rid,
                      what, where + f" ({type(err).__name__}: {err})")
+        if inputs is not None:
+            logger.error("EntropyInfer: request %s: its planning inputs%s: %s", info.rid, where,
+                         nonfinite_summary(*inputs, info.prefix_len))
         logger.debug("EntropyInfer: request %s: the failure's stack", info.rid, exc_info=err)
         info.profile = False
         info.records_window = False
@@ -552,7 +557,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
                                     typing=typing, previous_block_scores=info.previous_scores,
                                     prompt_len_tokens=info.prompt_len)
             except Exception as err:  # noqa: BLE001 - one request's fault must not take the batch down
-                self._fail(info, "prefill planning", lv.layer_id, err)
+                self._fail(info, "prefill planning", lv.layer_id, err, inputs=(q_chunk, k_all))
                 continue
             info.previous_scores = result.block_scores
             st.keep_typing(lv.layer_id, result.typing, result.typed)
@@ -621,7 +626,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
                                        layer_idx=layer_id, typing=typing, previous_block_scores=info.previous_scores,
                                        scale=lv.scaling, attend=attend, prompt_len_tokens=info.prompt_len)
             except Exception as err:  # noqa: BLE001 - one request's fault must not take the batch down
-                self._fail(info, "prefill planning", layer_id, err)
+                self._fail(info, "prefill planning", layer_id, err, inputs=(q3[rows], k_all))
                 continue
             info.previous_scores = result.block_scores
             st.keep_typing(layer_id, result.typing, result.typed)
