@@ -91,8 +91,8 @@ def measure(batch: int, kernel: bool, steps: int, interval: int, prompt: int = 2
         allowed_ns += t1 - t0
         prepare_ns += t2 - t1
         eager += not allowed
-    return {"batch": batch, "path": "kernel" if kernel else "reference", "device": device, "steps": steps, "eager_steps": eager,
-            "events": backend.events, "graph_step_allowed_us": allowed_ns / steps / 1e3,
+    return {"batch": batch, "path": "kernel" if kernel else "reference", "device": device, "steps": steps,
+            "eager_steps": eager, "events": backend.events, "graph_step_allowed_us": allowed_ns / steps / 1e3,
             "prepare_decode_us": prepare_ns / steps / 1e3}
 
 

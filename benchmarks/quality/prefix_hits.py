@@ -31,15 +31,15 @@ from pathlib import Path
 
 import requests
 
+from entropyinfer_sgl.evaluation.server import ServerRunner, response_report
+
 
 def asked(runner, tokenizer, sample) -> dict:
     ids = sample.prompt_ids[0].tolist()
     out = runner.generate(ids, sample.max_new_tokens, method_enabled=True)
-    from entropyinfer_sgl.evaluation.server import _request_report
-
     tokens = out.get("output_ids") or []
     text = tokenizer.decode(tokens, skip_special_tokens=True)
-    report = _request_report(out)
+    report = response_report(out)
     return {"tokens": tokens, "score": sample.score(text), "prefill_density": report.get("prefill_density"),
             "rigid_fraction": report.get("rigid_fraction"), "prefix_typing": report.get("prefix_typing"),
             "cached_tokens": (out.get("meta_info") or {}).get("cached_tokens")}
@@ -73,7 +73,6 @@ def main() -> int:
     args = parser.parse_args()
 
     from entropyinfer_sgl.evaluation.models import export_smollm2, load_tokenizer
-    from entropyinfer_sgl.evaluation.server import ServerRunner
     from entropyinfer_sgl.evaluation.tasks import TASKS
 
     tokenizer = load_tokenizer("smollm2")

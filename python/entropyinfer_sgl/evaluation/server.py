@@ -68,7 +68,7 @@ class ServerRunner:
             seconds = time.perf_counter() - start
             tokens = out.get("output_ids") or tokenizer(out["text"], add_special_tokens=False)["input_ids"]
             text = tokenizer.decode(tokens, skip_special_tokens=True)
-            stats = _request_report(out)
+            stats = response_report(out)
             outcomes[method.name] = Outcome(
                 text=text, new_tokens=len(tokens), score=sample.score(text),
                 prefill_density=stats.get("prefill_density"), rigid_fraction=stats.get("rigid_fraction"),
@@ -78,7 +78,7 @@ class ServerRunner:
         return outcomes
 
 
-def _request_report(out: dict) -> dict:
+def response_report(out: dict) -> dict:
     """What the request ran with (`meta_info["entropyinfer"]`: one entry per output token, the last is the
     request's report), or {} from a server without the plugin."""
     report = (out.get("meta_info") or {}).get(REQUEST_KEY)

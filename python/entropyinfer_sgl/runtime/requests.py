@@ -135,9 +135,6 @@ class StateStore:
         self.records: "TypingRecords | None" = None  # typing at segment boundaries (the backend sets it)
         self.config: EntropyInferConfig | None = None  # the server's config (the backend sets it; None: no backend)
         self._segment_keys: dict[str, list[bytes]] = {}  # per admitted request: its boundary keys
-        # requests whose last extend chunk's typing may not be recorded yet (it is when their next chunk or decode
-        # step begins, or they go; a hit on their prefix records it first: see `begin_extend`)
-        self._typing_unrecorded: set[str] = set()
         self.totals = RequestStats()
         self.finished = 0
         self.metrics = None  # metrics.EntropyInferMetrics when SGLang runs with --enable-metrics
@@ -195,7 +192,6 @@ class StateStore:
         """Record what the request's last chunk typed (every layer), under its boundary keys."""
         typed, st.typed_chunk = st.typed_chunk, {}
         st.resume = None
-        self._typing_unrecorded.discard(st.rid)
         if not typed or self.records is None:
             return
         some = next(iter(typed.values()))
@@ -210,11 +206,8 @@ class StateStore:
         prefix may be theirs, and a request that decodes in CUDA graphs runs no `begin_decode` to record it (the
         hit would find no record and type its kv heads afresh). Requests of the same batch that have not run their
         chunk yet typed nothing (their resume point stays)."""
-        for rid in list(self._typing_unrecorded):
-            st = self._states.get(rid)
-            if st is None:
-                self._typing_unrecorded.discard(rid)
-            elif st.typed_chunk:
+        for st in self._states.values():
+            if st.typed_chunk:
                 self.flush_typing(st)
 
     def prefill_tokens(self, rid: str) -> int | None:
@@ -246,7 +239,6 @@ class StateStore:
                         st.resume = self.records.resume(self._segment_keys.get(rid, []), prefix_len)
                         st.stats.add_resume(st.resume.kind, prefix_len)
                 self._states[rid] = st
-            self._typing_unrecorded.add(rid)
             if settings is not None:
                 st.config = settings.config
                 if not settings.enabled:
