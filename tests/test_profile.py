@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from entropyinfer_sgl import EntropyInferConfig, profile_prefill
+from entropyinfer_sgl import EntropyInferConfig, plan_prefill, profile_prefill
 from prototype_replica import prototype_profile
 from attention_inputs import structured_qk
 
@@ -56,27 +56,47 @@ def test_rigid_heads_found_and_budgeted(generator):
     assert prof.typing_state is not None and prof.typing_state.segments_seen == prof.num_segments
 
 
-def test_half_precision_matches_prototype_scores(generator):
+def test_bfloat16_matches_prototype_scores(generator):
     q, k = structured_qk(700, 4, 2, 32, generator=generator)
-    for dtype in (torch.float16, torch.bfloat16):
-        qh, kh = q.to(dtype), k.to(dtype)
-        prof = profile_prefill(qh, kh, SMALL_PAPER)
-        ref = _replica(qh, kh, SMALL_PAPER)
-        assert prof.block_scores.dtype == dtype and prof.budget_tokens.dtype == torch.float32
-        assert torch.equal(prof.block_scores, ref["block_scores"])
-        if dtype == torch.bfloat16:
-            assert torch.equal(prof.entropy, ref["entropy"])
-        else:  # the prototype's float16 entropy is NaN wherever a block has p == 0; ours is finite
-            assert bool(torch.isnan(ref["entropy"][:, 1:]).any())
-            p = prof.block_scores.float()
-            expected = -(p * torch.log(p + 1e-9)).sum(-1)
-            assert torch.allclose(prof.entropy[:, 1:].float(), expected[:, 1:], rtol=1e-3, atol=1e-3)
-        assert prof.rigid.tolist() == [True, False]
+    qh, kh = q.to(torch.bfloat16), k.to(torch.bfloat16)
+    prof = profile_prefill(qh, kh, SMALL_PAPER)
+    ref = _replica(qh, kh, SMALL_PAPER)
+    assert prof.block_scores.dtype == torch.bfloat16 and prof.budget_tokens.dtype == torch.float32
+    assert torch.equal(prof.block_scores, ref["block_scores"])
+    assert torch.equal(prof.entropy, ref["entropy"])
+    assert prof.rigid.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("case", ["beyond float16's range", "below float16's smallest probability"])
+def test_float16_inputs_are_scored_in_float32(case, generator):
+    """float16 q/k are scored as their float32 upcast (`block_score_dtype`), which keeps what float16 loses:
+    unscaled scores above 65504 (SGLang's float16 SmolLM2 reaches them: inf, then NaN, refused by the planner)
+    and probabilities below 6e-8 (flushed to 0, they tie and top-k picks by block id). The prototype's float16
+    arithmetic fails both ways."""
+    if case == "beyond float16's range":
+        q, k = structured_qk(700, 4, 2, 32, generator=generator, spike=300.0)  # kv head 0: scores ~ 90000
+        q, k = q * 0.1, k * 0.1
+        q[:, :2, 0], k[0, 0, 0] = 300.0, 300.0
+    else:  # scores spread over tens of nats: the tail of each distribution is below float16's smallest value
+        q, k = structured_qk(700, 4, 2, 32, generator=generator)
+        q, k = q * 3.0, k * 3.0
+    qh, kh = q.to(torch.float16), k.to(torch.float16)
+    prof = profile_prefill(qh, kh, SMALL_PAPER)
+    upcast = profile_prefill(qh.float(), kh.float(), SMALL_PAPER)
+    assert prof.block_scores.dtype == torch.float32 and bool(torch.isfinite(prof.entropy).all())
+    for name in ("block_scores", "entropy", "rigid", "budget_tokens", "keep_blocks"):
+        assert torch.equal(getattr(prof, name), getattr(upcast, name)), name
+    cfg = SMALL_PAPER.replace(min_sparse_len_tokens=128)
+    assert torch.equal(plan_prefill(prof, cfg, layer_idx=1).indices, plan_prefill(upcast, cfg, layer_idx=1).indices)
+    ref = _replica(qh, kh, SMALL_PAPER)  # the prototype's float16 arithmetic
+    visible = upcast.block_scores[:, 1:] > 0
+    lost = ~torch.isfinite(ref["block_scores"][:, 1:]) | ((ref["block_scores"][:, 1:] == 0) & visible)
+    assert bool(lost.any())
 
 
 def test_float32_block_scores_score_16_bit_inputs_as_float32(generator):
     """`float32_block_scores`: bf16/fp16 q/k are scored, normalised and entropied exactly as their float32 upcast
-    (the default rounds every score to the model dtype, the prototype's arithmetic, and differs)."""
+    (without it, bf16 rounds every score to the model dtype, the prototype's arithmetic, and differs)."""
     q, k = structured_qk(700, 4, 2, 32, generator=generator)
     q[:, 2:] *= 4.0  # kv head 1: scores in the tens, where bf16 rounds to whole units
     switched = SMALL_PAPER.replace(float32_block_scores=True)
@@ -87,8 +107,8 @@ def test_float32_block_scores_score_16_bit_inputs_as_float32(generator):
         assert prof.block_scores.dtype == torch.float32
         assert torch.equal(prof.block_scores, upcast.block_scores)
         assert torch.equal(prof.entropy, upcast.entropy) and torch.equal(prof.budget_tokens, upcast.budget_tokens)
-        default = profile_prefill(qh, kh, SMALL_PAPER)
-        assert not torch.equal(default.block_scores.float(), upcast.block_scores)
+        default = profile_prefill(qh, kh, SMALL_PAPER)  # float16 is scored in float32 without the switch too
+        assert torch.equal(default.block_scores.float(), upcast.block_scores) == (dtype == torch.float16)
 
 
 def test_layer_fusion_mixes_previous_layer(generator):

@@ -21,7 +21,9 @@
 # where an earlier run stopped; merge_shards.py keeps one copy of each record). Results: $OUT/quality/eval.tgz
 # (unpack it), one file per worker (benchmarks/quality/merge_shards.py joins them).
 # Variables (server): TASKS, LENGTHS, SAMPLES, SHARDS (clients per length), MINUTES, CHUNK (chunked prefill, 2048),
-# SERVER_MEM_FRACTION (--mem-fraction-static, 0.5; less leaves room for other work on the GPU), SERVER_ARGS (more
+# SERVER_DTYPE (the server's --dtype, default auto: SGLang serves SmolLM2, whose config says float32, in float16;
+# bfloat16 compares with the HF path's bfloat16 records), SERVER_MEM_FRACTION (--mem-fraction-static, 0.5; less
+# leaves room for other work on the GPU), SERVER_ARGS (more
 # launch_server flags, e.g. --disable-cuda-graph with ENTROPYINFER_USE_KERNELS=0: the reference path on CUDA),
 # SERVER_CONFIG (the server's --entropyinfer-config, recorded with the results: preset or JSON; default small),
 # SERVER_METHODS (server_full,server_entropyinfer), RUN (a suffix for this run's results: $OUT/quality/server$RUN.tgz),
@@ -80,7 +82,8 @@ case "${1:?stage: stash a|b, eval, server or agreement}" in
     port=31000
     python3 -m entropyinfer_sgl.sglang.launch_server --model-path "$WORK/hf" --enable-entropyinfer \
       --entropyinfer-config "${SERVER_CONFIG:-small}" --context-length 8192 --chunked-prefill-size "${CHUNK:-2048}" --enable-metrics \
-      --mem-fraction-static "${SERVER_MEM_FRACTION:-0.5}" --port "$port" --host 127.0.0.1 ${SERVER_ARGS:-} \
+      --mem-fraction-static "${SERVER_MEM_FRACTION:-0.5}" --dtype "${SERVER_DTYPE:-auto}" --port "$port" \
+      --host 127.0.0.1 ${SERVER_ARGS:-} \
       > "$WORK/server.log" 2>&1 &
     server=$!
     for _ in $(seq 400); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 1; done

@@ -25,7 +25,7 @@ def test_block_scores_and_entropy_match_oracle(seq_len, num_q_heads, num_kv_head
     p_ref = block_scores(q.float(), k.float(), CFG)
     entropy_ref = attention_entropy(p_ref)
     tol_p, tol_e = TOLERANCE[dtype]
-    assert p.dtype == dtype and entropy.dtype == torch.float32
+    assert p.dtype == torch.float32 and entropy.dtype == torch.float32  # float16 inputs: a float32 p
     assert not bool(torch.isnan(p).any()) and not bool(torch.isnan(entropy).any())
     assert torch.allclose(p.float().cpu(), p_ref.cpu(), atol=tol_p, rtol=0)
     assert torch.allclose(entropy[:, 1:].cpu(), entropy_ref[:, 1:].float().cpu(), atol=tol_e, rtol=tol_e)
@@ -48,6 +48,23 @@ def test_float32_block_scores_in_the_kernel(generator):
         assert p.dtype == torch.float32 and not bool(torch.isnan(p).any())
         assert torch.allclose(p.cpu(), p_ref.cpu(), atol=2e-5, rtol=0)
         assert torch.allclose(entropy[:, 1:].cpu(), attention_entropy(p_ref)[:, 1:].cpu(), atol=1e-4, rtol=1e-4)
+
+
+def test_float16_inputs_keep_what_float16_loses(generator):
+    """float16 q/k (SGLang's default for a model whose config says float32): scores above float16's largest value
+    stay finite and probabilities below its smallest (6e-8) stay above 0 in the float32 p, so top-k still ranks
+    those blocks by score, not by block id."""
+    from entropyinfer_sgl.kernels.entropy_profile import block_scores_and_entropy
+
+    q, k = structured_qk(333, 8, 2, 32, generator=generator, spike=300.0)  # kv head 0: scores ~ 90000
+    q[:, 4:], k[:, 1] = q[:, 4:] * 3.0, k[:, 1] * 3.0  # kv head 1: distributions spread over tens of nats
+    q, k = q.to(DEVICE, torch.float16), k.to(DEVICE, torch.float16)
+    p, entropy = block_scores_and_entropy(q, k, CFG, block_j=32)
+    p_ref = block_scores(q.float(), k.float(), CFG)
+    assert p.dtype == torch.float32 and bool(torch.isfinite(p).all()) and bool(torch.isfinite(entropy).all())
+    tiny = (p_ref > 1e-30) & (p_ref < 6e-8)
+    assert int(tiny.sum()) >= 10 and bool((p.cpu()[tiny.cpu()] > 0).all())
+    assert torch.allclose(p.cpu(), p_ref.cpu(), atol=2e-3, rtol=0)
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -5,9 +5,11 @@ sequence, operation for operation in the input dtype so that float32 inputs repr
 max/min representatives, score = max(mean-q . kmax, mean-q . kmin) without 1/sqrt(d), the GQA mean before the
 softmax, the block-causal mask (block j visible to segment s iff j <= s * S/b - 1) added as the dtype's most
 negative value, softmax in float32 cast back to the input dtype, entropy with +1e-9 (`float32_block_scores`: scores,
-p and so the entropy in float32 whatever the input dtype, a switch beyond the prototype). Deliberate differences: float16
-entropies are computed in float32 (the prototype's are NaN there), and the budget recurrence runs in float32 for every input dtype (the prototype runs it in the model
-dtype, which quantises bfloat16 budgets to 8 mantissa bits); for float32 inputs both are the same.
+p and so the entropy in float32 whatever the input dtype, a switch beyond the prototype). Deliberate differences:
+float16 inputs are scored in float32 (`block_score_dtype`: float16 overflows on real models' unscaled scores and
+flushes a peaked distribution's small probabilities to 0; the prototype's float16 entropies are NaN), and the budget
+recurrence runs in float32 for every input dtype (the prototype runs it in the model dtype, which quantises
+bfloat16 budgets to 8 mantissa bits); for float32 inputs both are the same.
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ class HeadProfile:
 
     Attributes
     ----------
-    entropy: [Hkv, nseg] attention entropy of the block distribution (input dtype; segment 0 sees no block).
+    entropy: [Hkv, nseg] attention entropy of the block distribution (p's dtype; segment 0 sees no block).
     rigid: bool [Hkv] rigid heads (paper typing: whole prompt; causal typing: rigid so far at the end).
     budget_tokens: float32 [Hkv, nseg] prefill budget per kv head and segment.
     keep_blocks: int32 [Hkv, nseg] blocks each kv head keeps per segment (per head, before any max over heads).
-    block_scores: [Hkv, nseg, num_blocks] the block distribution p (input dtype); selection ranks by it.
+    block_scores: [Hkv, nseg, num_blocks] the block distribution p (`block_score_dtype`); selection ranks by it.
     typing_state: causal typing state after this prompt/chunk (None for paper typing).
     """
 
@@ -101,11 +103,23 @@ def block_causal_mask(num_segments: int, num_blocks: int, blocks_per_segment: in
     return mask.masked_fill_(block >= segment * blocks_per_segment, torch.finfo(dtype).min)
 
 
+def block_score_dtype(input_dtype: torch.dtype, config: EntropyInferConfig) -> torch.dtype:
+    """The dtype block scores and the block distribution p are computed and kept in, for q/k of `input_dtype`:
+    bfloat16 stays bfloat16 (the prototype's rounding) unless `config.float32_block_scores`; float32 and float16
+    give float32. float16 cannot hold them: the scores are not scaled by 1/sqrt(d), so a real model's reach its
+    largest value, 65504 (SmolLM2-135M's at layer 18 of a 4k prompt: inf, then NaN after the softmax), and a peaked
+    distribution's small probabilities fall below its smallest, 6e-8, to 0, after which top-k ranks those blocks
+    by block id. SGLang serves a model whose config says float32 in float16 by default (`--dtype auto`)."""
+    if input_dtype == torch.bfloat16 and not config.float32_block_scores:
+        return torch.bfloat16
+    return torch.float32
+
+
 def scores_from_representatives(q_max: torch.Tensor, q_min: torch.Tensor, k: torch.Tensor,
                                 config: EntropyInferConfig, seq_len: int, first_segment: int = 0,
                                 key_representatives: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """The block distribution p `[Hkv, rows, num_blocks]` (q's dtype; float32 with `config.float32_block_scores`)
-    of the segments from `first_segment` on.
+    """The block distribution p `[Hkv, rows, num_blocks]` (in `block_score_dtype`) of the segments from
+    `first_segment` on.
 
     q_max / q_min: `[rows, Hq, D]` those segments' representatives; k: `[>= num_blocks * block, Hkv, D]` keys of
     a `seq_len`-token sequence. Whole prompts (`block_scores`) and prefill chunks (`runtime.chunk_plan`) both score
@@ -115,7 +129,7 @@ def scores_from_representatives(q_max: torch.Tensor, q_min: torch.Tensor, k: tor
     """
     num_rows, num_q_heads, head_dim = q_max.shape
     num_kv_heads = k.shape[1]
-    p_dtype = torch.float32 if config.float32_block_scores else q_max.dtype
+    p_dtype = block_score_dtype(q_max.dtype, config)
     group = num_q_heads // num_kv_heads
     segment, block = config.segment_size_tokens, config.block_size_tokens
     blocks_per_segment = segment // block
@@ -127,7 +141,7 @@ def scores_from_representatives(q_max: torch.Tensor, q_min: torch.Tensor, k: tor
     if k_max.shape[0] != num_blocks:
         raise ValueError(f"{k_max.shape[0]} key block representatives for a {seq_len}-token sequence with "
                          f"{num_blocks} scored blocks")
-    if config.float32_block_scores:  # the same operations on the same values, in float32
+    if p_dtype != q_max.dtype:  # the same operations on the same values, in float32
         q_max, q_min, k_max, k_min = (t.float() for t in (q_max, q_min, k_max, k_min))
     # Same batched matmul shapes as the prototype ([2*nseg, D] x [D, NB] per query head) so float32 matches
     # to the element; keys broadcast over the group instead of being copied per query head.
@@ -144,7 +158,7 @@ def scores_from_representatives(q_max: torch.Tensor, q_min: torch.Tensor, k: tor
 
 
 def block_scores(q: torch.Tensor, k: torch.Tensor, config: EntropyInferConfig) -> torch.Tensor:
-    """The block distribution p `[Hkv, nseg, num_blocks]` (input dtype) of one sequence's q `[L, Hq, D]`, k `[L, Hkv, D]`."""
+    """The block distribution p `[Hkv, nseg, num_blocks]` (`block_score_dtype`) of one sequence's q `[L, Hq, D]`, k `[L, Hkv, D]`."""
     q_max, q_min = segment_representatives(q, config.segment_size_tokens)  # [nseg, Hq, D]
     return scores_from_representatives(q_max, q_min, k, config, q.shape[0])
 

@@ -4,8 +4,9 @@ One launch per layer; a program takes several consecutive segments of one kv hea
 of the group, 64 rows by default), so every key-block tile it loads serves all of them. It scores each segment's
 representative against every visible key block (max(m . kmax, m . kmin), no 1/sqrt(d), mean over the kv group)
 twice: a first pass for the softmax maximum and normaliser, a second that writes the block distribution p in the
-input dtype and sums the entropy of the rounded p. Nothing of size [Hq, nseg, num_blocks] is ever materialised: the only
-large output is p itself, [Hkv, nseg, num_blocks] in the input dtype (64 MiB at 128k tokens, 8 kv heads, bf16),
+dtype of `profile.block_score_dtype` (bf16 for bf16 inputs, float32 otherwise) and sums the entropy of the rounded p.
+Nothing of size [Hq, nseg, num_blocks] is ever materialised: the only large output is p itself,
+[Hkv, nseg, num_blocks] (64 MiB at 128k tokens, 8 kv heads, bf16),
 which top-k selection consumes.
 
 Differences from `profile.block_scores` (the float32 oracle): the representative is m = (qmax + qmin) / 2 in
@@ -21,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ..core.config import EntropyInferConfig
-from ..core.profile import block_representatives, segment_representatives
+from ..core.profile import block_representatives, block_score_dtype, segment_representatives
 from ..core.validation import check_attention_inputs, require
 
 
@@ -118,8 +119,9 @@ def block_scores_and_entropy(q: torch.Tensor, k: torch.Tensor, config: EntropyIn
 
     q: [L, Hq, D], k: [L, Hkv, D] (CUDA, or CPU under TRITON_INTERPRET=1); token rows may be strided (head
     slices of a fused QKV projection): only the representatives are read by the kernel. Returns the block distribution
-    p [Hkv, nseg, num_blocks] in q's dtype (float32 with `config.float32_block_scores`: scores from float32
-    products, not 16-bit tensor-core ones) and the entropy float32 [Hkv, nseg].
+    p [Hkv, nseg, num_blocks] in `profile.block_score_dtype` (float16 inputs: float32 p from their tensor-core
+    products; `config.float32_block_scores`: float32 products too, not 16-bit tensor-core ones) and the entropy
+    float32 [Hkv, nseg].
     """
     seq_len, num_q_heads, num_kv_heads, head_dim = check_attention_inputs(q, k, token_stride_ok=True)
     require(seq_len > config.segment_size_tokens,
@@ -134,9 +136,8 @@ def block_scores_and_entropy(q: torch.Tensor, k: torch.Tensor, config: EntropyIn
     q_max, q_min = segment_representatives(q, segment)
     m = ((q_max.float() + q_min.float()) * 0.5).contiguous()  # [nseg, Hq, D]
     k_max, k_min = (t.contiguous() for t in block_representatives(k, num_blocks, block))  # [NB, Hkv, D]
-    float32_scores = q.dtype == torch.float32 or config.float32_block_scores
-    p = torch.empty(num_kv_heads, num_segments, num_blocks, dtype=torch.float32 if float32_scores else q.dtype,
-                    device=q.device)
+    ieee_dot = q.dtype == torch.float32 or config.float32_block_scores
+    p = torch.empty(num_kv_heads, num_segments, num_blocks, dtype=block_score_dtype(q.dtype, config), device=q.device)
     entropy = torch.empty(num_kv_heads, num_segments, dtype=torch.float32, device=q.device)
     group_p2 = triton.next_power_of_2(group)
     segments = max(1, rows_per_program // group_p2)  # rows = segments x padded group: one k tile serves them all
@@ -148,6 +149,6 @@ def block_scores_and_entropy(q: torch.Tensor, k: torch.Tensor, config: EntropyIn
         p.stride(0), p.stride(1),
         entropy.stride(0),
         GROUP=group, GROUP_P2=group_p2, SEGMENTS=segments, HEAD_DIM=head_dim, BLOCK_J=block_j,
-        IEEE_DOT=float32_scores,
+        IEEE_DOT=ieee_dot,
     )
     return p, entropy
