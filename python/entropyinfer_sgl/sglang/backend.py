@@ -132,8 +132,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
 
             self.store.metrics = EntropyInferMetrics(view.model_name, view.tp_rank)
             logger.info("EntropyInfer metrics on (/metrics: entropyinfer_*, tp_rank %d)", view.tp_rank)
-        logger.info("EntropyInfer attention backend over %r (%s, %s path): %s", self.dense_backend_name, view.device,
-                    "kernel" if self.use_kernels else "reference", config.to_json())
+        logger.info("EntropyInfer attention backend over %r (%s, %s, %s path): %s", self.dense_backend_name,
+                    view.device, view.dtype, "kernel" if self.use_kernels else "reference", config.to_json())
         if not view.device.startswith("cpu") and not self.use_kernels:
             logger.warning("EntropyInfer: the reference path (a Python loop over requests, SDPA on gathered keys) "
                            "is correct on %s but slow", view.device)

@@ -708,6 +708,7 @@ class RunnerView:
     metrics_enabled: bool
     model_name: str
     tp_rank: int
+    dtype: str  # the model's activations: SGLang's --dtype auto serves a float32 config in float16
 
 
 def query_geometry(runner: Any) -> tuple[int, int, Any]:
@@ -728,7 +729,8 @@ def runner_view(runner: Any) -> RunnerView:
                       metrics_enabled=bool(resolved_field(runner.server_args, "enable_metrics", False)),
                       model_name=str(resolved_field(runner.server_args, "served_model_name", None)
                                      or resolved_field(runner.server_args, "model_path", "")),
-                      tp_rank=int(getattr(runner, "tp_rank", 0) or 0))
+                      tp_rank=int(getattr(runner, "tp_rank", 0) or 0),
+                      dtype=str(model_config.dtype).removeprefix("torch."))
 
 
 def default_dense_backend(device: str) -> str:
