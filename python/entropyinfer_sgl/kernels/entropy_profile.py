@@ -6,8 +6,7 @@ representative against every visible key block (max(m . kmax, m . kmin), no 1/sq
 twice: a first pass for the softmax maximum and normaliser, a second that writes the block distribution p in the
 dtype of `profile.block_score_dtype` (bf16 for bf16 inputs, float32 otherwise) and sums the entropy of the rounded p.
 Nothing of size [Hq, nseg, num_blocks] is ever materialised: the only large output is p itself,
-[Hkv, nseg, num_blocks] (64 MiB at 128k tokens, 8 kv heads, bf16),
-which top-k selection consumes.
+[Hkv, nseg, num_blocks] (64 MiB at 128k tokens, 8 kv heads, bf16), which top-k selection consumes.
 
 Differences from `profile.block_scores` (the float32 oracle): the representative is m = (qmax + qmin) / 2 in
 float32 (the prototype averages the two dot products; equal up to rounding), and products accumulate in float32
