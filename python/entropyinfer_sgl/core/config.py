@@ -51,8 +51,9 @@ class EntropyInferConfig:
     # segment's selection (inside its budget: density unchanged); 0 = scores alone decide, as the prototype
     prefill_local_tokens: int = 0  # the blocks of the this many tokens just before a sparse segment (its
     # neighbours) rank first as well, after the sink blocks; 0 = as the prototype
-    float32_block_scores: bool = False  # score blocks (representatives x key blocks) in float32 whatever the
-    # model dtype; False = in the model dtype, as the prototype (bf16 rounds a score of ~100 to steps of 0.5 nats)
+    float32_block_scores: bool = False  # score blocks (representatives x key blocks) in float32 for a bf16 model
+    # too; False = bf16 scores, as the prototype (rounding a score of ~100 to steps of 0.5 nats). float16 models
+    # are always scored in float32 (`profile.block_score_dtype`: float16 overflows on these scores)
 
     # --- decode: latent KV compression ------------------------------------------------------------------
     decode_compression: bool = True  # prototype `latent_decode`
