@@ -5,7 +5,14 @@
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+# Once per machine and set of wheels: a second script started beside a running one (gemma3.sh eval next to
+# quality.sh eval) must not reinstall the packages its workers are importing.
+WHEELS=$(cd .whl && ls *.whl | sort | tr '\n' ' ')
+if [ "$(cat /tmp/site/.carried-wheels 2>/dev/null)" != "$WHEELS" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  echo "$WHEELS" > /tmp/site/.carried-wheels
+fi
 export PYTHONPATH=$PWD/python:$PWD/tests:/tmp/site
 # The package runs from source here (not pip-installed): give it the dist-info that carries its SGLang plugin entry
 # point, so that SGLang's own processes (the scheduler of `launch_server`) load the plugin too.
