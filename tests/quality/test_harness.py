@@ -135,6 +135,17 @@ def test_results_json_is_resumable(tmp_path, smollm2_tokenizer, monkeypatch):
     with pytest.raises(ValueError, match="another config"):
         ResultStore(path).register([changed])
 
+    # a config field added after the records were made compares as its default (the earlier behaviour) ...
+    data = json.loads(path.read_text())
+    del data["methods"]["entropyinfer"]["config"]["float32_block_scores"]
+    path.write_text(json.dumps(data))
+    ResultStore(path).register(methods)
+    # ... and a config that sets the new field otherwise is another config
+    del data["methods"]["entropyinfer"]["config"]["dense_tail_tokens"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="another config"):
+        ResultStore(path).register([Method("entropyinfer", "entropyinfer", "", SPARSE.replace(dense_tail_tokens=64))])
+
 
 @needs_smollm2_tokenizer
 def test_report_table_and_plot(tmp_path, smollm2_tokenizer):

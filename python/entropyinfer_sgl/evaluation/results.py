@@ -10,6 +10,7 @@ in the file with a different config is an error (results of two configs never mi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..core.config import EntropyInferConfig
 from .methods import BUDGETS, Method
 
 SCHEMA = 1
@@ -44,6 +46,19 @@ def git_revision(cwd: str | Path | None = None) -> tuple[str | None, bool | None
 
 def record_key(method: str, task: str, length: int, sample: int) -> tuple[str, str, int, int]:
     return (str(method), str(task), int(length), int(sample))
+
+
+def with_added_fields(config: dict | None) -> dict | None:
+    """A stored config with the `EntropyInferConfig` fields added since it was written set to their defaults.
+
+    A field is added with the default that keeps the earlier behaviour (e.g. `float32_block_scores=False`), so a
+    record made before the field existed ran what that default names: it stays comparable with today's config.
+    A preset that sets a new field to another value still differs from the stored config, as it should."""
+    if config is None:
+        return None
+    defaults = {field.name: field.default for field in dataclasses.fields(EntropyInferConfig)
+                if field.default is not dataclasses.MISSING}
+    return {**defaults, **config}
 
 
 class ResultStore:
@@ -78,7 +93,7 @@ class ResultStore:
         for method in methods:
             known = self.data["methods"].get(method.name)
             current = method.to_dict()
-            if known is not None and (known.get("config"), known.get("decode_scorer")) != (
+            if known is not None and (with_added_fields(known.get("config")), known.get("decode_scorer")) != (
                     current["config"], current["decode_scorer"]):
                 raise ValueError(f"method {method.name!r} is in {self.path} with another config; write to a new "
                                  "results file or give the method other overrides")
