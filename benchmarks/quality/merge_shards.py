@@ -3,8 +3,9 @@ file that `entropyinfer eval` can resume and `entropyinfer report` reads.
 
     python benchmarks/quality/merge_shards.py OUT.json SHARD.json [SHARD.json ...]
 
-Records are keyed by (method, task, length, sample); a key in two shards is an error unless both records agree
-(workers never share a key). Method configs must agree across shards (`ResultStore.register` checks).
+Records are keyed by (method, task, length, sample); a key in two shards is an error unless both records agree but
+for their wall times (a run resumed with another SHARDS can give one sample to two workers; greedy decoding makes
+the same output, the clocks differ): the first shard's record is kept. Method configs must agree across shards.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ import sys
 from pathlib import Path
 
 from entropyinfer_sgl.evaluation.results import ResultStore, record_key
+
+WALL_TIMES = ("prefill_s", "decode_s")
+
+
+def _without_wall_times(record: dict) -> dict:
+    return {name: value for name, value in record.items() if name not in WALL_TIMES}
 
 
 def merge_shards(out: Path, shards: list[Path]) -> ResultStore:
@@ -28,8 +35,10 @@ def merge_shards(out: Path, shards: list[Path]) -> ResultStore:
             store.data["methods"][name] = method
         for record in data["records"]:
             key = record_key(record["method"], record["task"], record["length"], record["sample"])
-            if key in seen and seen[key][0] != record:
-                raise ValueError(f"{shard}: record {key} differs from the one in {seen[key][1]}")
+            if key in seen:
+                if _without_wall_times(seen[key][0]) != _without_wall_times(record):
+                    raise ValueError(f"{shard}: record {key} differs from the one in {seen[key][1]}")
+                continue
             seen[key] = (record, shard)
             store.add(record)
         store.data["model"] = store.data.get("model") or data.get("model")
