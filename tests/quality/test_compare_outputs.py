@@ -1,20 +1,14 @@
 """benchmarks/quality/compare_outputs.py: pairs records by prompt and counts identical answers per task."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "quality" / "compare_outputs.py"
+from benchmark_scripts import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def compare_outputs():
-    spec = importlib.util.spec_from_file_location("compare_outputs", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("compare_outputs")
 
 
 def _record(method, task, sample, output, score, length=4000):

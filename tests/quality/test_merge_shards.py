@@ -1,21 +1,16 @@
 """benchmarks/quality/merge_shards.py: joins workers' results files; one key in two shards must agree but for the
 wall times."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "quality" / "merge_shards.py"
+from benchmark_scripts import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def merge_shards():
-    spec = importlib.util.spec_from_file_location("merge_shards", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("merge_shards")
 
 
 def _shard(path: Path, records: list[dict]) -> Path:
