@@ -1,13 +1,22 @@
-"""Kernel tile sweeps and micro-benchmarks on a CUDA device: `python kernels/tune.py [--quick | --sweep | --decode-only]`.
+"""Kernel tile sweeps and micro-benchmarks on a CUDA device:
+`python kernels/tune.py [--quick | --sweep | --decode-only | --pool-decode [--pool-quick | --pool-smoke] | --event]`.
 
 Prints one JSON row per measurement (kernel, shape, density, median ms, effective TFLOP/s or GB/s) next to a
 dense baseline at the same shape (torch SDPA, causal, GQA). Timing: `triton.testing.do_bench` (warm-up, median).
+`--pool-decode`: the serving-mode decode (`PoolRows`) against FlashInfer's paged decode, timed inside CUDA graphs;
+`--pool-smoke` runs it on the CPU under the Triton interpreter (the caller sets TRITON_INTERPRET=1).
+`--event`: one layer of a decode compression event, the torch oracle's scores against the fused kernel's.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import itertools
 import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -126,11 +135,350 @@ def bench_decode(batches, kept, *, num_q_heads=32, num_kv_heads=8, head_dim=128,
                  eager_ms=ms_eager, num_splits=splits)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Serving-mode decode (`--pool-decode`): our kernel reading each request through SGLang's req_to_token row and a
+# table arena (`PoolRows`), as the server runs it, against FlashInfer's dense paged decode at the same shapes.
+
+@dataclass(frozen=True)
+class PoolSetup:
+    """Geometry, arena sizes and timing of a pool-decode run; the defaults are Llama-3.1-8B served on a GPU."""
+
+    num_q_heads: int = 32
+    num_kv_heads: int = 8
+    head_dim: int = 128
+    dtype: torch.dtype = torch.bfloat16
+    device: str = "cuda"
+    width: int = 131328  # req_to_token columns: SGLang's context length in our runs (sizes the kernel's grid)
+    max_kept: int = 2048  # kept entries per (table, kv head) after a compression event
+    recent: int = 16  # compressed case: positions read from the row after the event (tail_starts = seq_len - 16)
+    atol: float = 2e-2  # bfloat16 outputs against the float32 reference
+    timing: str = "cudagraph"  # or "wall": a host loop, for the interpreter
+    strict: bool = False  # raise on a failed or wrong measurement instead of printing an error row (smoke)
+
+
+SMOKE_SETUP = PoolSetup(num_q_heads=4, num_kv_heads=2, head_dim=32, dtype=torch.float32, device="cpu", width=512,
+                        max_kept=64, atol=1e-4, timing="wall", strict=True)
+SMOKE_SEQ_LEN, SMOKE_BATCHES = 300, (1, 2)
+SLOT_SLACK = 1024  # spare cache slots past the last request's, as a pool always has
+WALL_RUNS = 2
+
+
+@dataclass
+class PoolCache:
+    """K/V and request rows shared by both cases of one (seq_len, batch)."""
+
+    q: torch.Tensor  # [batch, Hq, D]
+    k_cache: torch.Tensor  # [slots, Hkv, D]
+    v_cache: torch.Tensor
+    req_to_token: torch.Tensor  # int32 [batch, width]
+    row_slots: torch.Tensor  # int32 [batch, seq_len]: slot of each position of each request
+
+
+@dataclass
+class PoolCase:
+    """One table-arena state over a `PoolCache`, the float32 reference output and the entries each head reads."""
+
+    name: str  # "uncompressed" (no table: the whole row) or "compressed" (a table per request)
+    cache: PoolCache
+    kept_indices: torch.Tensor
+    kept_lengths: torch.Tensor
+    pool_rows: object  # entropyinfer_sgl.kernels.PoolRows
+    attended: int
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def seq_len(self) -> int:
+        return self.cache.row_slots.shape[1]
+
+    @property
+    def batch(self) -> int:
+        return self.cache.row_slots.shape[0]
+
+
+def _pool_cache(setup: PoolSetup, seq_len: int, batch: int) -> PoolCache:
+    """Rows filled with sequential slots, as a fresh SGLang pool allocates them."""
+    if seq_len > setup.width:
+        raise ValueError(f"seq_len {seq_len} does not fit req_to_token rows of width {setup.width}")
+    values = {"dtype": setup.dtype, "device": setup.device}
+    k_cache = torch.randn(batch * seq_len + SLOT_SLACK, setup.num_kv_heads, setup.head_dim, **values)
+    q = torch.randn(batch, setup.num_q_heads, setup.head_dim, **values)
+    positions = torch.arange(seq_len, dtype=torch.int32, device=setup.device)
+    row_slots = torch.arange(batch, dtype=torch.int32, device=setup.device)[:, None] * seq_len + positions
+    req_to_token = torch.zeros(batch, setup.width, dtype=torch.int32, device=setup.device)
+    req_to_token[:, :seq_len] = row_slots
+    return PoolCache(q, k_cache, torch.randn_like(k_cache), req_to_token, row_slots)
+
+
+def _pool_case(setup: PoolSetup, cache: PoolCache, *, compressed: bool) -> PoolCase:
+    """The table arena before any compression event (`compressed=False`: every row reads itself whole) or after
+    one event per request (a table each: `max_kept` random earlier slots per kv head, then the last `recent`)."""
+    from entropyinfer_sgl.kernels import PoolRows
+    from entropyinfer_sgl.kernels.compressed_decode import check_decode_inputs
+
+    batch, seq_len = cache.row_slots.shape
+    heads, max_kept = setup.num_kv_heads, setup.max_kept
+    ints = {"dtype": torch.int32, "device": setup.device}
+    if compressed:
+        tail = seq_len - setup.recent
+        if not 0 < max_kept <= tail:
+            raise ValueError(f"compressed case needs 0 < max_kept={max_kept} <= seq_len - recent = {tail}")
+        positions = torch.rand(batch, heads, tail, device=setup.device).argsort(-1)[..., :max_kept].sort(-1).values
+        kept_indices = cache.row_slots[:, None].expand(-1, heads, -1).gather(2, positions).contiguous()
+        kept_lengths = torch.full((batch, heads), max_kept, **ints)
+        table_of_row, tail_starts = torch.arange(batch, **ints), torch.full((batch,), tail, **ints)
+        name, attended = "compressed", max_kept + setup.recent
+    else:  # the arena still holds one (unused) table: its tensors keep their serving shapes
+        kept_indices = torch.full((1, heads, max_kept), -1, **ints)
+        kept_lengths = torch.zeros(1, heads, **ints)
+        table_of_row, tail_starts = torch.full((batch,), -1, **ints), torch.zeros(1, **ints)
+        name, attended = "uncompressed", seq_len
+    row_indices = torch.arange(batch, dtype=torch.int64, device=setup.device)  # SGLang's req_pool_indices: int64
+    seq_lens = torch.full((batch,), seq_len, **ints)
+    pool_rows = PoolRows(cache.req_to_token, row_indices, seq_lens, table_of_row, tail_starts)
+    check_decode_inputs(cache.q, cache.k_cache, cache.v_cache, kept_indices, kept_lengths, pool_rows=pool_rows)
+    case = PoolCase(name, cache, kept_indices, kept_lengths, pool_rows, attended)
+    case.reference = _pool_reference(case)
+    return case
+
+
+def _pool_reference(case: PoolCase) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 out [B, Hq, D] and lse [B, Hq]: each request over the slots its kv heads attend (kept entries of its
+    table, then its row from the table's tail; the whole row without a table)."""
+    from entropyinfer_sgl.core.reference import compressed_decode_reference
+
+    rows = case.pool_rows
+    outs, lses = [], []
+    for b in range(case.batch):
+        table = int(rows.table_of_row[int(rows.row_indices[b])])
+        if table >= 0:  # every head of a table keeps max_kept entries here
+            kept, tail = case.kept_indices[table], int(rows.tail_starts[table])
+        else:
+            kept, tail = case.kept_indices[0, :, :0], 0
+        row = case.cache.row_slots[b, tail:].expand(kept.shape[0], -1)
+        slots = torch.cat([kept, row], dim=1)
+        lengths = torch.full((slots.shape[0],), slots.shape[1], dtype=torch.int32, device=slots.device)
+        out, lse = compressed_decode_reference(case.cache.q[b], case.cache.k_cache, case.cache.v_cache, slots, lengths)
+        outs.append(out)
+        lses.append(lse)
+    return torch.stack(outs), torch.stack(lses)
+
+
+def _max_error(result, reference: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Largest absolute deviation of out (and lse, where the kernel returns it) from the reference."""
+    pairs = zip(result, reference) if isinstance(result, tuple) else [(result, reference[0])]
+    return max(float((got.float() - want).abs().max()) for got, want in pairs)
+
+
+def _time_ms(run: Callable, timing: str) -> tuple[float, str]:
+    """Milliseconds per call and how they were taken. "cudagraph": replays of a captured graph, as SGLang decodes
+    (no launch overhead), falling back to eager `do_bench` when capture fails; "wall": a host loop (interpreter)."""
+    if timing == "wall":
+        run()  # compile outside the timed loop
+        start = time.perf_counter()
+        for _ in range(WALL_RUNS):
+            run()
+        return (time.perf_counter() - start) * 1e3 / WALL_RUNS, "wall"
+    from triton.testing import do_bench, do_bench_cudagraph
+
+    try:
+        return do_bench_cudagraph(run), "cudagraph"
+    except Exception as err:  # noqa: BLE001 - e.g. a host sync inside the call
+        torch.cuda.synchronize()
+        return do_bench(run), f"eager (graph capture failed: {type(err).__name__})"
+
+
+def _measure(setup: PoolSetup, case: PoolCase, kernel: str, plan: Callable, **fields) -> dict | None:
+    """Plan a launch (`plan() -> (run, extra row fields)`), check one run against the reference, time it and
+    print its row. Returns the row, or None after printing an error row (raises instead when `setup.strict`)."""
+    density = case.attended / case.seq_len
+    try:
+        run, extra = plan()
+        error = _max_error(run(), case.reference)
+        ms, timing = _time_ms(run, setup.timing)
+    except Exception as err:  # out of resources, a missing library, ...
+        if setup.strict:
+            raise
+        _row(kernel, case.seq_len, density, float("nan"), batch=case.batch, case=case.name, **fields,
+             error=f"{type(err).__name__}: {str(err)[:300]}")
+        return None
+    if error > setup.atol and setup.strict:
+        raise AssertionError(f"{kernel} {case.name} {fields}: max error {error:.2e} > atol {setup.atol}")
+    kv_bytes = case.batch * setup.num_kv_heads * case.attended * 2 * setup.head_dim * case.cache.k_cache.element_size()
+    row = dict(batch=case.batch, case=case.name, **fields, **extra, gbps=kv_bytes / ms / 1e6, timing=timing,
+               max_err=f"{error:.1e}", correct=error <= setup.atol)  # a string: _row rounds floats to 2 places
+    _row(kernel, case.seq_len, density, ms, **row)
+    return dict(row, ms=ms)
+
+
+def _config_name(config) -> str:
+    return f"{config.block_n}w{config.num_warps}s{config.num_stages}"
+
+
+def _pool_sweep(setup: PoolSetup, *, quick: bool) -> list[tuple[object, int | None]]:
+    """(LaunchConfig or None, num_splits or None) pairs; (None, None) is the shipped default launch."""
+    from entropyinfer_sgl.kernels import LaunchConfig
+
+    if setup.timing == "wall":  # smoke: one direct launch (a single split) and one with the reduce kernel
+        return [(None, None), (LaunchConfig(block_m=16, block_n=16, num_stages=1), 1),
+                (LaunchConfig(block_m=16, block_n=32, num_stages=1), 4)]
+    if quick:
+        block_ns, warps, stages, splits = (64, 128), (4, 8), (2, 3), (None, 32, 64, 128)
+    else:
+        block_ns, warps, stages, splits = (32, 64, 128), (4, 8), (2, 3, 4), (None, 16, 32, 64, 96, 128)
+    # read at run time: the kernel's limit may be raised
+    max_splits = importlib.import_module("entropyinfer_sgl.kernels.compressed_decode").MAX_SPLITS
+    sweep = [(LaunchConfig(block_m=16, block_n=n, num_warps=w, num_stages=s), split)
+             for n, w, s, split in itertools.product(block_ns, warps, stages, splits)
+             if split is None or split <= max_splits]
+    return [(None, None)] + sweep
+
+
+def _sweep_pool_case(setup: PoolSetup, case: PoolCase, sweep) -> list[dict]:
+    """Our kernel over the sweep, each launch planned once and replayed as SGLang does (`DecodeLaunch.run`)."""
+    from entropyinfer_sgl.kernels import DecodeLaunch, decode_launch_config
+
+    cache = case.cache
+
+    def planner(config, num_splits):
+        def plan():
+            launch = DecodeLaunch(cache.q, cache.k_cache, cache.v_cache, case.kept_indices, config=config,
+                                  num_splits=num_splits, pool_rows=case.pool_rows)
+            def run():
+                return launch.run(cache.q, cache.k_cache, cache.v_cache, case.kept_indices, case.kept_lengths,
+                                  pool_rows=case.pool_rows)
+            return run, {"num_splits": launch.num_splits}
+        return plan
+
+    default_name = f"default({_config_name(decode_launch_config(setup.head_dim, setup.dtype))})"
+    rows = []
+    for config, num_splits in sweep:
+        name = default_name if config is None else _config_name(config)
+        row = _measure(setup, case, "pool_decode", planner(config, num_splits), config=name,
+                       split_arg="auto" if num_splits is None else num_splits)
+        rows.append(row)
+    return [row for row in rows if row is not None]
+
+
+def _bench_flashinfer(setup: PoolSetup, case: PoolCase) -> dict[str, float]:
+    """FlashInfer's dense paged decode (page size 1) over the same rows, without and with tensor cores (SGLang
+    takes tensor cores for GQA groups >= 4 in bfloat16). Returns {variant: ms} of the variants that ran."""
+    if setup.timing == "wall":
+        _row("flashinfer_decode", case.seq_len, 1.0, float("nan"), batch=case.batch, case="dense",
+             skipped="smoke: FlashInfer needs CUDA")
+        return {}
+    cache = case.cache
+    slots = cache.k_cache.shape[0]
+    paged = tuple(t.view(slots, 1, setup.num_kv_heads, setup.head_dim) for t in (cache.k_cache, cache.v_cache))
+
+    def planner(use_tensor_cores: bool):
+        def plan():
+            import flashinfer
+
+            workspace = torch.empty(128 << 20, dtype=torch.uint8, device=setup.device)
+            wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD",
+                                                                    use_tensor_cores=use_tensor_cores)
+            ints = {"dtype": torch.int32, "device": setup.device}
+            args = {"indptr": torch.arange(case.batch + 1, **ints) * case.seq_len,
+                    "indices": cache.row_slots.flatten(), "last_page_len": torch.ones(case.batch, **ints),
+                    "num_qo_heads": setup.num_q_heads, "num_kv_heads": setup.num_kv_heads,
+                    "head_dim": setup.head_dim, "page_size": 1, "pos_encoding_mode": "NONE",
+                    "q_data_type": setup.dtype}
+            try:
+                wrapper.plan(**args, kv_data_type=setup.dtype)
+            except TypeError as err:  # releases before kv_data_type took `data_type`
+                if "kv_data_type" not in str(err):
+                    raise
+                wrapper.plan(**args, data_type=setup.dtype)
+            return lambda: wrapper.run(cache.q, paged), {"version": getattr(flashinfer, "__version__", "?")}
+        return plan
+
+    dense = replace(case, name="dense", attended=case.seq_len)
+    timings = {}
+    for use_tensor_cores in (False, True):
+        variant = f"tensor_cores={use_tensor_cores}"
+        row = _measure(setup, dense, "flashinfer_decode", planner(use_tensor_cores), config=variant)
+        if row is not None and row["correct"]:
+            timings[variant] = row["ms"]
+    return timings
+
+
+def _print_pool_best(case: PoolCase, rows: list[dict], flashinfer: dict[str, float]) -> None:
+    """The fastest correct launch of a case, against the shipped default and the fastest FlashInfer variant."""
+    correct = [row for row in rows if row["correct"]]
+    if not correct:
+        _row("pool_decode_best", case.seq_len, case.attended / case.seq_len, float("nan"), batch=case.batch,
+             case=case.name, error="no launch ran correctly")
+        return
+    best = min(correct, key=lambda row: row["ms"])
+    default = next((row for row in correct if row["config"].startswith("default")), None)
+    fields = {"batch": case.batch, "case": case.name, "config": best["config"], "split_arg": best["split_arg"],
+              "num_splits": best["num_splits"], "launches": len(rows)}
+    if default is not None:
+        fields.update(default_us=default["ms"] * 1e3, default_num_splits=default["num_splits"])
+    if flashinfer:
+        variant, dense_ms = min(flashinfer.items(), key=lambda item: item[1])
+        ratio = best["ms"] / dense_ms
+        fields.update(flashinfer=variant, flashinfer_us=dense_ms * 1e3, ratio=ratio, gap_pct=(ratio - 1) * 100)
+        if default is not None:
+            fields.update(default_ratio=default["ms"] / dense_ms)
+    _row("pool_decode_best", case.seq_len, case.attended / case.seq_len, best["ms"], **fields)
+
+
+def bench_pool_decode(seq_lens, batches, setup: PoolSetup, *, quick: bool = False) -> None:
+    """Serving-mode decode per (seq_len, batch): FlashInfer's dense decode, then our kernel's sweep with no table
+    (before any compression event) and with one table per request (the steps after it), then the best of each."""
+    torch.manual_seed(0)
+    sweep = _pool_sweep(setup, quick=quick)
+    for seq_len, batch in itertools.product(seq_lens, batches):
+        cache = _pool_cache(setup, seq_len, batch)
+        uncompressed = _pool_case(setup, cache, compressed=False)
+        flashinfer = _bench_flashinfer(setup, uncompressed)
+        for case in (uncompressed, _pool_case(setup, cache, compressed=True)):
+            _print_pool_best(case, _sweep_pool_case(setup, case, sweep), flashinfer)
+        del cache, uncompressed, case
+        if setup.device == "cuda":
+            torch.cuda.empty_cache()  # the next shape's cache is up to 4 GiB
+
+
+def smoke_pool_decode() -> None:
+    """Tiny shapes on the CPU under the Triton interpreter; every launch is checked against the reference."""
+    from entropyinfer_sgl.kernels import interpret_mode
+
+    if not interpret_mode():
+        raise SystemExit("--pool-smoke runs under the Triton interpreter: set TRITON_INTERPRET=1")
+    bench_pool_decode([SMOKE_SEQ_LEN], SMOKE_BATCHES, SMOKE_SETUP)
+    print(json.dumps({"smoke_check": "ok", "atol": SMOKE_SETUP.atol}), flush=True)
+
+
 def _row(kernel, tokens, density, ms, **extra):
-    row = dict(kernel=kernel, tokens=tokens, density=round(density, 4), ms=round(ms, 4),
-               gpu=torch.cuda.get_device_name())
+    row = {"kernel": kernel, "tokens": tokens, "density": round(density, 4), "ms": round(ms, 4),
+           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}  # cpu: --pool-smoke
     row.update({key: (round(value, 2) if isinstance(value, float) else value) for key, value in extra.items()})
     print(json.dumps(row), flush=True)
+
+
+def bench_event(seq_lens, *, num_window=32, num_q_heads=32, num_kv_heads=8, head_dim=128, dtype=torch.bfloat16):
+    """One layer of one request's compression event (eager, as the server runs it): the window's scores by the
+    torch oracle and by the fused kernel, and the whole `compress_layer` with each."""
+    from triton.testing import do_bench
+
+    from entropyinfer_sgl import EntropyInferConfig
+    from entropyinfer_sgl.core.decode import observation_scores
+    from entropyinfer_sgl.runtime.decode_table import compress_layer
+    from entropyinfer_sgl.runtime.kernel_path import fused_observation_scores
+
+    config = EntropyInferConfig(observation_window_tokens=num_window)
+    for seq_len in seq_lens:
+        window_q = torch.randn(num_window, num_q_heads, head_dim, device="cuda", dtype=dtype)
+        keys = torch.randn(seq_len, num_kv_heads, head_dim, device="cuda", dtype=dtype)
+        torch_scores = observation_scores(window_q, keys, config)
+        fused_scores = fused_observation_scores(window_q, keys, config)
+        err = ((fused_scores - torch_scores).abs().max() / torch_scores.abs().max()).item()
+        for name, scorer in (("torch", observation_scores), ("fused", fused_observation_scores)):
+            ms_scores = do_bench(lambda: scorer(window_q, keys, config))
+            ms_layer = do_bench(lambda: compress_layer(window_q, keys, None, config, scorer=scorer))
+            _row("event_layer", seq_len, 1.0, ms_layer, scorer=name, scores_ms=ms_scores, relative_error=f"{err:.2e}")
+        del window_q, keys
 
 
 def main() -> None:
@@ -141,9 +489,28 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=16384, help="sweep: prompt length")
     parser.add_argument("--head-dims", default="128,64", help="sweep: head dims")
     parser.add_argument("--decode-only", action="store_true")
+    parser.add_argument("--pool-decode", action="store_true",
+                        help="serving-mode decode (PoolRows) against FlashInfer's paged decode, in CUDA graphs")
+    parser.add_argument("--pool-seq-lens", default="100000,131072", help="pool-decode: tokens per request")
+    parser.add_argument("--pool-batches", default="1,8", help="pool-decode: requests per step")
+    parser.add_argument("--pool-width", type=int, default=PoolSetup.width, help="pool-decode: req_to_token columns")
+    parser.add_argument("--pool-quick", action="store_true", help="pool-decode: a smaller launch sweep")
+    parser.add_argument("--pool-smoke", action="store_true",
+                        help="pool-decode on the CPU with tiny shapes (needs TRITON_INTERPRET=1), checked")
+    parser.add_argument("--event", action="store_true", help="one layer of a decode compression event")
     args = parser.parse_args()
+    if args.pool_smoke:
+        smoke_pool_decode()
+        return
     if not torch.cuda.is_available():
         raise SystemExit("bench needs a CUDA device")
+    if args.pool_decode:
+        seq_lens, batches = ([int(n) for n in text.split(",")] for text in (args.pool_seq_lens, args.pool_batches))
+        bench_pool_decode(seq_lens, batches, PoolSetup(width=args.pool_width), quick=args.pool_quick)
+        return
+    if args.event:
+        bench_event([32768, 100000, 131072])
+        return
     if args.sweep:
         sweep_prefill(args.configs, args.seq_len, [int(d) for d in args.head_dims.split(",")])
         return

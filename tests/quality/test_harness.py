@@ -191,3 +191,18 @@ def test_a_named_commit_wins_over_the_checkouts_own(monkeypatch):
     assert sha is None or len(sha) == 40
     monkeypatch.setenv("ENTROPYINFER_GIT_SHA", "0123abc")
     assert git_revision() == ("0123abc", None)
+
+
+def test_results_file_holds_one_line_per_record(tmp_path):
+    """The saved text parses back to the same data, with the header indented and each record on its own line."""
+    from entropyinfer_sgl.evaluation.results import results_json
+
+    data = {"schema": 1, "methods": {"full": {"name": "full"}},
+            "records": [{"method": "full", "output": "a\nb", "score": 1.0}, {"method": "full", "score": 0.5}]}
+    text = results_json(data)
+    assert json.loads(text) == data
+    lines = text.splitlines()
+    assert [line.strip().rstrip(",") for line in lines if '"method"' in line] == \
+        [json.dumps(record, separators=(",", ":")) for record in data["records"]]
+    assert json.loads(results_json({})) == {"records": []}
+    assert json.loads(results_json({"schema": 1})) == {"schema": 1, "records": []}

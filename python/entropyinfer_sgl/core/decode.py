@@ -43,6 +43,13 @@ def observation_scores(window_q: torch.Tensor, k_cache: torch.Tensor, config: En
     k_cache: [T, Hkv, D]. Entries in the local window (the newest `local_window_tokens`) score 0: they are
     always kept. Pooling runs over the scored entries with zero padding, as SnapKV does.
     """
+    return pooled_scores(window_attention(window_q, k_cache, reduction=config.decode_gqa_reduction), config)
+
+
+def window_attention(window_q: torch.Tensor, k_cache: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
+    """The observation window's softmax attention to each entry, averaged over the window, then reduced over each
+    kv head's q heads ("mean" or "max"): float32 [Hkv, T]. The oracle of the fused kernel
+    (`kernels.observation_scores.window_attention`)."""
     require(window_q.dim() == 3 and k_cache.dim() == 3, "window_q must be [W, Hq, D] and k_cache [T, Hkv, D]")
     num_window, num_q_heads, head_dim = window_q.shape
     num_tokens, num_kv_heads, _ = k_cache.shape
@@ -56,11 +63,17 @@ def observation_scores(window_q: torch.Tensor, k_cache: torch.Tensor, config: En
     query_position = num_tokens - num_window + torch.arange(num_window, device=k_cache.device)
     logits = logits.masked_fill(position[None, :] > query_position[:, None], float("-inf"))
     probs = torch.softmax(logits, dim=-1).mean(dim=2)  # [Hkv, G, T]: mean over the window
-    probs = probs.mean(dim=1) if config.decode_gqa_reduction == "mean" else probs.amax(dim=1)
+    return probs.mean(dim=1) if reduction == "mean" else probs.amax(dim=1)
+
+
+def pooled_scores(attention: torch.Tensor, config: EntropyInferConfig) -> torch.Tensor:
+    """Scores from the window's attention `[Hkv, T]`: the local window's entries 0 (always kept), the others
+    pooled over the scored entries with zero padding, as SnapKV does."""
+    num_kv_heads, num_tokens = attention.shape
     scored = num_tokens - config.local_window_tokens
-    scores = torch.zeros(num_kv_heads, num_tokens, dtype=torch.float32, device=k_cache.device)
+    scores = torch.zeros(num_kv_heads, num_tokens, dtype=torch.float32, device=attention.device)
     if scored > 0:
-        scores[:, :scored] = _pool(probs[:, :scored], config)
+        scores[:, :scored] = _pool(attention[:, :scored], config)
     return scores
 
 
@@ -168,10 +181,17 @@ def plan_decode_compression(scores: torch.Tensor, config: EntropyInferConfig, *,
     fn = planner.eviction_order if planner else eviction_order
     order = fn(scores, sink_tokens=config.sink_tokens, local_window_tokens=config.local_window_tokens).to(device)
     lengths = budgets + protected
-    max_kept = int(lengths.max())
-    kept = torch.full((num_heads, max_kept), -1, dtype=torch.int32, device=device)
-    for h in range(num_heads):  # per kv head, once per compression event (not per step)
-        n = int(lengths[h])
-        kept[h, :n] = torch.sort(order[h, num_tokens - n:]).values
+    kept = _kept_in_position_order(order, lengths, int(lengths.max()))
     return DecodeCompressionPlan(kept_indices=kept, kept_lengths=lengths.to(torch.int32), eviction_order=order,
                                  budgets_tokens=budgets.to(torch.int32), num_entries=num_tokens)
+
+
+def _kept_in_position_order(order: torch.Tensor, lengths: torch.Tensor, max_kept: int) -> torch.Tensor:
+    """Each head's last `lengths[h]` entries of its eviction order (its most important), sorted by position and
+    padded with -1: int32 [H, max_kept]. All heads in one sort (no host sync per head)."""
+    num_tokens = order.shape[1]
+    tail = order[:, num_tokens - max_kept:].to(torch.int64)
+    column = torch.arange(max_kept, device=order.device)
+    kept_here = column[None, :] >= (max_kept - lengths.to(order.device))[:, None]
+    ordered = torch.sort(torch.where(kept_here, tail, num_tokens), dim=1).values  # the padding sorts last
+    return torch.where(ordered < num_tokens, ordered, -1).to(torch.int32)

@@ -29,7 +29,7 @@ from ._common import (
 )
 from ._online_softmax import LN2, LOG2E, attend_tile, load_rows
 
-MAX_SPLITS = 64
+MAX_SPLITS = 128
 
 
 @dataclass(frozen=True)
@@ -344,7 +344,7 @@ class DecodeLaunch:
             num_warps=config.num_warps, num_stages=config.num_stages)
         self.reduce_constants = dict(HEAD_DIM=head_dim, BLOCK_D=block_d,
                                      BLOCK_S=max(2, next_power_of_two(num_splits)),
-                                     num_warps=4 if block_d >= 128 else 2)
+                                     num_warps=8 if num_splits >= 64 else 4 if block_d >= 128 else 2)
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kept_indices: torch.Tensor,
             kept_lengths: torch.Tensor, pool_rows: PoolRows | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -123,16 +123,17 @@ def _check_window(newest_positions: torch.Tensor, window_positions: torch.Tensor
 
 
 def compress_layer(window_q: torch.Tensor, keys: torch.Tensor, table: DecodeTable | None,
-                   config: EntropyInferConfig) -> tuple[DecodeTable | None, torch.Tensor, torch.Tensor]:
+                   config: EntropyInferConfig, *, scorer=None) -> tuple[DecodeTable | None, torch.Tensor, torch.Tensor]:
     """One latent compression event of one request and layer, as a position table (`select_kept_entries`).
 
     window_q: `[W, Hq, D]` the newest W queries (positions T-W .. T-1); keys: `[T, Hkv, D]` the request's keys of
-    positions 0 .. T-1; table: the previous event's table (None: every position is held).
+    positions 0 .. T-1; table: the previous event's table (None: every position is held); scorer: as
+    `select_kept_entries`'s (None: `observation_scores`).
     Returns (the new table, or None when every head keeps everything; entries held before `[Hkv]`; kept `[Hkv]`).
     """
     num_entries, num_kv_heads, _ = keys.shape
     held = None if table is None else [table.held(h, num_entries) for h in range(num_kv_heads)]
-    kept = select_kept_entries(window_q, keys, config, held=held)
+    kept = select_kept_entries(window_q, keys, config, held=held, scorer=scorer)
     if table is None and bool((kept.lengths == num_entries).all()):
         return None, kept.before, kept.lengths
     return DecodeTable(positions=kept.entries, lengths=kept.lengths, base_len=num_entries), kept.before, kept.lengths

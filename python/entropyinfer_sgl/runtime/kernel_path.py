@@ -10,6 +10,7 @@ TRITON_INTERPRET=1 for tests). No engine import: the SGLang backend hands plain 
 - `DecodeTableArena`: every compressed request's kept cache slots per (layer, kv head), in static-shape buffers
   indexed through the request's `req_to_token` row (CUDA-graph safe; tables change only at compression events).
 - `ArenaDecode`: one `compressed_decode` launch per layer for a whole decode batch over the arena.
+- `fused_observation_scores`: a compression event's scores from the fused two-pass window-attention kernel.
 """
 
 from __future__ import annotations
@@ -262,3 +263,12 @@ class ArenaDecode:
             check_decode_inputs(q3, k_buf, v_buf, slots, lengths, pool_rows=rows)
             self._launch = DecodeLaunch(q3, k_buf, v_buf, slots, scale=scale, pool_rows=rows)
         return self._launch.run(q3, k_buf, v_buf, slots, lengths, pool_rows=rows)[0]
+
+
+def fused_observation_scores(window_q: torch.Tensor, keys: torch.Tensor, config: EntropyInferConfig) -> torch.Tensor:
+    """`core.decode.observation_scores` with the window's attention from `kernels.observation_scores` (two passes
+    over the keys, no `[Hkv, G, W, T]` probabilities in memory): the scorer of the kernel path's events."""
+    from ..core.decode import pooled_scores
+    from ..kernels.observation_scores import window_attention
+
+    return pooled_scores(window_attention(window_q, keys, reduction=config.decode_gqa_reduction), config)

@@ -48,7 +48,8 @@ from ..runtime.compaction import compact_request
 from ..runtime.decode_table import compress_layer
 from ..runtime.faults import ENV_TEST_FAULT, fault_injection_from_env
 from ..runtime.kernel_path import (ArenaDecode, DecodeTableArena, chunk_has_sparse_segment, dense_chunk,
-                                   dense_requests_by_kernel, kernels_wanted, prefill_chunk)
+                                   dense_requests_by_kernel, fused_observation_scores, kernels_wanted,
+                                   prefill_chunk)
 from ..runtime.requests import STORE, RequestState, StateStore
 from ..runtime.sparse_attention import compressed_decode_attention, sparse_chunk_attention
 from ..runtime.typing_records import TypingRecords
@@ -443,12 +444,13 @@ class EntropyInferAttnBackend(_AttentionBackend):
             self._drop_windows(st)  # it will not be compressed later either
             return
         slots = compat.req_to_token(self.req_to_token_pool)[info.row, :in_cache].to(torch.int64)
+        scorer = fused_observation_scores if self.use_kernels else None  # None: the torch oracle
         events = 0
         for layer_id, window in windows.items():
             k_buf, _ = compat.kv_buffers(self.token_to_kv_pool, layer_id)
             keys = k_buf[slots]
             table, before, kept = compress_layer(window, keys.to(window.dtype), st.tables.get(layer_id),
-                                                 self.request_config(st))
+                                                 self.request_config(st), scorer=scorer)
             if table is None:
                 st.tables.pop(layer_id, None)
             else:

@@ -1,0 +1,106 @@
+"""The fused observation-window attention (`kernels.observation_scores.window_attention`) against its float32 torch
+oracle (`core.decode.window_attention`), and the kernel path's compression event against the reference path's.
+
+CPU: the Triton interpreter, float32/float16, tiny shapes (outputs NaN-poisoned by tests/conftest.py). GPU
+(`-m gpu`): bfloat16 at a real cache length.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from entropyinfer_sgl import EntropyInferConfig
+from entropyinfer_sgl.core.decode import observation_scores, window_attention as reference_attention
+
+from .conftest import DEVICE, requires_cuda
+
+from entropyinfer_sgl.kernels.observation_scores import window_attention  # noqa: E402
+
+TOLERANCE = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}  # relative to the largest score
+
+CASES = [
+    # (W, Hq, Hkv, D, T, block_n, num_splits)
+    pytest.param(8, 4, 2, 16, 150, None, None, id="W8-gqa2-auto"),
+    pytest.param(5, 6, 2, 40, 97, 32, 2, id="W5-gqa3-D40-two-splits"),
+    pytest.param(16, 8, 1, 32, 70, 32, 3, id="W16-gqa8-splits-past-the-window"),
+    pytest.param(3, 2, 2, 16, 3, 32, 1, id="window-is-the-whole-cache"),
+    pytest.param(4, 4, 4, 16, 260, 32, 9, id="mha-nine-splits"),
+]
+
+
+def _random(shape, generator, dtype, scale=1.0):
+    return (torch.randn(shape, generator=generator) * scale).to(device=DEVICE, dtype=dtype)
+
+
+def _assert_close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert torch.isfinite(got).all(), "an entry was never written (NaN-poisoned output) or overflowed"
+    err = (got - want.to(got.device)).abs().max().item()
+    assert err <= TOLERANCE[dtype] * want.abs().max().item(), f"max abs error {err:.3g}"
+
+
+@pytest.mark.parametrize("reduction", ["mean", "max"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("num_window, num_q_heads, num_kv_heads, head_dim, num_tokens, block_n, num_splits", CASES)
+def test_matches_the_oracle(num_window, num_q_heads, num_kv_heads, head_dim, num_tokens, block_n, num_splits, dtype,
+                            reduction, generator):
+    # logits of a few units: the softmax is peaked, so a wrong mask or a wrong log-sum-exp moves the result
+    window_q = _random((num_window, num_q_heads, head_dim), generator, dtype, scale=2.0)
+    keys = _random((num_tokens, num_kv_heads, head_dim), generator, dtype, scale=2.0)
+    got = window_attention(window_q, keys, reduction=reduction, block_n=block_n, num_splits=num_splits)
+    _assert_close(got, reference_attention(window_q.float().cpu(), keys.float().cpu(), reduction=reduction), dtype)
+
+
+def test_reads_keys_through_slots(generator):
+    """Keys scattered over a pool, read through each entry's slot: the same as the gathered keys."""
+    num_tokens, pool_rows = 90, 300
+    window_q = _random((6, 4, 16), generator, torch.float32)
+    pool = _random((pool_rows, 2, 16), generator, torch.float32)
+    for dtype in (torch.int32, torch.int64):
+        slots = torch.randperm(pool_rows, generator=generator)[:num_tokens].to(device=DEVICE, dtype=dtype)
+        got = window_attention(window_q, pool, slots=slots, block_n=32, num_splits=2)
+        _assert_close(got, reference_attention(window_q.cpu(), pool[slots.long()].cpu()), torch.float32)
+
+
+def test_scores_rank_like_the_reference_path(generator):
+    """Pooled and local-window-zeroed like `observation_scores`: the kept entries of an event are the same."""
+    config = EntropyInferConfig(decode_budget_tokens=32, sink_tokens=4, local_window_tokens=8,
+                                observation_window_tokens=8)
+    window_q = _random((8, 4, 16), generator, torch.float32, scale=2.0)
+    keys = _random((200, 2, 16), generator, torch.float32, scale=2.0)
+    from entropyinfer_sgl.core.decode import pooled_scores
+
+    got = pooled_scores(window_attention(window_q, keys), config)
+    want = observation_scores(window_q.cpu(), keys.cpu(), config)
+    _assert_close(got, want, torch.float32)
+    top = 20
+    assert torch.equal(got.topk(top, dim=1).indices.sort().values.cpu(), want.topk(top, dim=1).indices.sort().values)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(reduction="sum"), "reduction"),
+    (dict(window_q=(0, 4, 16)), "observation window"),
+    (dict(keys=(50, 3, 16)), "multiple"),
+    (dict(keys=(50, 2, 8)), "head_dim"),
+    (dict(slots=torch.float32), "slots"),
+])
+def test_bad_input_is_refused(bad, match, generator):
+    window_q = _random(bad.get("window_q", (4, 4, 16)), generator, torch.float32)
+    keys = _random(bad.get("keys", (50, 2, 16)), generator, torch.float32)
+    slots = None
+    if "slots" in bad:
+        slots = torch.arange(50, device=DEVICE, dtype=bad["slots"])
+    with pytest.raises(ValueError, match=match):
+        window_attention(window_q, keys, slots=slots, reduction=bad.get("reduction", "mean"))
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_bfloat16_at_a_long_cache(generator):
+    """bfloat16 at 32k entries, Llama-8B's geometry, keys through slots of a larger pool."""
+    window_q = _random((32, 32, 128), generator, torch.bfloat16)
+    pool = _random((40000, 8, 128), generator, torch.bfloat16)
+    slots = torch.randperm(40000, generator=generator)[:32768].to(device=DEVICE, dtype=torch.int32)
+    got = window_attention(window_q, pool, slots=slots)
+    _assert_close(got, reference_attention(window_q.float(), pool[slots.long()].float()), torch.bfloat16)
