@@ -1,8 +1,10 @@
 """Decode attention over a compressed cache: each kv head attends only to the cache slots it kept.
 
-Split-K (flash-decoding): program (request b, kv head h, split s) walks a fixed chunk of that head's kept list
-and writes a partial output and LSE for all the q heads of the group (each kept K/V row is loaded once per
-group); a second kernel merges the splits. With one split the first kernel writes the result directly.
+Split-K (flash-decoding): program (request b, kv head h, split s) walks the s-th of `num_splits` equal chunks of
+what that head attends (sized in the kernel from the head's own length, so a compressed head's few entries and an
+uncompressed row's whole length are both spread over every split) and writes a partial output and LSE for all the
+q heads of the group (each kept K/V row is loaded once per group); a second kernel merges the splits. With one
+split the first kernel writes the result directly.
 
 The grid depends only on tensor shapes (B, Hkv, max_kept; `PoolRows`: + max_context) and never on `kept_lengths` values, so a launch can be
 captured in a CUDA graph and replayed with new indices and lengths in the same buffers.
@@ -57,14 +59,14 @@ class PoolRows:
 
 # Lengths and offsets are not specialized on (Triton's default: == 1 and % 16): a server sees every value, and
 # each new specialization is a compile of seconds that stalls the scheduler mid-request.
-@triton.jit(do_not_specialize=["max_kept", "max_entries", "chunk", "num_splits"])
+@triton.jit(do_not_specialize=["max_kept", "max_entries", "num_splits"])
 def _compressed_decode_split_kernel(
     Q, K, V, KeptIdx, KeptLen, PartOut, PartLse, Out, Lse,
     RowTable, RowIdx, SeqLen, TableOfRow, TailStart,  # POOL_ROWS only (`PoolRows`)
     stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_ib, stride_ih, stride_nb, stride_nh,
     stride_ob, stride_oh, stride_lb, stride_lh, stride_rt, stride_tail,
-    num_kv_heads, num_q_heads, max_kept, max_entries, chunk, num_splits, qk_scale,
+    num_kv_heads, num_q_heads, max_kept, max_entries, num_splits, qk_scale,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, INT64: tl.constexpr, DOT_PRECISION: tl.constexpr,
     POOL_ROWS: tl.constexpr,
@@ -91,6 +93,7 @@ def _compressed_decode_split_kernel(
         idx_base = KeptIdx + b.to(tl.int64) * stride_ib + h * stride_ih
         row_base = idx_base
     n = tl.minimum(tl.maximum(n, 0), max_entries)
+    chunk = tl.cdiv(tl.cdiv(n, num_splits), BLOCK_N) * BLOCK_N  # whole key tiles; the last splits may be empty
     lo = split * chunk
     hi = tl.minimum(lo + chunk, n)
 
@@ -174,11 +177,13 @@ _KERNELS = (_compressed_decode_split_kernel, _compressed_decode_reduce_kernel, l
 
 # ---------------------------------------------------------------------------------------------------------
 def decode_launch_config(head_dim: int, dtype: torch.dtype) -> LaunchConfig:
-    """Deterministic launch heuristic: 64 kept entries per step (32 for float32 or head_dim 256), 4 warps."""
+    """Deterministic launch heuristic: 128 entries per step in 16-bit (32 for float32 or head_dim 256), 4 warps, 2
+    stages: the fastest of `kernels/tune.py --pool-decode --pool-quick` on an H100 (batch 1, 100k and 128k tokens,
+    before and after compression; benchmarks/RESULTS.md)."""
     block_d = max(16, next_power_of_two(head_dim))
     if interpret_mode():
         return LaunchConfig(block_m=16, block_n=32, num_warps=4, num_stages=1)
-    block_n = 32 if dtype == torch.float32 or block_d > 128 else 64
+    block_n = 32 if dtype == torch.float32 or block_d > 128 else 128
     return LaunchConfig(block_m=16, block_n=block_n, num_warps=4, num_stages=2)
 
 
@@ -328,8 +333,6 @@ class DecodeLaunch:
         self.num_kv_heads, self.max_kept, self.max_entries = num_kv_heads, max_kept, max_entries
         self.num_splits = num_splits
         self.qk_scale = (1.0 / math.sqrt(head_dim) if scale is None else float(scale)) * LOG2E
-        chunk = max(1, -(-max_entries // num_splits))
-        self.chunk = -(-chunk // config.block_n) * config.block_n  # whole key tiles per split
         self.direct = num_splits == 1
         if self.direct or batch == 0:
             self.part_out = self.part_lse = None
@@ -369,7 +372,7 @@ class DecodeLaunch:
             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
             kept_indices.stride(0), kept_indices.stride(1), kept_lengths.stride(0), kept_lengths.stride(1),
             out.stride(0), out.stride(1), lse.stride(0), lse.stride(1), row_stride, tail_stride,
-            self.num_kv_heads, num_q_heads, self.max_kept, self.max_entries, self.chunk, self.num_splits,
+            self.num_kv_heads, num_q_heads, self.max_kept, self.max_entries, self.num_splits,
             self.qk_scale, **self.split_constants,
         )
         if not self.direct:
