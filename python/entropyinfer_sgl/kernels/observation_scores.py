@@ -38,34 +38,38 @@ REDUCTIONS = ("mean", "max")
 
 
 @triton.jit
-def _window_logits(q, K, Slots, start, hi, query_pos, offs_n, offs_d, d_ok, stride_kt, qk_scale,
-                   USE_SLOTS: tl.constexpr, INT64: tl.constexpr, EVEN_D: tl.constexpr,
+def _window_logits(q, K, Slots, start, hi, query_pos, stride_kt, qk_scale, HEAD_DIM: tl.constexpr,
+                   BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, USE_SLOTS: tl.constexpr, INT64: tl.constexpr,
                    DOT_PRECISION: tl.constexpr):
     """Base-2 scaled logits `[R, BLOCK_N]` of the window rows against keys start .. start + BLOCK_N - 1 (those at
     or past `hi`, and those after a row's own position, are -inf) and the tile's key positions."""
-    pos = start + offs_n
+    offs_d = tl.arange(0, BLOCK_D)
+    pos = start + tl.arange(0, BLOCK_N)
     ok = pos < hi
     if USE_SLOTS:
         rows = tl.load(Slots + pos, mask=ok, other=0)
     else:
         rows = pos
     rows = rows.to(tl.int64) if INT64 else rows.to(tl.int32)
-    k = load_rows(K, rows, stride_kt, offs_d, ok, d_ok, True, EVEN_D)
+    k = load_rows(K, rows, stride_kt, offs_d, ok, offs_d < HEAD_DIM, True, HEAD_DIM == BLOCK_D)
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
     visible = ok[None, :] & (pos[None, :] <= query_pos[:, None])
     return tl.where(visible, qk, float("-inf")), pos
 
 
 @triton.jit
-def _window_rows(Q, h, stride_qw, stride_qh, num_window, offs_r, offs_d, d_ok, GROUP: tl.constexpr):
-    """The window's query rows of kv head h, row r = g * W + w (q head h * GROUP + g, window query w), and each
-    row's position offset w and validity."""
+def _window_rows(Q, h, stride_qw, stride_qh, num_tokens, num_window, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The window's query rows of kv head h, row r = g * W + w (q head h * GROUP + g, window query w at position
+    T - W + w): q `[BLOCK_R, BLOCK_D]`, each row's q head within the group, position, validity and index."""
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
     g = offs_r // num_window
     w = offs_r % num_window
     r_ok = offs_r < GROUP * num_window
     q = tl.load(Q + w[:, None].to(tl.int64) * stride_qw + (h * GROUP + g)[:, None] * stride_qh + offs_d[None, :],
-                mask=r_ok[:, None] & d_ok[None, :], other=0.0)
-    return q, g, w, r_ok
+                mask=r_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+    return q, g, num_tokens - num_window + w, r_ok, offs_r
 
 
 # Lengths are not specialized on (Triton's default: == 1 and % 16): every event has another cache length.
@@ -79,20 +83,16 @@ def _window_lse_kernel(
 ):
     h = tl.program_id(0)
     split = tl.program_id(1)
-    offs_r = tl.arange(0, BLOCK_R)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    d_ok = offs_d < HEAD_DIM
-    q, g, w, r_ok = _window_rows(Q, h, stride_qw, stride_qh, num_window, offs_r, offs_d, d_ok, GROUP)
-    query_pos = num_tokens - num_window + w
+    q, g, query_pos, r_ok, offs_r = _window_rows(Q, h, stride_qw, stride_qh, num_tokens, num_window, GROUP, BLOCK_R,
+                                                 HEAD_DIM, BLOCK_D)
     k_base = K + h * stride_kh
     m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_R], tl.float32)
     lo = split * chunk
     hi = tl.minimum(lo + chunk, num_tokens)
     for start in range(lo, hi, BLOCK_N):
-        qk, _ = _window_logits(q, k_base, Slots, start, hi, query_pos, offs_n, offs_d, d_ok, stride_kt, qk_scale,
-                               USE_SLOTS, INT64, HEAD_DIM == BLOCK_D, DOT_PRECISION)
+        qk, _ = _window_logits(q, k_base, Slots, start, hi, query_pos, stride_kt, qk_scale, HEAD_DIM, BLOCK_D,
+                               BLOCK_N, USE_SLOTS, INT64, DOT_PRECISION)
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no visible key yet keeps l = 0
         l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(qk - m_safe[:, None]), 1)
@@ -113,13 +113,9 @@ def _window_scores_kernel(
 ):
     h = tl.program_id(0)
     split = tl.program_id(1)
-    offs_r = tl.arange(0, BLOCK_R)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    q, g, query_pos, r_ok, offs_r = _window_rows(Q, h, stride_qw, stride_qh, num_tokens, num_window, GROUP, BLOCK_R,
+                                                 HEAD_DIM, BLOCK_D)
     offs_s = tl.arange(0, BLOCK_S)
-    d_ok = offs_d < HEAD_DIM
-    q, g, w, r_ok = _window_rows(Q, h, stride_qw, stride_qh, num_window, offs_r, offs_d, d_ok, GROUP)
-    query_pos = num_tokens - num_window + w
     # every split's partial (max, sum) of these rows -> each row's log-sum-exp (base 2) over all its keys
     part = (h * BLOCK_R + offs_r)[:, None] * num_splits + offs_s[None, :]
     s_ok = offs_s[None, :] < num_splits
@@ -133,8 +129,8 @@ def _window_scores_kernel(
     lo = split * chunk
     hi = tl.minimum(lo + chunk, num_tokens)
     for start in range(lo, hi, BLOCK_N):
-        qk, pos = _window_logits(q, k_base, Slots, start, hi, query_pos, offs_n, offs_d, d_ok, stride_kt, qk_scale,
-                                 USE_SLOTS, INT64, HEAD_DIM == BLOCK_D, DOT_PRECISION)
+        qk, pos = _window_logits(q, k_base, Slots, start, hi, query_pos, stride_kt, qk_scale, HEAD_DIM, BLOCK_D,
+                                 BLOCK_N, USE_SLOTS, INT64, DOT_PRECISION)
         probs = tl.exp2(qk - lse[:, None])  # 0 where masked (-inf) and for padding rows (lse = +inf)
         score = tl.zeros([BLOCK_N], tl.float32)
         for head in tl.static_range(GROUP):  # mean over the window per q head, then over or across the group
