@@ -457,14 +457,16 @@ def _row(kernel, tokens, density, ms, **extra):
     print(json.dumps(row), flush=True)
 
 
-def bench_event(seq_lens, *, num_window=32, num_q_heads=32, num_kv_heads=8, head_dim=128, dtype=torch.bfloat16):
-    """One layer of one request's compression event (eager, as the server runs it): the window's scores by the
-    torch oracle and by the fused kernel, and the whole `compress_layer` with each."""
+def bench_event(seq_lens, *, num_window=32, num_q_heads=32, num_kv_heads=8, head_dim=128, num_layers=32,
+                dtype=torch.bfloat16):
+    """One request's compression event (eager, as the server runs it): per layer, the window's scores by the torch
+    oracle and by the fused kernel and the whole `compress_layer` with each; then all layers (fused scores) layer
+    by layer against `compress_layers` (one plan for every layer)."""
     from triton.testing import do_bench
 
     from entropyinfer_sgl import EntropyInferConfig
     from entropyinfer_sgl.core.decode import observation_scores
-    from entropyinfer_sgl.runtime.decode_table import compress_layer
+    from entropyinfer_sgl.runtime.decode_table import compress_layer, compress_layers
     from entropyinfer_sgl.runtime.kernel_path import fused_observation_scores
 
     config = EntropyInferConfig(observation_window_tokens=num_window)
@@ -478,6 +480,12 @@ def bench_event(seq_lens, *, num_window=32, num_q_heads=32, num_kv_heads=8, head
             ms_scores = do_bench(lambda: scorer(window_q, keys, config))
             ms_layer = do_bench(lambda: compress_layer(window_q, keys, None, config, scorer=scorer))
             _row("event_layer", seq_len, 1.0, ms_layer, scorer=name, scores_ms=ms_scores, relative_error=f"{err:.2e}")
+        windows = dict.fromkeys(range(num_layers), window_q)  # the same window and keys for every layer: timing only
+        ms_loop = do_bench(lambda: [compress_layer(window_q, keys, None, config, scorer=fused_observation_scores)
+                                    for _ in range(num_layers)])
+        ms_event = do_bench(lambda: compress_layers(windows, lambda layer: keys, {}, config,
+                                                    scorer=fused_observation_scores))
+        _row("event_all_layers", seq_len, 1.0, ms_event, layers=num_layers, layer_by_layer_ms=ms_loop)
         del window_q, keys
 
 

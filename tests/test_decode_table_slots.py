@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from entropyinfer_sgl import EntropyInferConfig, _scheduler
-from entropyinfer_sgl.runtime.decode_table import DecodeTable, compress_layer
+from entropyinfer_sgl.runtime.decode_table import DecodeTable, compress_layer, compress_layers
 
 CFG = EntropyInferConfig().replace(decode_budget_tokens=40, observation_window_tokens=8, local_window_tokens=8,
                                    decode_evict_interval_steps=4)
@@ -56,3 +56,33 @@ def test_bad_tables_are_refused_with_typed_errors():
         DecodeTable(torch.tensor([[1, 2]]), torch.tensor([2]), base_len=5).visible_slots(torch.arange(9), 4)
     with pytest.raises(TypeError, match="int32 or int64"):
         DecodeTable(torch.tensor([[1, 2]]), torch.tensor([2]), base_len=5).visible_slots(torch.arange(9.0), 6)
+
+
+def _same_result(got, want) -> None:
+    (table, before, kept), (want_table, want_before, want_kept) = got, want
+    assert torch.equal(before, want_before) and torch.equal(kept, want_kept)
+    assert (table is None) == (want_table is None)
+    if table is not None:
+        assert table.base_len == want_table.base_len
+        assert torch.equal(table.positions, want_table.positions) and torch.equal(table.lengths, want_table.lengths)
+
+
+@pytest.mark.parametrize("num_entries", [30, 150], ids=["within-the-budget", "over-the-budget"])
+@pytest.mark.parametrize("adaptive", [False, True], ids=["uniform", "adakv"])
+def test_an_event_over_all_layers_equals_each_layer_alone(num_entries, adaptive):
+    """`compress_layers` (a first event planned for every layer at once; re-compressions and AdaKV layer by layer)
+    gives each layer what `compress_layer` gives it alone, layers with a previous table among them."""
+    gen = torch.Generator().manual_seed(num_entries)
+    config = CFG.replace(adaptive_decode_budgets=adaptive)
+    layers = (0, 2, 3, 7)
+    keys = {layer: torch.randn(num_entries, 3, 16, generator=gen) for layer in layers}
+    windows = {layer: torch.randn(8, 6, 16, generator=gen) * 3 for layer in layers}
+    earlier = torch.randn(8, 6, 16, generator=gen)
+    tables = {3: compress_layer(earlier, keys[3][:num_entries - 4], None, config)[0]}
+    tables = {layer: table for layer, table in tables.items() if table is not None}
+    got = compress_layers(windows, keys.__getitem__, tables, config)
+    assert list(got) == list(layers)
+    for layer in layers:
+        _same_result(got[layer], compress_layer(windows[layer], keys[layer], tables.get(layer), config))
+    if num_entries > config.decode_budget_tokens:
+        assert all(got[layer][0] is not None for layer in layers)  # the case compresses

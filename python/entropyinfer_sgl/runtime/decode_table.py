@@ -1,8 +1,9 @@
-"""One latent decode compression event of one request and layer, as position tables (no engine import).
+"""Latent decode compression events of one request, per layer, as position tables (no engine import).
 
 `compress_layer` scores what each kv head holds with the observation window (SnapKV) and keeps each head's best
-(uniform or AdaKV budgets); the result is a `DecodeTable` of kept token positions per kv head. Phase 1: the KV
-stays in the engine's pool and decode reads only the kept positions (plus every token appended since).
+(uniform or AdaKV budgets); the result is a `DecodeTable` of kept token positions per kv head. `compress_layers`
+runs one event over a request's layers (a first event with uniform budgets planned for all layers at once). Phase
+1: the KV stays in the engine's pool and decode reads only the kept positions (plus every token appended since).
 """
 
 from __future__ import annotations
@@ -137,3 +138,37 @@ def compress_layer(window_q: torch.Tensor, keys: torch.Tensor, table: DecodeTabl
     if table is None and bool((kept.lengths == num_entries).all()):
         return None, kept.before, kept.lengths
     return DecodeTable(positions=kept.entries, lengths=kept.lengths, base_len=num_entries), kept.before, kept.lengths
+
+
+def compress_layers(windows: dict[int, torch.Tensor], keys_of, tables: dict[int, DecodeTable], config: EntropyInferConfig,
+                    *, scorer=None) -> dict[int, tuple[DecodeTable | None, torch.Tensor, torch.Tensor]]:
+    """One compression event of one request over its layers: `compress_layer` of every layer in `windows`.
+
+    keys_of(layer) -> that layer's keys `[T, Hkv, D]` (the same T for every layer); tables: the previous event's
+    tables (a layer without one holds every position). A first event with uniform budgets plans every layer in one
+    pass (the kv heads of all layers are independent rows then: one eviction order, one sort and one host sync for
+    the event instead of per layer); layers with a table (re-compression) or AdaKV budgets (allocated within a
+    layer) are compressed one by one. The results are the same either way (tests/test_decode_table_slots.py).
+    """
+    scorer = observation_scores if scorer is None else scorer
+    results = {}
+    first = [layer for layer in windows if layer not in tables] if not config.adaptive_decode_budgets else []
+    if first:
+        # one layer's keys at a time (a 100k-token layer of an 8B model is 200 MB); the scores are float32 [L * Hkv, T]
+        scores = torch.cat([scorer(windows[layer], keys_of(layer), config) for layer in first])
+        num_entries, num_kv_heads = scores.shape[1], scores.shape[0] // len(first)
+        plan = plan_decode_compression(scores, config, backend=reference_path_planner(scores.device))
+        kept_indices = plan.kept_indices.to(torch.int64)  # increasing positions, padded with -1
+        lengths = (kept_indices >= 0).sum(dim=1).cpu()  # the event's one host sync
+        entries = kept_indices.clamp(min=0)  # padding 0, as `select_kept_entries`
+        before = torch.full((num_kv_heads,), num_entries, dtype=torch.int64)
+        for index, layer in enumerate(first):
+            rows = slice(index * num_kv_heads, (index + 1) * num_kv_heads)
+            kept = lengths[rows]
+            table = None if bool((kept == num_entries).all()) else \
+                DecodeTable(positions=entries[rows], lengths=kept, base_len=num_entries)
+            results[layer] = (table, before, kept)
+    for layer, window in windows.items():
+        if layer not in results:
+            results[layer] = compress_layer(window, keys_of(layer), tables.get(layer), config, scorer=scorer)
+    return {layer: results[layer] for layer in windows}

@@ -45,7 +45,7 @@ from ..core.decode import compression_due, max_kept_per_head_tokens
 from . import compat
 from ..runtime.chunk_plan import ChunkPlan, dense_pair_count, nonfinite_summary, plan_chunk, plan_pair_counts
 from ..runtime.compaction import compact_request
-from ..runtime.decode_table import compress_layer
+from ..runtime.decode_table import compress_layers
 from ..runtime.faults import ENV_TEST_FAULT, fault_injection_from_env
 from ..runtime.kernel_path import (ArenaDecode, DecodeTableArena, chunk_has_sparse_segment, dense_chunk,
                                    dense_requests_by_kernel, fused_observation_scores, kernels_wanted,
@@ -445,12 +445,13 @@ class EntropyInferAttnBackend(_AttentionBackend):
             return
         slots = compat.req_to_token(self.req_to_token_pool)[info.row, :in_cache].to(torch.int64)
         scorer = fused_observation_scores if self.use_kernels else None  # None: the torch oracle
+
+        def keys_of(layer_id: int) -> torch.Tensor:
+            return compat.kv_buffers(self.token_to_kv_pool, layer_id)[0][slots].to(windows[layer_id].dtype)
+
         events = 0
-        for layer_id, window in windows.items():
-            k_buf, _ = compat.kv_buffers(self.token_to_kv_pool, layer_id)
-            keys = k_buf[slots]
-            table, before, kept = compress_layer(window, keys.to(window.dtype), st.tables.get(layer_id),
-                                                 self.request_config(st), scorer=scorer)
+        for layer_id, (table, before, kept) in compress_layers(windows, keys_of, st.tables, self.request_config(st),
+                                                               scorer=scorer).items():
             if table is None:
                 st.tables.pop(layer_id, None)
             else:
