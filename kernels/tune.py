@@ -115,7 +115,7 @@ def bench_decode(batches, kept, *, num_q_heads=32, num_kv_heads=8, head_dim=128,
     """GPU time inside a CUDA graph (as SGLang decodes) and, for reference, eager time with Python launches."""
     from triton.testing import do_bench, do_bench_cudagraph
 
-    from entropyinfer_sgl.kernels import compressed_decode, decode_num_splits
+    from entropyinfer_sgl.kernels import compressed_decode, decode_launch_config, decode_num_splits
 
     k_cache = torch.randn(slots, num_kv_heads, head_dim, device="cuda", dtype=dtype)
     v_cache = torch.randn_like(k_cache)
@@ -130,7 +130,8 @@ def bench_decode(batches, kept, *, num_q_heads=32, num_kv_heads=8, head_dim=128,
             ms_graph = do_bench_cudagraph(run)
             ms_eager = do_bench(run)
             moved = batch * num_kv_heads * max_kept * (2 * head_dim * k_cache.element_size() + 4)
-            splits = decode_num_splits(batch, num_kv_heads, max_kept, block_n=64, device="cuda")
+            block_n = decode_launch_config(head_dim, dtype).block_n  # the splits the default launch takes
+            splits = decode_num_splits(batch, num_kv_heads, max_kept, block_n=block_n, device="cuda")
             _row("compressed_decode", max_kept, 1.0, ms_graph, batch=batch, gbps=moved / ms_graph / 1e6,
                  eager_ms=ms_eager, num_splits=splits)
 

@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..core.config import GQA_REDUCTIONS
 from ._common import (
     check_dtype,
     check_kernel_device,
@@ -33,9 +34,6 @@ from ._common import (
     next_power_of_two,
 )
 from ._online_softmax import LOG2E, load_rows
-
-REDUCTIONS = ("mean", "max")
-
 
 @triton.jit
 def _window_logits(q, K, Slots, start, hi, query_pos, stride_kt, qk_scale, HEAD_DIM: tl.constexpr,
@@ -164,8 +162,6 @@ def window_attention(window_q: torch.Tensor, keys: torch.Tensor, *, slots: torch
     device = window_q.device
     check_kernel_device(window_q, keys, *(() if slots is None else (slots,)), kernels=_KERNELS)
     out = torch.empty(num_kv_heads, num_tokens, dtype=torch.float32, device=device)
-    if num_tokens == 0:
-        return out
     block_r = max(16, next_power_of_two(group * num_window))
     block_d = max(16, next_power_of_two(head_dim))
     if block_n is None:
@@ -215,5 +211,5 @@ def _check_inputs(window_q: torch.Tensor, keys: torch.Tensor, slots: torch.Tenso
     num_tokens = keys.shape[0] if slots is None else slots.shape[0]
     if not 1 <= num_window <= num_tokens:
         raise ValueError(f"observation window of {num_window} queries over {num_tokens} entries")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if reduction not in GQA_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {GQA_REDUCTIONS}, got {reduction!r}")
