@@ -1,11 +1,13 @@
 """Kernel tile sweeps and micro-benchmarks on a CUDA device:
-`python kernels/tune.py [--quick | --sweep | --decode-only | --pool-decode [--pool-quick | --pool-smoke] | --event]`.
+`python kernels/tune.py [--quick | --sweep | --decode-only | --pool-decode [--pool-quick | --pool-smoke] |
+--event [--event-sweep]]`.
 
 Prints one JSON row per measurement (kernel, shape, density, median ms, effective TFLOP/s or GB/s) next to a
 dense baseline at the same shape (torch SDPA, causal, GQA). Timing: `triton.testing.do_bench` (warm-up, median).
 `--pool-decode`: the serving-mode decode (`PoolRows`) against FlashInfer's paged decode, timed inside CUDA graphs;
 `--pool-smoke` runs it on the CPU under the Triton interpreter (the caller sets TRITON_INTERPRET=1).
-`--event`: one layer of a decode compression event, the torch oracle's scores against the fused kernel's.
+`--event [--event-sweep]`: a decode compression event, per layer (the torch oracle's scores against the fused
+kernel's) and over all layers as the server runs it; `--event-sweep` adds the scoring kernel's launches at 100k.
 """
 
 from __future__ import annotations
@@ -458,15 +460,24 @@ def _row(kernel, tokens, density, ms, **extra):
     print(json.dumps(row), flush=True)
 
 
+EVENT_SWEEP = [(block_n, warps, stages, splits) for block_n in (64, 128) for warps in (4, 8) for stages in (2, 3, 4)
+               for splits in (None, "x4")]  # splits None: the default (~2 waves); "x4": 4x as many programs
+
+
 def bench_event(seq_lens, *, num_window=32, num_q_heads=32, num_kv_heads=8, head_dim=128, num_layers=32,
-                dtype=torch.bfloat16):
+                dtype=torch.bfloat16, sweep_len=None):
     """One request's compression event (eager, as the server runs it): per layer, the window's scores by the torch
-    oracle and by the fused kernel and the whole `compress_layer` with each; then all layers (fused scores) layer
-    by layer against `compress_layers` (one plan for every layer)."""
+    oracle and by the fused kernel and the whole `compress_layer` with each; then all layers as the server runs
+    them (`compress_layers`, the fused kernel reading a pool through the request's slots: no key gather; one
+    threshold selection for every layer), against layer by layer, with the selection alone (`plan_ms`:
+    `uniform_kept_entries` over every layer's kv heads) and the eviction-order plan it replaced (`sort_plan_ms`).
+    sweep_len: also time the scoring kernel's launches (EVENT_SWEEP) at that length."""
     from triton.testing import do_bench
 
     from entropyinfer_sgl import EntropyInferConfig
-    from entropyinfer_sgl.core.decode import observation_scores
+    from entropyinfer_sgl.core.decode import observation_scores, plan_decode_compression, uniform_kept_entries
+    from entropyinfer_sgl.kernels._common import device_parallelism
+    from entropyinfer_sgl.kernels.observation_scores import window_attention
     from entropyinfer_sgl.runtime.decode_table import compress_layer, compress_layers
     from entropyinfer_sgl.runtime.kernel_path import fused_observation_scores
 
@@ -481,13 +492,37 @@ def bench_event(seq_lens, *, num_window=32, num_q_heads=32, num_kv_heads=8, head
             ms_scores = do_bench(lambda: scorer(window_q, keys, config))
             ms_layer = do_bench(lambda: compress_layer(window_q, keys, None, config, scorer=scorer))
             _row("event_layer", seq_len, 1.0, ms_layer, scorer=name, scores_ms=ms_scores, relative_error=f"{err:.2e}")
+        # the server's pool: the request's entries on shuffled rows of a larger buffer, read through its slots
+        pool = torch.randn(seq_len + 4096, num_kv_heads, head_dim, device="cuda", dtype=dtype)
+        slots = torch.randperm(pool.shape[0], device="cuda")[:seq_len]
+        pool[slots] = keys
         windows = dict.fromkeys(range(num_layers), window_q)  # the same window and keys for every layer: timing only
         ms_loop = do_bench(lambda: [compress_layer(window_q, keys, None, config, scorer=fused_observation_scores)
                                     for _ in range(num_layers)])
-        ms_event = do_bench(lambda: compress_layers(windows, lambda layer: keys, {}, config,
-                                                    scorer=fused_observation_scores))
-        _row("event_all_layers", seq_len, 1.0, ms_event, layers=num_layers, layer_by_layer_ms=ms_loop)
-        del window_q, keys
+        ms_event = do_bench(lambda: compress_layers(
+            windows, lambda layer: pool[slots], {}, config, scorer=fused_observation_scores,
+            scores_of=lambda layer: fused_observation_scores(window_q, pool, config, slots=slots)))
+        ms_slot_scores = do_bench(lambda: fused_observation_scores(window_q, pool, config, slots=slots))
+        all_scores = torch.cat([fused_scores] * num_layers)
+        ms_plan = do_bench(lambda: uniform_kept_entries(all_scores, config))
+        ms_sort = do_bench(lambda: plan_decode_compression(all_scores, config, backend="torch"))
+        _row("event_all_layers", seq_len, 1.0, ms_event, layers=num_layers, layer_by_layer_ms=ms_loop,
+             slot_scores_ms=ms_slot_scores, plan_ms=ms_plan, sort_plan_ms=ms_sort)
+        if seq_len == sweep_len:
+            default_splits = max(1, -(-2 * device_parallelism(keys.device) // num_kv_heads))
+            for block_n, warps, stages, splits in EVENT_SWEEP:
+                num_splits = None if splits is None else 4 * default_splits
+                launch = dict(block_n=block_n, num_warps=warps, num_stages=stages, num_splits=num_splits)
+                try:
+                    got = window_attention(window_q, keys, **launch)
+                    ms = do_bench(lambda: window_attention(window_q, keys, **launch))
+                except Exception as err:  # noqa: BLE001 - a launch that does not fit is a row, not the end
+                    print(json.dumps({"kernel": "event_scores_launch", **launch, "error": str(err)[:200]}))
+                    continue
+                ref = window_attention(window_q, keys)
+                _row("event_scores_launch", seq_len, 1.0, ms, block_n=block_n, warps=warps, stages=stages,
+                     splits=splits or "default", max_err=f"{(got - ref).abs().max().item():.2e}")
+        del window_q, keys, pool
 
 
 def main() -> None:
@@ -507,6 +542,7 @@ def main() -> None:
     parser.add_argument("--pool-smoke", action="store_true",
                         help="pool-decode on the CPU with tiny shapes (needs TRITON_INTERPRET=1), checked")
     parser.add_argument("--event", action="store_true", help="one layer of a decode compression event")
+    parser.add_argument("--event-sweep", action="store_true", help="event: the scoring kernel's launches at 100k")
     args = parser.parse_args()
     if args.pool_smoke:
         smoke_pool_decode()
@@ -518,7 +554,7 @@ def main() -> None:
         bench_pool_decode(seq_lens, batches, PoolSetup(width=args.pool_width), quick=args.pool_quick)
         return
     if args.event:
-        bench_event([32768, 100000, 131072])
+        bench_event([32768, 100000, 131072], sweep_len=100000 if args.event_sweep else None)
         return
     if args.sweep:
         sweep_prefill(args.configs, args.seq_len, [int(d) for d in args.head_dims.split(",")])

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from entropyinfer_sgl import (EntropyInferConfig, adaptive_budgets, compression_due, eviction_order,
                               observation_scores, plan_decode_compression)
+from entropyinfer_sgl.core.decode import uniform_kept_entries
 
 CFG = EntropyInferConfig().replace(decode_budget_tokens=40, observation_window_tokens=8, local_window_tokens=8,
                                    sink_tokens=2, pooling_kernel_tokens=3, decode_delay_steps=4)
@@ -74,6 +75,27 @@ def test_plan_keeps_protected_and_top_entries(generator):
         top = sorted(range(2, 92), key=lambda j: (-float(scores[h, j]), j))[:30]
         assert set(kept) - {0, 1, *range(92, 100)} == set(top)
     assert plan.kv_kept_fraction == pytest.approx(0.4) and plan.compression_ratio == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("num_tokens, sink, local", [(100, 2, 8), (61, 0, 32), (41, 2, 8), (40, 2, 8), (300, 8, 0)])
+@pytest.mark.parametrize("levels", [0, 3], ids=["distinct", "many-ties"])
+def test_uniform_kept_entries_equal_the_plan(num_tokens, sink, local, levels, generator):
+    """The threshold selection keeps what the eviction order keeps, ties to the lower position included."""
+    config = CFG.replace(sink_tokens=sink, local_window_tokens=local, observation_window_tokens=min(8, local or 8))
+    scores = torch.rand(3, num_tokens, generator=generator)
+    if levels:
+        scores = torch.floor(scores * levels) / levels  # a few values: most top-k boundaries fall inside a tie
+    kept = uniform_kept_entries(scores, config)
+    plan = plan_decode_compression(scores, config)
+    assert kept.dtype == torch.int64 and kept.shape == plan.kept_indices.shape
+    assert torch.equal(kept, plan.kept_indices.to(torch.int64))
+
+
+def test_uniform_kept_entries_refuse_adaptive_budgets_and_nan():
+    with pytest.raises(ValueError, match="uniform budgets"):
+        uniform_kept_entries(torch.rand(2, 50), CFG.replace(adaptive_decode_budgets=True))
+    with pytest.raises(ValueError, match="NaN"):
+        uniform_kept_entries(torch.full((2, 50), float("nan")), CFG)
 
 
 def test_adaptive_plan_has_per_head_lengths(generator):

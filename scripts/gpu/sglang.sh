@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SGLang end to end on the GPU machine (H100 or H200), from the repository root:
 #   bash scripts/gpu/sglang.sh [tests] [chunk_path] [one_batch] [dense_graph] [ei_graph] [decode_steps] [profile]
-#                              [serving] [capacity] [shared_prefix] [soak] [host_time]
+#                              [serving] [capacity] [shared_prefix] [soak] [host_time] [long]
 #   (default: tests one_batch serving)
 # - tests: the kernel path's and the device planner's GPU tests (tests/kernel_tests, bf16; the window arena inside a
 #   CUDA graph); tests/sglang/test_sglang_gpu_graph_decode.py (CUDA-graph decode = eager decode, two engines) is run
@@ -35,6 +35,10 @@
 #   default config: one $SHARED_DOC_TOKENS-token document (default 65536) asked 8 questions of $SHARED_QUESTION_TOKENS
 #   (default 2048) one after another (the later ones hit the cached document), then 8 fresh documents; time to
 #   first token per request, and the EntropyInfer requests' stats lines (typing resumed, sparse chunks).
+# - long (issue 20): one prompt of $LONG_LEN tokens (default 262000: 256k within the dummy's 262,144 positions) against
+#   a server, dense FlashInfer vs the default config, both in $LONG_CHUNK-token chunks (default 32768: a 256k prompt
+#   in one forward does not fit an H100 beside its KV) at --mem-fraction-static $LONG_MEM_FRACTION (default 0.75);
+#   bench_serving's warm-up request (the same prompt) runs first, so the measured TTFT is a second, warm prefill.
 # - soak (issue 22): `benchmarks/soak.py` against a server with --enable-entropyinfer, phase 2 (decode_free_memory),
 #   the radix cache and metrics on: $SOAK_REQUESTS mixed requests (default 200; 1k-128k tokens, streamed, n > 1,
 #   disconnects, aborts, off switch, bad requests), then every request accounted for and the server's memory checks;
@@ -178,6 +182,23 @@ PY
         { echo "== shared_prefix $variant"; grep -E "summary|bench exit|Error" "$OUT/shared_$variant.log"
           grep -oE "EntropyInfer request $variant-[a-z0-9]+ freed: .*" "$log" | cut -c1-400
           grep -E "Traceback|out of memory" "$log" | head -5; } >> "$SUMMARY"
+      done ;;
+    long)
+      for variant in ${LONG_VARIANTS:-dense entropyinfer}; do
+        extra=(--attention-backend "$DENSE_BACKEND")
+        [ "$variant" = entropyinfer ] && extra=(--enable-entropyinfer)
+        log="$OUT/long_server_$variant.log"
+        CONTEXT_LEN=${LONG_CONTEXT_LEN:-262144} MEM_FRACTION=${LONG_MEM_FRACTION:-0.75} start_server "$log" \
+          --chunked-prefill-size "${LONG_CHUNK:-32768}" --max-prefill-tokens "${LONG_CHUNK:-32768}" \
+          --cuda-graph-max-bs 4 "${extra[@]}"
+        bench_serving "${LONG_TIMEOUT:-300}" "$OUT/long_$variant.log" --random-input-len "${LONG_LEN:-262000}" \
+          --random-range-ratio 1.0 --random-output-len 8 --num-prompts 1 --tokenize-prompt --flush-cache
+        echo "bench exit $?" >> "$OUT/long_$variant.log"
+        kill $pid; wait $pid 2>/dev/null
+        { echo "== long $variant (${LONG_LEN:-262000} tokens, chunks of ${LONG_CHUNK:-32768})"
+          grep -E "^(Successful|Total input tokens|Mean TTFT|Median TPOT)|bench exit" "$OUT/long_$variant.log"
+          grep -oE "EntropyInfer request [^ ]+ freed: .*" "$log" | tail -2 | cut -c1-400
+          grep -E "Traceback|out of memory|Error" "$log" | head -5; } >> "$SUMMARY"
       done ;;
     soak)
       log="$OUT/soak_server.log"

@@ -186,6 +186,42 @@ def plan_decode_compression(scores: torch.Tensor, config: EntropyInferConfig, *,
                                  budgets_tokens=budgets.to(torch.int32), num_entries=num_tokens)
 
 
+def uniform_kept_entries(scores: torch.Tensor, config: EntropyInferConfig) -> torch.Tensor:
+    """What `plan_decode_compression` keeps with uniform budgets (`adaptive_decode_budgets` off), found by each
+    head's threshold score instead of a sort of all its entries: int64 `[Hkv, kept]` increasing positions, the
+    same count for every head (no padding).
+
+    The eviction order of a 100k-entry cache is a sort of 100k scores per kv head: ~3 ms for the 256 kv heads of an
+    8B model's event on an H100. Keeping the top k needs only the k-th largest score (a top-k), then one pass: the
+    entries above it, and of those equal to it the lowest positions (the eviction order's tie rule).
+    """
+    require(scores.dim() == 2, "scores must be [num_kv_heads, num_entries]")
+    require(not config.adaptive_decode_budgets, "uniform_kept_entries plans uniform budgets only")
+    require(not bool(torch.isnan(scores).any()), "scores contain NaN")
+    num_heads, num_tokens = scores.shape
+    device = scores.device
+    sink = min(config.sink_tokens, num_tokens)
+    local_start = max(sink, num_tokens - config.local_window_tokens)
+    budget = config.decode_budget_tokens - config.sink_tokens - config.local_window_tokens
+    position = torch.arange(num_tokens, device=device)
+    if num_tokens <= config.decode_budget_tokens or budget >= local_start - sink:
+        return position[None].expand(num_heads, -1).clone()  # every entry is kept
+    candidates = scores[:, sink:local_start].float()
+    threshold = torch.topk(candidates, budget, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
+    above = candidates > threshold
+    tied = candidates == threshold
+    room = budget - above.sum(dim=1, keepdim=True)  # >= 1: the threshold itself is one of the top `budget`
+    chosen = above | (tied & (torch.cumsum(tied, dim=1) <= room))  # ties: the lowest positions first
+    keep = torch.ones(num_heads, num_tokens, dtype=torch.bool, device=device)
+    keep[:, sink:local_start] = chosen
+    kept = sink + budget + (num_tokens - local_start)
+    # each kept entry's rank among its head's kept entries; the others go to a spare column that is dropped
+    column = torch.where(keep, torch.cumsum(keep, dim=1) - 1, kept)
+    out = torch.empty(num_heads, kept + 1, dtype=torch.int64, device=device)
+    out.scatter_(1, column, position[None].expand(num_heads, -1))
+    return out[:, :kept]
+
+
 def _kept_in_position_order(order: torch.Tensor, lengths: torch.Tensor, max_kept: int) -> torch.Tensor:
     """Each head's last `lengths[h]` entries of its eviction order (its most important), sorted by position and
     padded with -1: int32 [H, max_kept]. All heads in one sort (no host sync per head)."""

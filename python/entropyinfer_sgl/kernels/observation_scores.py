@@ -7,8 +7,9 @@ the 32 layers of an event then take ~150 ms on an H100. Here nothing of that siz
 - pass 1, program (kv head, split): walks its chunk of keys for the window's G x W query rows of the kv head (one
   dot per key tile) and keeps each row's running max and sum (base 2): a partial log-sum-exp per split;
 - pass 2, program (kv head, split): merges the partials into each row's log-sum-exp, walks the same keys again,
-  turns the logits into probabilities, averages them over the window per q head and reduces over the group (mean
-  or max): float32 `[Hkv, T]`.
+  turns the logits into probabilities, sums them over the window per q head (one more dot: a 0/1 selector of each
+  q head's rows times the probabilities, in "tf32x3", float32-accurate, on the tensor cores instead of one masked
+  cross-row reduction per q head on the CUDA cores) and reduces over the group (mean or max): float32 `[Hkv, T]`.
 
 Keys are read contiguously (`keys [T, Hkv, D]`) or through `slots` (`keys` is then the whole pool and `slots[t]`
 the row of entry t: SGLang's req_to_token row, so the event gathers nothing). Window query w sits at position
@@ -106,8 +107,8 @@ def _window_scores_kernel(
     stride_qw, stride_qh, stride_kt, stride_kh, stride_oh,
     num_tokens, num_window, chunk, num_splits, qk_scale,
     GROUP: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, REDUCE_MAX: tl.constexpr, USE_SLOTS: tl.constexpr,
-    INT64: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr, REDUCE_MAX: tl.constexpr,
+    USE_SLOTS: tl.constexpr, INT64: tl.constexpr, DOT_PRECISION: tl.constexpr, SUM_PRECISION: tl.constexpr,
 ):
     h = tl.program_id(0)
     split = tl.program_id(1)
@@ -123,6 +124,8 @@ def _window_scores_kernel(
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     total = tl.sum(part_l * tl.exp2(part_m - m_safe[:, None]), 1)
     lse = tl.where(r_ok & (total > 0.0), m_safe + tl.log2(tl.where(total > 0.0, total, 1.0)), float("inf"))
+    # selector [BLOCK_G, BLOCK_R]: row j sums the window rows of q head j of the group (rows past GROUP: none)
+    select = ((g[None, :] == tl.arange(0, BLOCK_G)[:, None]) & r_ok[None, :]).to(tl.float32)
     k_base = K + h * stride_kh
     lo = split * chunk
     hi = tl.minimum(lo + chunk, num_tokens)
@@ -130,13 +133,11 @@ def _window_scores_kernel(
         qk, pos = _window_logits(q, k_base, Slots, start, hi, query_pos, stride_kt, qk_scale, HEAD_DIM, BLOCK_D,
                                  BLOCK_N, USE_SLOTS, INT64, DOT_PRECISION)
         probs = tl.exp2(qk - lse[:, None])  # 0 where masked (-inf) and for padding rows (lse = +inf)
-        score = tl.zeros([BLOCK_N], tl.float32)
-        for head in tl.static_range(GROUP):  # mean over the window per q head, then over or across the group
-            per_head = tl.sum(tl.where((g == head)[:, None], probs, 0.0), 0) / num_window
-            if REDUCE_MAX:
-                score = tl.maximum(score, per_head)
-            else:
-                score += per_head / GROUP
+        per_head = tl.dot(select, probs, input_precision=SUM_PRECISION) / num_window  # [BLOCK_G, BLOCK_N]: means
+        if REDUCE_MAX:  # probabilities are >= 0: the selector's empty rows (0) never win
+            score = tl.max(per_head, 0)
+        else:
+            score = tl.sum(per_head, 0) / GROUP
         tl.store(Out + h * stride_oh + pos, score, mask=pos < hi)
 
 
@@ -145,14 +146,15 @@ _KERNELS = (_window_lse_kernel, _window_scores_kernel, _window_logits, _window_r
 
 def window_attention(window_q: torch.Tensor, keys: torch.Tensor, *, slots: torch.Tensor | None = None,
                      reduction: str = "mean", scale: float | None = None, block_n: int | None = None,
-                     num_splits: int | None = None) -> torch.Tensor:
+                     num_splits: int | None = None, num_warps: int | None = None,
+                     num_stages: int | None = None) -> torch.Tensor:
     """The window's softmax attention to each entry, averaged over the window, reduced over each kv head's q
     heads: float32 `[Hkv, T]` (`core.decode.window_attention` is the oracle).
 
     window_q: `[W, Hq, D]` the newest W queries (positions T-W .. T-1); keys: `[T, Hkv, D]`, or with `slots`
     (int32/int64 `[T]`, the pool row of each entry) the pool `[rows, Hkv, D]`; same dtype as window_q.
-    reduction: over the q heads of a kv head, "mean" or "max". block_n / num_splits: launch overrides (tests,
-    sweeps); the defaults depend on shapes only.
+    reduction: over the q heads of a kv head, "mean" or "max". block_n / num_splits / num_warps / num_stages:
+    launch overrides (tests, sweeps: `kernels/tune.py --event`); the defaults depend on shapes only.
     """
     _check_inputs(window_q, keys, slots, reduction)
     num_window, num_q_heads, head_dim = window_q.shape
@@ -178,15 +180,18 @@ def window_attention(window_q: torch.Tensor, keys: torch.Tensor, *, slots: torch
     slot_arg = keys if slots is None else slots  # never read without USE_SLOTS
     common = dict(GROUP=group, BLOCK_R=block_r, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n,
                   USE_SLOTS=slots is not None, INT64=needs_int64(keys), DOT_PRECISION=dot_precision(window_q.dtype),
-                  num_warps=8 if block_r >= 128 and not interpret_mode() else 4)
+                  num_warps=num_warps or (8 if block_r >= 128 and not interpret_mode() else 4))
+    if num_stages is not None:
+        common["num_stages"] = num_stages
     strides = (window_q.stride(0), window_q.stride(1), keys.stride(0), keys.stride(1))
     grid = (num_kv_heads, num_splits)
     _window_lse_kernel[grid](window_q, keys, slot_arg, part_m, part_l, *strides,
                              num_tokens, num_window, chunk, num_splits, qk_scale, **common)
     _window_scores_kernel[grid](window_q, keys, slot_arg, part_m, part_l, out, *strides, out.stride(0),
                                 num_tokens, num_window, chunk, num_splits, qk_scale,
-                                BLOCK_S=max(2, next_power_of_two(num_splits)), REDUCE_MAX=reduction == "max",
-                                **common)
+                                BLOCK_S=max(2, next_power_of_two(num_splits)),
+                                BLOCK_G=max(16, next_power_of_two(group)), REDUCE_MAX=reduction == "max",
+                                SUM_PRECISION="tf32x3", **common)
     return out
 
 

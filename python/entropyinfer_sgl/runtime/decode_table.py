@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.config import EntropyInferConfig
-from ..core.decode import observation_scores, plan_decode_compression
+from ..core.decode import observation_scores, plan_decode_compression, uniform_kept_entries
 from ..core.plan import reference_path_planner
 
 
@@ -141,26 +141,30 @@ def compress_layer(window_q: torch.Tensor, keys: torch.Tensor, table: DecodeTabl
 
 
 def compress_layers(windows: dict[int, torch.Tensor], keys_of, tables: dict[int, DecodeTable], config: EntropyInferConfig,
-                    *, scorer=None) -> dict[int, tuple[DecodeTable | None, torch.Tensor, torch.Tensor]]:
+                    *, scorer=None, scores_of=None) -> dict[int, tuple[DecodeTable | None, torch.Tensor, torch.Tensor]]:
     """One compression event of one request over its layers: `compress_layer` of every layer in `windows`.
 
     keys_of(layer) -> that layer's keys `[T, Hkv, D]` (the same T for every layer); tables: the previous event's
     tables (a layer without one holds every position). A first event with uniform budgets plans every layer in one
-    pass (the kv heads of all layers are independent rows then: one eviction order, one sort and one host sync for
-    the event instead of per layer); layers with a table (re-compression) or AdaKV budgets (allocated within a
-    layer) are compressed one by one. The results are the same either way (tests/test_decode_table_slots.py).
+    pass (the kv heads of all layers are independent rows then: one threshold selection, `uniform_kept_entries`,
+    for the event instead of a plan per layer); layers with a table (re-compression) or AdaKV budgets (allocated
+    within a layer) are compressed one by one. The results are the same either way (tests/test_decode_table_slots.py).
+    scores_of(layer) -> a first event's scores of that layer, float32 `[Hkv, T]` (default: the scorer over
+    keys_of(layer)): the kernel path scores straight from the engine's pool through the request's slots, without
+    gathering a copy of every layer's keys.
     """
     scorer = observation_scores if scorer is None else scorer
+    if scores_of is None:
+        def scores_of(layer: int) -> torch.Tensor:
+            return scorer(windows[layer], keys_of(layer), config)
     results = {}
     first = [layer for layer in windows if layer not in tables] if not config.adaptive_decode_budgets else []
     if first:
         # one layer's keys at a time (a 100k-token layer of an 8B model is 200 MB); the scores are float32 [L * Hkv, T]
-        scores = torch.cat([scorer(windows[layer], keys_of(layer), config) for layer in first])
+        scores = torch.cat([scores_of(layer) for layer in first])
         num_entries, num_kv_heads = scores.shape[1], scores.shape[0] // len(first)
-        plan = plan_decode_compression(scores, config, backend=reference_path_planner(scores.device))
-        kept_indices = plan.kept_indices.to(torch.int64)  # increasing positions, padded with -1
-        lengths = (kept_indices >= 0).sum(dim=1).cpu()  # the event's one host sync
-        entries = kept_indices.clamp(min=0)  # padding 0, as `select_kept_entries`
+        entries = uniform_kept_entries(scores, config)  # increasing positions, as many for every head
+        lengths = torch.full((entries.shape[0],), entries.shape[1], dtype=torch.int64)
         before = torch.full((num_kv_heads,), num_entries, dtype=torch.int64)
         for index, layer in enumerate(first):
             rows = slice(index * num_kv_heads, (index + 1) * num_kv_heads)

@@ -265,10 +265,13 @@ class ArenaDecode:
         return self._launch.run(q3, k_buf, v_buf, slots, lengths, pool_rows=rows)[0]
 
 
-def fused_observation_scores(window_q: torch.Tensor, keys: torch.Tensor, config: EntropyInferConfig) -> torch.Tensor:
+def fused_observation_scores(window_q: torch.Tensor, keys: torch.Tensor, config: EntropyInferConfig, *,
+                             slots: torch.Tensor | None = None) -> torch.Tensor:
     """`core.decode.observation_scores` with the window's attention from `kernels.observation_scores` (two passes
-    over the keys, no `[Hkv, G, W, T]` probabilities in memory): the scorer of the kernel path's events."""
+    over the keys, no `[Hkv, G, W, T]` probabilities in memory): the scorer of the kernel path's events.
+    slots: int64 `[T]`, each entry's row of `keys` (then the engine's whole pool `[rows, Hkv, D]`: no gather)."""
     from ..core.decode import pooled_scores
     from ..kernels.observation_scores import window_attention
 
-    return pooled_scores(window_attention(window_q, keys, reduction=config.decode_gqa_reduction), config)
+    attention = window_attention(window_q, keys, slots=slots, reduction=config.decode_gqa_reduction)
+    return pooled_scores(attention, config)

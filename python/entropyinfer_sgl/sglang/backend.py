@@ -445,13 +445,21 @@ class EntropyInferAttnBackend(_AttentionBackend):
             return
         slots = compat.req_to_token(self.req_to_token_pool)[info.row, :in_cache].to(torch.int64)
         scorer = fused_observation_scores if self.use_kernels else None  # None: the torch oracle
+        request_config = self.request_config(st)
 
         def keys_of(layer_id: int) -> torch.Tensor:
             return compat.kv_buffers(self.token_to_kv_pool, layer_id)[0][slots].to(windows[layer_id].dtype)
 
+        def scores_of(layer_id: int) -> torch.Tensor:  # the kernel reads the pool through the slots: no gather
+            pool = compat.kv_buffers(self.token_to_kv_pool, layer_id)[0]
+            if pool.dtype != windows[layer_id].dtype:  # e.g. an fp8 pool: the kernel takes the window's dtype
+                return fused_observation_scores(windows[layer_id], keys_of(layer_id), request_config)
+            return fused_observation_scores(windows[layer_id], pool, request_config, slots=slots)
+
         events = 0
-        for layer_id, (table, before, kept) in compress_layers(windows, keys_of, st.tables, self.request_config(st),
-                                                               scorer=scorer).items():
+        for layer_id, (table, before, kept) in compress_layers(
+                windows, keys_of, st.tables, request_config, scorer=scorer,
+                scores_of=scores_of if self.use_kernels else None).items():
             if table is None:
                 st.tables.pop(layer_id, None)
             else:
