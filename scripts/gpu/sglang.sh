@@ -38,7 +38,7 @@
 # - long (issue 20): one prompt of $LONG_LEN tokens (default 262000: 256k within the dummy's 262,144 positions) against
 #   a server, dense FlashInfer vs the default config, both in $LONG_CHUNK-token chunks (default 32768: a 256k prompt
 #   in one forward does not fit an H100 beside its KV) at --mem-fraction-static $LONG_MEM_FRACTION (default 0.75);
-#   bench_serving's warm-up request (the same prompt) runs first, so the measured TTFT is a second, warm prefill.
+#   a $LONG_WARMUP_LEN-token prompt (default 40000: two chunks) runs first, so the measured prefill is a warm one.
 # - soak (issue 22): `benchmarks/soak.py` against a server with --enable-entropyinfer, phase 2 (decode_free_memory),
 #   the radix cache and metrics on: $SOAK_REQUESTS mixed requests (default 200; 1k-128k tokens, streamed, n > 1,
 #   disconnects, aborts, off switch, bad requests), then every request accounted for and the server's memory checks;
@@ -191,8 +191,12 @@ PY
         CONTEXT_LEN=${LONG_CONTEXT_LEN:-262144} MEM_FRACTION=${LONG_MEM_FRACTION:-0.75} start_server "$log" \
           --chunked-prefill-size "${LONG_CHUNK:-32768}" --max-prefill-tokens "${LONG_CHUNK:-32768}" \
           --cuda-graph-max-bs 4 "${extra[@]}"
+        # warm-up: a prompt of two chunks (every kernel the long prompt runs is compiled), then the measured prompt
+        bench_serving 120 "$OUT/long_warmup_$variant.log" --random-input-len "${LONG_WARMUP_LEN:-40000}" \
+          --random-range-ratio 1.0 --random-output-len 4 --num-prompts 1 --tokenize-prompt --warmup-requests 0
         bench_serving "${LONG_TIMEOUT:-300}" "$OUT/long_$variant.log" --random-input-len "${LONG_LEN:-262000}" \
-          --random-range-ratio 1.0 --random-output-len 8 --num-prompts 1 --tokenize-prompt --flush-cache
+          --random-range-ratio 1.0 --random-output-len 8 --num-prompts 1 --tokenize-prompt --warmup-requests 0 \
+          --flush-cache
         echo "bench exit $?" >> "$OUT/long_$variant.log"
         kill $pid; wait $pid 2>/dev/null
         { echo "== long $variant (${LONG_LEN:-262000} tokens, chunks of ${LONG_CHUNK:-32768})"
