@@ -460,7 +460,7 @@ def _row(kernel, tokens, density, ms, **extra):
     print(json.dumps(row), flush=True)
 
 
-EVENT_SWEEP = [(block_n, warps, stages, splits) for block_n in (64, 128) for warps in (4, 8) for stages in (2, 3, 4)
+EVENT_SWEEP = [(block_n, warps, stages, splits) for block_n in (64, 128) for warps in (4, 8) for stages in (2, 3)
                for splits in (None, "x4")]  # splits None: the default (~2 waves); "x4": 4x as many programs
 
 
