@@ -25,6 +25,8 @@
 #   (GPU busy/idle time, GPU time by kernel, the longest idle gaps); the traces themselves are not kept;
 # - serving: `bench_serving` with a mixed-length random workload against a server, dense vs the default config,
 #   both with SGLang's default decode CUDA graphs (SERVING_EAGER=1: both eager; SERVING_VARIANTS: which of the two);
+#   $SERVING_PROMPTS prompts (12) drawn uniformly from [$SERVING_INPUT_LEN x $SERVING_RANGE_RATIO, $SERVING_INPUT_LEN]
+#   tokens (65536 x 0.125: 8k-64k, ~38k on average; SERVING_RANGE_RATIO=1.0: all of $SERVING_INPUT_LEN);
 # - capacity (issue 8): `bench_serving` with $CAPACITY_RUNS (name:prompts, default "dense:10 phase1:10 phase2:48")
 #   prompts of $CAPACITY_INPUT_LEN tokens (default 130000) at once against a server at --mem-fraction-static 0.85:
 #   dense FlashInfer, EntropyInfer phase 1 (evicted entries hidden) and phase 2 (decode_free_memory), decode budget
@@ -159,7 +161,7 @@ PY
         [ "$variant" = entropyinfer ] && extra=(--enable-entropyinfer)
         start_server "$OUT/server_$variant.tmp" "${serving_graph[@]}" "${extra[@]}"
         bench_serving "${SERVING_TIMEOUT:-300}" "$OUT/serving_$variant.tmp" \
-          --random-input-len "${SERVING_INPUT_LEN:-65536}" --random-range-ratio 0.125 \
+          --random-input-len "${SERVING_INPUT_LEN:-65536}" --random-range-ratio "${SERVING_RANGE_RATIO:-0.125}" \
           --random-output-len "${SERVING_OUTPUT_LEN:-128}" --num-prompts "${SERVING_PROMPTS:-12}" --seed 1
         kill $pid; wait $pid 2>/dev/null
         { echo "=== serving $variant"; cat "$OUT/serving_$variant.tmp"; echo "--- server log tail";
