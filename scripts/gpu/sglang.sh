@@ -45,11 +45,13 @@
 #   the radix cache and metrics on: $SOAK_REQUESTS mixed requests (default 200; 1k-128k tokens, streamed, n > 1,
 #   disconnects, aborts, off switch, bad requests), then every request accounted for and the server's memory checks;
 #   $OUT/soak.json (summary), $OUT/soak.log, $OUT/soak_server.log.
-# Model: the Llama-3.1-8B-geometry dummy (scripts/gpu/llama8b_dummy: config + SmolLM2 tokenizer, --load-format dummy).
+# Model: the Llama-3.1-8B-geometry dummy (scripts/gpu/llama8b_dummy: config + SmolLM2 tokenizer, --load-format dummy);
+# MODEL and LOAD_FORMAT=auto for real weights (`quality.sh one_batch` runs SmolLM2 that way).
 # Results: $OUT/one_batch.log, $OUT/serving.log (full output), $OUT/summary.txt (the figures' lines).
 set -uo pipefail
 source scripts/gpu/setup.sh
 MODEL=${MODEL:-scripts/gpu/llama8b_dummy}
+LOAD_FORMAT=${LOAD_FORMAT:-dummy}  # auto with a real model's weights (quality.sh one_batch: SmolLM2)
 LENS=${LENS:-131072 65536 32768}
 OUTPUT_LEN=${OUTPUT_LEN:-64}
 CONTEXT_LEN=${CONTEXT_LEN:-131328}
@@ -71,7 +73,7 @@ one_batch() {  # $1: run name, then extra args (GRAPH=1: CUDA graphs on)
   local graph=(--disable-cuda-graph)
   [ "${GRAPH:-0}" = 1 ] && graph=()
   timeout "${RUN_TIMEOUT:-400}" python3 -m entropyinfer_sgl.sglang.bench_one_batch --model-path "$MODEL" \
-    --load-format dummy --batch-size "${BATCH:-1}" --input-len $LENS --output-len "$OUTPUT_LEN" "${graph[@]}" \
+    --load-format "$LOAD_FORMAT" --batch-size "${BATCH:-1}" --input-len $LENS --output-len "$OUTPUT_LEN" "${graph[@]}" \
     --context-length "$CONTEXT_LEN" --mem-fraction-static "${MEM_FRACTION:-0.85}" --run-name "$name" "${EXTRA[@]}" "$@" > "$log" 2>&1
   echo "exit $?" >> "$log"
   summarize "one_batch $name" "$log"
@@ -82,7 +84,7 @@ one_batch() {  # $1: run name, then extra args (GRAPH=1: CUDA graphs on)
 start_server() {  # $1: log file, then server args; sets $port and $pid once the server answers /health
   local log=$1; shift
   port=$((30000 + RANDOM % 2000))
-  python3 -m entropyinfer_sgl.sglang.launch_server --model-path "$MODEL" --load-format dummy \
+  python3 -m entropyinfer_sgl.sglang.launch_server --model-path "$MODEL" --load-format "$LOAD_FORMAT" \
     --context-length "$CONTEXT_LEN" --mem-fraction-static "${MEM_FRACTION:-0.85}" --port "$port" --host 127.0.0.1 "${EXTRA[@]}" "$@" \
     > "$log" 2>&1 &
   pid=$!
