@@ -216,17 +216,28 @@ class DecodeTableArena:
             raise RuntimeError(f"decode table {table_id} does not belong to request row {row}")
         self.lengths[table_id].zero_()
         self.tails[table_id].zero_()
-        for layer_id, table in tables.items():
-            width = table.positions.shape[1]
-            if width > self.capacity_tokens:
-                raise RuntimeError(f"a kv head keeps {width} entries, more than the arena's capacity of "
-                                   f"{self.capacity_tokens} (max_kept_per_head_tokens is wrong)")
-            positions = table.positions.to(row_slots.device)
-            self.slots[table_id, layer_id, :, :width] = row_slots[positions].to(torch.int32)
-            self.lengths[table_id, layer_id] = table.lengths.to(device=self.lengths.device, dtype=torch.int32)
-            self.tails[table_id, layer_id] = table.base_len
+        if tables:
+            self._write_tables(table_id, tables, row_slots)
         self.table_of_row[row] = table_id
         return table_id
+
+    def _write_tables(self, table_id: int, tables: dict[int, DecodeTable], row_slots: torch.Tensor) -> None:
+        """All layers' tables in a few launches (not a handful per layer: an event's 32 layers took ~160 small
+        launches from the host); columns past a head's length hold row_slots[0] (the lengths mask them)."""
+        width = max(table.positions.shape[1] for table in tables.values())
+        if width > self.capacity_tokens:
+            raise RuntimeError(f"a kv head keeps {width} entries, more than the arena's capacity of "
+                               f"{self.capacity_tokens} (max_kept_per_head_tokens is wrong)")
+        positions = torch.stack([torch.nn.functional.pad(table.positions.to(row_slots.device),
+                                                         (0, width - table.positions.shape[1]))
+                                 for table in tables.values()])  # [layers, Hkv, width]
+        device = self.slots.device
+        layers = torch.tensor(list(tables), dtype=torch.int64).to(device)
+        self.slots[table_id, layers, :, :width] = row_slots[positions].to(torch.int32)
+        lengths = torch.stack([table.lengths.to(torch.int32).cpu() for table in tables.values()])
+        self.lengths[table_id, layers] = lengths.to(device)
+        tails = torch.tensor([table.base_len for table in tables.values()], dtype=torch.int32)
+        self.tails[table_id, layers] = tails.to(device)
 
     def release(self, row: int, table_id: int) -> None:
         """Return a request's table (SGLang freed its row); the row reads as uncompressed again."""
