@@ -108,19 +108,33 @@ def _kill_group(proc: subprocess.Popen, *, signalled: bool = False) -> None:
 class Server:
     """`python -m sglang.launch_server` on 127.0.0.1 with a free port, its log in a file."""
 
+    # a port the server picked (its own, or SGLang's NCCL/ZMQ ports) was taken by a server starting beside it
+    # between the pick and the bind: not the code under test, so the server starts again on fresh ports (twice)
+    PORT_RACE = ("EADDRINUSE", "Address already in use", "address already in use")
+    PORT_RACE_RESTARTS = 2
+
     def __init__(self, name: str, model: Path, log_dir: Path, extra_args: list[str], env: dict[str, str] | None = None):
-        self.name, self.port = name, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.name = name
         self.log = log_dir / f"server_{name}.log"
-        args = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model), "--device", "cpu",
+        self._model, self._extra_args, self._env = model, extra_args, env
+        self._restarts = 0
+        self._out = None
+        self._launch()
+
+    def _launch(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(self._model), "--device", "cpu",
                 "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32", "--max-total-tokens", "16384",
                 "--mem-fraction-static", "0.3", "--random-seed", "0", "--skip-server-warmup",
                 # idle schedulers block on their sockets instead of polling them in a busy loop: tests run several
                 # servers at once on two cores, and busy idle servers starved the one that had work
-                "--sleep-on-idle", *extra_args]
+                "--sleep-on-idle", *self._extra_args]
+        if self._out is not None:
+            self._out.close()
         self._out = open(self.log, "w")
-        self.proc = subprocess.Popen(args, stdout=self._out, stderr=subprocess.STDOUT, env=env or subprocess_env(),
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(args, stdout=self._out, stderr=subprocess.STDOUT,
+                                     env=self._env or subprocess_env(), start_new_session=True)
 
     def wait_ready(self, timeout: float = 300) -> "Server":
         import requests
@@ -128,6 +142,12 @@ class Server:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
+                log = self.log_text()
+                if self._restarts < self.PORT_RACE_RESTARTS and any(text in log for text in self.PORT_RACE):
+                    _kill_group(self.proc)
+                    self._restarts += 1
+                    self._launch()
+                    continue
                 raise AssertionError(f"server {self.name} exited with {self.proc.returncode}:\n{self.tail()}")
             try:
                 if requests.get(self.url + "/health", timeout=5).status_code == 200:
