@@ -476,8 +476,7 @@ def bench_event(seq_lens, *, num_window=32, num_q_heads=32, num_kv_heads=8, head
 
     from entropyinfer_sgl import EntropyInferConfig
     from entropyinfer_sgl.core.decode import observation_scores, plan_decode_compression, uniform_kept_entries
-    from entropyinfer_sgl.kernels._common import device_parallelism
-    from entropyinfer_sgl.kernels.observation_scores import window_attention
+    from entropyinfer_sgl.kernels.observation_scores import window_attention, window_num_splits
     from entropyinfer_sgl.runtime.decode_table import compress_layer, compress_layers
     from entropyinfer_sgl.runtime.kernel_path import fused_observation_scores
 
@@ -509,9 +508,10 @@ def bench_event(seq_lens, *, num_window=32, num_q_heads=32, num_kv_heads=8, head
         _row("event_all_layers", seq_len, 1.0, ms_event, layers=num_layers, layer_by_layer_ms=ms_loop,
              slot_scores_ms=ms_slot_scores, plan_ms=ms_plan, sort_plan_ms=ms_sort)
         if seq_len == sweep_len:
-            default_splits = max(1, -(-2 * device_parallelism(keys.device) // num_kv_heads))
+            ref = window_attention(window_q, keys)  # the default launch
             for block_n, warps, stages, splits in EVENT_SWEEP:
-                num_splits = None if splits is None else 4 * default_splits
+                tiles = -(-seq_len // block_n)
+                num_splits = None if splits is None else 4 * window_num_splits(num_kv_heads, tiles, keys.device)
                 launch = dict(block_n=block_n, num_warps=warps, num_stages=stages, num_splits=num_splits)
                 try:
                     got = window_attention(window_q, keys, **launch)
@@ -519,7 +519,6 @@ def bench_event(seq_lens, *, num_window=32, num_q_heads=32, num_kv_heads=8, head
                 except Exception as err:  # noqa: BLE001 - a launch that does not fit is a row, not the end
                     print(json.dumps({"kernel": "event_scores_launch", **launch, "error": str(err)[:200]}))
                     continue
-                ref = window_attention(window_q, keys)
                 _row("event_scores_launch", seq_len, 1.0, ms, block_n=block_n, warps=warps, stages=stages,
                      splits=splits or "default", max_err=f"{(got - ref).abs().max().item():.2e}")
         del window_q, keys, pool

@@ -108,7 +108,7 @@ def _window_scores_kernel(
     num_tokens, num_window, chunk, num_splits, qk_scale,
     GROUP: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr, REDUCE_MAX: tl.constexpr,
-    USE_SLOTS: tl.constexpr, INT64: tl.constexpr, DOT_PRECISION: tl.constexpr, SUM_PRECISION: tl.constexpr,
+    USE_SLOTS: tl.constexpr, INT64: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     h = tl.program_id(0)
     split = tl.program_id(1)
@@ -133,7 +133,7 @@ def _window_scores_kernel(
         qk, pos = _window_logits(q, k_base, Slots, start, hi, query_pos, stride_kt, qk_scale, HEAD_DIM, BLOCK_D,
                                  BLOCK_N, USE_SLOTS, INT64, DOT_PRECISION)
         probs = tl.exp2(qk - lse[:, None])  # 0 where masked (-inf) and for padding rows (lse = +inf)
-        per_head = tl.dot(select, probs, input_precision=SUM_PRECISION) / num_window  # [BLOCK_G, BLOCK_N]: means
+        per_head = tl.dot(select, probs, input_precision="tf32x3") / num_window  # [BLOCK_G, BLOCK_N]: means
         if REDUCE_MAX:  # probabilities are >= 0: the selector's empty rows (0) never win
             score = tl.max(per_head, 0)
         else:
@@ -169,8 +169,8 @@ def window_attention(window_q: torch.Tensor, keys: torch.Tensor, *, slots: torch
     if block_n is None:
         block_n = 32 if interpret_mode() or block_r * block_d > 128 * 128 else 64
     tiles = -(-num_tokens // block_n)
-    if num_splits is None:  # about two waves of programs, each walking at least two key tiles
-        num_splits = max(1, min(-(-2 * device_parallelism(device) // num_kv_heads), -(-tiles // 2)))
+    if num_splits is None:
+        num_splits = window_num_splits(num_kv_heads, tiles, device)
     if not 1 <= num_splits <= tiles:
         raise ValueError(f"num_splits={num_splits} must be in [1, {tiles}] (key tiles of {block_n})")
     chunk = -(-tiles // num_splits) * block_n
@@ -190,9 +190,14 @@ def window_attention(window_q: torch.Tensor, keys: torch.Tensor, *, slots: torch
     _window_scores_kernel[grid](window_q, keys, slot_arg, part_m, part_l, out, *strides, out.stride(0),
                                 num_tokens, num_window, chunk, num_splits, qk_scale,
                                 BLOCK_S=max(2, next_power_of_two(num_splits)),
-                                BLOCK_G=max(16, next_power_of_two(group)), REDUCE_MAX=reduction == "max",
-                                SUM_PRECISION="tf32x3", **common)
+                                BLOCK_G=max(16, next_power_of_two(group)), REDUCE_MAX=reduction == "max", **common)
     return out
+
+
+def window_num_splits(num_kv_heads: int, tiles: int, device: torch.device) -> int:
+    """The default splits of each kv head's keys (`tiles` key tiles): about two waves of programs, each walking
+    at least two key tiles. Shapes only (no host sync)."""
+    return max(1, min(-(-2 * device_parallelism(device) // num_kv_heads), -(-tiles // 2)))
 
 
 def _check_inputs(window_q: torch.Tensor, keys: torch.Tensor, slots: torch.Tensor | None, reduction: str) -> None:
