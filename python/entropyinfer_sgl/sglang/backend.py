@@ -29,8 +29,9 @@ CUDA-graph decode (kernel path): the captured graph runs `compressed_decode` ove
 (a request without a table reads its whole row), so replays need no per-step preparation: tables change only at
 compression events. The observation windows are recorded on the device too (`runtime/window_arena.py`: every
 decode step writes the batch's queries into static buffers, inside the graph), so only a step that must run Python
-(a compression event, or a request taking its window slot) runs eagerly: `graph_step_allowed` tells SGLang's
-decode graph runner (compat hook). The reference path records windows in Python (`RequestState.record_queries`).
+(a compression event, or a request taking its window slot) runs that Python before SGLang's decode graph runner
+replays the graph (`prepare_graph_step`, compat hook). The reference path records windows in Python
+(`RequestState.record_queries`).
 """
 
 from __future__ import annotations
@@ -168,25 +169,39 @@ class EntropyInferAttnBackend(_AttentionBackend):
                                                  forward_batch.seq_lens)
                 self._graph_decodes[len(self._batch.seq_lens)] = self._arena_decode
 
-    def graph_step_allowed(self, forward_batch) -> bool:
-        """Whether this decode step may replay a CUDA graph: no request of the batch has a compression event
-        due or a window slot to take at this step (those run Python: the step runs eagerly). The graph records
-        the observation windows itself (the window arena). A request whose cache is still below what an evicting
-        event needs records nothing and has no event to run. A request's first decode step (its prompt length not
-        yet recorded by `begin_decode`) may replay too: its prompt is what its extend chunks covered."""
+    def prepare_graph_step(self, forward_batch) -> bool:
+        """Whether this decode step may replay a CUDA graph, after running the Python of the method it needs.
+
+        Kernel path: the graph reads the decode tables and the observation window slots from device buffers that
+        the method updates in place, and records the windows itself (the window arena). So a step with a
+        compression event due, or with a request taking its window slot, runs that work here, before SGLang's
+        runner replays the graph: the event's step replays too, instead of running the whole forward eagerly (its
+        launches from the host were most of that step). A step whose batch holds a request without a state, or
+        without request identities, runs eagerly (its extend was not seen by this backend). A request whose cache
+        is still below what an evicting event needs records nothing and has no event to run; a request's first
+        decode step (its prompt length not yet recorded by `begin_decode`) needs nothing either: its prompt is what
+        its extend chunks covered."""
         if self.arena is None:
             return True
         rids = forward_batch.rids
         seq_lens = forward_batch.seq_lens_cpu
         if rids is None or seq_lens is None or len(rids) != len(seq_lens):
             return False
+        needs_python = False
         for rid, seq_len in zip(rids, seq_lens.tolist()):
             st = self.store.get(rid)
             if st is None:
                 return False
-            if st.method_enabled and self._step_needs_python(st, int(seq_len)):
-                return False
+            needs_python = needs_python or (st.method_enabled and self._step_needs_python(st, int(seq_len)))
+        if needs_python:
+            self._prepare_replayed_decode(forward_batch)
         return True
+
+    def _prepare_replayed_decode(self, forward_batch) -> None:
+        """What `init_forward_metadata` prepares for an eager decode step, for a step the graph replays (its
+        attention reads the arena through the graph's own `ArenaDecode`)."""
+        self._begin_forward(compat.batch_view(forward_batch))
+        self._prepare_decode(self._batch)
 
     def _step_needs_python(self, st: RequestState, seq_len: int) -> bool:
         """Kernel path, a decode step of `seq_len` positions (the new token's included): its compression event is
@@ -227,18 +242,25 @@ class EntropyInferAttnBackend(_AttentionBackend):
     def init_forward_metadata(self, forward_batch):
         self.inner.init_forward_metadata(forward_batch)
         batch = compat.batch_view(forward_batch)
-        self._batch = batch
-        self._infos = []
-        self._arena_decode = None
-        self._window_indices = None
+        self._begin_forward(batch)
         if not batch.has_rids:
             return  # no request identities (a dummy batch): everything stays dense
         if batch.mode == "extend":
             self._prepare_extend(batch)
         elif batch.mode == "decode":
             self._prepare_decode(batch)
+            if self.arena is not None and any(info.state.table_id is not None for info in self._infos):
+                self._arena_decode = ArenaDecode(self.arena, compat.req_to_token(self.req_to_token_pool),
+                                                 *compat.batch_row_tensors(batch))
         elif self.windows is not None:
             self._windows_skip(batch)
+
+    def _begin_forward(self, batch: compat.BatchView) -> None:
+        """A new forward's batch: what the previous one prepared is dropped."""
+        self._batch = batch
+        self._infos = []
+        self._arena_decode = None
+        self._window_indices = None
 
     def _windows_skip(self, batch: compat.BatchView) -> None:
         """A batch the method runs dense without recording (mixed chunked prefill): the window arena misses its
@@ -305,9 +327,6 @@ class EntropyInferAttnBackend(_AttentionBackend):
                     self._compress(info, in_cache)
                 except Exception as err:  # noqa: BLE001 - one request's fault must not take the batch down
                     self._fail(info, "decode compression", None, err)
-        if self.arena is not None and any(info.state.table_id is not None for info in self._infos):
-            self._arena_decode = ArenaDecode(self.arena, compat.req_to_token(self.req_to_token_pool),
-                                             *compat.batch_row_tensors(batch))
 
     def _fail(self, info: _RequestInfo, what: str, layer_id: int | None, err: Exception,
               inputs: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:

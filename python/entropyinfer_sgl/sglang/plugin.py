@@ -11,7 +11,8 @@ Importing this module has no side effects and imports no SGLang module. `registe
 - refuses, at startup and with the reason, every configuration this increment does not serve correctly
   (`policy.server_args_conflicts`); turns prefill CUDA graphs off for the method, and decode graphs too where
   the method cannot capture them (CPU, SGLang 0.5.23); an explicit request for those is refused;
-- lets the decode graph runner replay only steps that need no Python of the method (`graph_step_allowed`), and
+- runs the Python a decode step of the method needs (a compression event, a window slot taken) right before the
+  decode graph runner replays it, and vetoes replays of batches it has no state for (`prepare_graph_step`); it
   adds the decode-table arena's bytes per KV-pool token to SGLang's per-token cost, so the pool sized from
   --mem-fraction-static leaves room for it;
 - frees a request's EntropyInfer state when SGLang frees its `req_to_token` row (finish, abort, retraction);
@@ -72,7 +73,7 @@ def register() -> None:
         compat.register_request_creation_hook(_on_request_created)
         compat.register_request_admission_hook(_on_request_admitted)
         compat.register_request_validation_hook(_request_problem)
-        compat.register_decode_graph_hook(_graph_step_allowed)
+        compat.register_decode_graph_hook(_prepare_graph_step)
         compat.register_cell_size_hook(_side_table_bytes_per_token)
         compat.register_run_batch_hook(_around_run_batch)
         _REGISTERED = True
@@ -235,9 +236,9 @@ def _around_support_triton(original, backend, *args, **kwargs):
     return original(backend, *args, **kwargs)
 
 
-def _graph_step_allowed(backend, forward_batch) -> bool:
-    allowed = getattr(backend, "graph_step_allowed", None)
-    return True if allowed is None else bool(allowed(forward_batch))
+def _prepare_graph_step(backend, forward_batch) -> bool:
+    prepare = getattr(backend, "prepare_graph_step", None)
+    return True if prepare is None else bool(prepare(forward_batch))
 
 
 def _side_table_bytes_per_token(kvc, cell_size: int) -> int:

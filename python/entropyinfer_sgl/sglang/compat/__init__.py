@@ -433,14 +433,15 @@ def set_request_report(req: Any, key: str, value: Any) -> None:
     req.customized_info = info
 
 
-def register_decode_graph_hook(step_allowed: Callable[[Any, Any], bool]) -> None:
-    """`step_allowed(attention_backend, forward_batch)` may veto a decode CUDA-graph replay (the step then runs
-    eagerly); asked only when SGLang's runner would replay."""
+def register_decode_graph_hook(prepare_step: Callable[[Any, Any], bool]) -> None:
+    """`prepare_step(attention_backend, forward_batch)` runs right before a decode CUDA-graph replay, with the
+    whole batch (request identities included: the replay's own metadata call gets padded buffers only), and may
+    veto it (the step then runs eagerly); asked only when SGLang's runner would replay, once per step."""
 
     def after_can_run_graph(result, self, forward_batch, *args, **kwargs):
         if not result:
             return result
-        return step_allowed(getattr(self, "attn_backend", None), forward_batch)
+        return prepare_step(getattr(self, "attn_backend", None), forward_batch)
 
     register_hook(TARGET_DECODE_GRAPH_CAN_RUN, after_can_run_graph, "after")
 
