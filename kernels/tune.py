@@ -470,7 +470,9 @@ def bench_event(seq_lens, *, num_window=32, num_q_heads=32, num_kv_heads=8, head
     oracle and by the fused kernel and the whole `compress_layer` with each; then all layers as the server runs
     them (`compress_layers`, the fused kernel reading a pool through the request's slots: no key gather; one
     threshold selection for every layer), against layer by layer, with the selection alone (`plan_ms`:
-    `uniform_kept_entries` over every layer's kv heads) and the eviction-order plan it replaced (`sort_plan_ms`).
+    `uniform_kept_entries` over every layer's kv heads) and the eviction-order plan it replaced (`sort_plan_ms`);
+    a layer's scores through the slots (`slot_scores_ms`) and with each window query's log-sum-exp given
+    (`slot_scores_given_lse_ms`: one pass over the keys).
     sweep_len: also time the scoring kernel's launches (EVENT_SWEEP) at that length."""
     from triton.testing import do_bench
 
@@ -502,11 +504,15 @@ def bench_event(seq_lens, *, num_window=32, num_q_heads=32, num_kv_heads=8, head
             windows, lambda layer: pool[slots], {}, config, scorer=fused_observation_scores,
             scores_of=lambda layer: fused_observation_scores(window_q, pool, config, slots=slots)))
         ms_slot_scores = do_bench(lambda: fused_observation_scores(window_q, pool, config, slots=slots))
+        row_lse = torch.zeros(num_window, num_q_heads, device="cuda")  # timing only: its values do not matter
+        ms_lse_scores = do_bench(lambda: fused_observation_scores(window_q, pool, config, slots=slots,
+                                                                  row_lse=row_lse))
         all_scores = torch.cat([fused_scores] * num_layers)
         ms_plan = do_bench(lambda: uniform_kept_entries(all_scores, config))
         ms_sort = do_bench(lambda: plan_decode_compression(all_scores, config, backend="torch"))
         _row("event_all_layers", seq_len, 1.0, ms_event, layers=num_layers, layer_by_layer_ms=ms_loop,
-             slot_scores_ms=ms_slot_scores, plan_ms=ms_plan, sort_plan_ms=ms_sort)
+             slot_scores_ms=ms_slot_scores, slot_scores_given_lse_ms=ms_lse_scores, plan_ms=ms_plan,
+             sort_plan_ms=ms_sort)
         if seq_len == sweep_len:
             ref = window_attention(window_q, keys)  # the default launch
             for block_n, warps, stages, splits in EVENT_SWEEP:

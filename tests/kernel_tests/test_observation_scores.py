@@ -7,6 +7,8 @@ CPU: the Triton interpreter, float32/float16, tiny shapes (outputs NaN-poisoned 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -33,11 +35,11 @@ def _random(shape, generator, dtype, scale=1.0):
     return (torch.randn(shape, generator=generator) * scale).to(device=DEVICE, dtype=dtype)
 
 
-def _assert_close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
+def _assert_close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, tolerance: float | None = None) -> None:
     assert got.dtype == torch.float32 and got.shape == want.shape
     assert torch.isfinite(got).all(), "an entry was never written (NaN-poisoned output) or overflowed"
     err = (got - want.to(got.device)).abs().max().item()
-    assert err <= TOLERANCE[dtype] * want.abs().max().item(), f"max abs error {err:.3g}"
+    assert err <= (tolerance or TOLERANCE[dtype]) * want.abs().max().item(), f"max abs error {err:.3g}"
 
 
 @pytest.mark.parametrize("reduction", ["mean", "max"])
@@ -78,12 +80,44 @@ def test_scores_rank_like_the_reference_path(generator):
     assert torch.equal(got.topk(top, dim=1).indices.sort().values.cpu(), want.topk(top, dim=1).indices.sort().values)
 
 
+def _window_lse(window_q: torch.Tensor, keys: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Each window query's natural log-sum-exp over the keys it sees (query w at position T - W + w), float32
+    `[W, Hq]`: what a decode step's attention returns for it."""
+    num_window, num_q_heads, head_dim = window_q.shape
+    num_tokens, num_kv_heads, _ = keys.shape
+    k = keys.float().repeat_interleave(num_q_heads // num_kv_heads, dim=1)  # [T, Hq, D]
+    logits = torch.einsum("whd,thd->wht", window_q.float(), k) * (head_dim ** -0.5 if scale is None else scale)
+    positions = torch.arange(num_tokens, device=keys.device)
+    visible = positions[None, :] <= (num_tokens - num_window + torch.arange(num_window, device=keys.device))[:, None]
+    return logits.masked_fill(~visible[:, None, :], float("-inf")).logsumexp(-1)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "max"])
+@pytest.mark.parametrize("num_window, num_q_heads, num_kv_heads, head_dim, num_tokens, block_n, num_splits", CASES)
+def test_given_log_sum_exps_skip_the_first_pass(num_window, num_q_heads, num_kv_heads, head_dim, num_tokens, block_n,
+                                                num_splits, reduction, generator):
+    """With each window query's log-sum-exp given (as the decode steps that computed the queries return it), one
+    pass over the keys gives the oracle's scores; the given values are what normalizes them: each row's plus ln 2
+    halves every probability, so the scores (means or maxima over non-negative values) halve."""
+    window_q = _random((num_window, num_q_heads, head_dim), generator, torch.float32, scale=2.0)
+    keys = _random((num_tokens, num_kv_heads, head_dim), generator, torch.float32, scale=2.0)
+    row_lse = _window_lse(window_q, keys)
+    want = reference_attention(window_q.cpu(), keys.cpu(), reduction=reduction)
+    kwargs = dict(reduction=reduction, block_n=block_n, num_splits=num_splits)
+    tolerance = 1e-5  # a given log-sum-exp is natural-log float32, turned base 2 in the kernel: a few ulps more
+    _assert_close(window_attention(window_q, keys, row_lse=row_lse, **kwargs), want, torch.float32, tolerance)
+    halved = window_attention(window_q, keys, row_lse=row_lse + math.log(2.0), **kwargs)
+    _assert_close(halved, want / 2, torch.float32, tolerance)
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(reduction="sum"), "reduction"),
     (dict(window_q=(0, 4, 16)), "observation window"),
     (dict(keys=(50, 3, 16)), "multiple"),
     (dict(keys=(50, 2, 8)), "head_dim"),
     (dict(slots=torch.float32), "slots"),
+    (dict(row_lse=(4, 2)), "row_lse"),
+    (dict(row_lse=(3, 4)), "row_lse"),
 ])
 def test_bad_input_is_refused(bad, match, generator):
     window_q = _random(bad.get("window_q", (4, 4, 16)), generator, torch.float32)
@@ -91,8 +125,9 @@ def test_bad_input_is_refused(bad, match, generator):
     slots = None
     if "slots" in bad:
         slots = torch.arange(50, device=DEVICE, dtype=bad["slots"])
+    row_lse = None if "row_lse" not in bad else torch.zeros(bad["row_lse"], device=DEVICE)
     with pytest.raises(ValueError, match=match):
-        window_attention(window_q, keys, slots=slots, reduction=bad.get("reduction", "mean"))
+        window_attention(window_q, keys, slots=slots, row_lse=row_lse, reduction=bad.get("reduction", "mean"))
 
 
 @requires_cuda
@@ -102,5 +137,7 @@ def test_bfloat16_at_a_long_cache(generator):
     window_q = _random((32, 32, 128), generator, torch.bfloat16)
     pool = _random((40000, 8, 128), generator, torch.bfloat16)
     slots = torch.randperm(40000, generator=generator)[:32768].to(device=DEVICE, dtype=torch.int32)
-    got = window_attention(window_q, pool, slots=slots)
-    _assert_close(got, reference_attention(window_q.float(), pool[slots.long()].float()), torch.bfloat16)
+    want = reference_attention(window_q.float(), pool[slots.long()].float())
+    _assert_close(window_attention(window_q, pool, slots=slots), want, torch.bfloat16)
+    row_lse = _window_lse(window_q, pool[slots.long()])  # one pass over the keys
+    _assert_close(window_attention(window_q, pool, slots=slots, row_lse=row_lse), want, torch.bfloat16)

@@ -11,6 +11,10 @@ the 32 layers of an event then take ~150 ms on an H100. Here nothing of that siz
   q head's rows times the probabilities, in "tf32x3", float32-accurate, on the tensor cores instead of one masked
   cross-row reduction per q head on the CUDA cores) and reduces over the group (mean or max): float32 `[Hkv, T]`.
 
+A caller that knows each window query's log-sum-exp already (`row_lse`: the decode step that computed the query
+attended to the same keys) skips pass 1: its partials are then one per row (max = the log-sum-exp, sum = 1), and
+the event reads the keys once.
+
 Keys are read contiguously (`keys [T, Hkv, D]`) or through `slots` (`keys` is then the whole pool and `slots[t]`
 the row of entry t: SGLang's req_to_token row, so the event gathers nothing). Window query w sits at position
 T - W + w and sees keys 0 .. T - W + w (causal). The grid depends on shapes only; there is no host sync.
@@ -105,7 +109,7 @@ def _window_lse_kernel(
 def _window_scores_kernel(
     Q, K, Slots, PartM, PartL, Out,
     stride_qw, stride_qh, stride_kt, stride_kh, stride_oh,
-    num_tokens, num_window, chunk, num_splits, qk_scale,
+    num_tokens, num_window, chunk, num_parts, qk_scale,
     GROUP: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr, REDUCE_MAX: tl.constexpr,
     USE_SLOTS: tl.constexpr, INT64: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -115,9 +119,10 @@ def _window_scores_kernel(
     q, g, query_pos, r_ok, offs_r = _window_rows(Q, h, stride_qw, stride_qh, num_tokens, num_window, GROUP, BLOCK_R,
                                                  HEAD_DIM, BLOCK_D)
     offs_s = tl.arange(0, BLOCK_S)
-    # every split's partial (max, sum) of these rows -> each row's log-sum-exp (base 2) over all its keys
-    part = (h * BLOCK_R + offs_r)[:, None] * num_splits + offs_s[None, :]
-    s_ok = offs_s[None, :] < num_splits
+    # every part's (max, sum) of these rows (pass 1's splits, or one given log-sum-exp) -> each row's log-sum-exp
+    # (base 2) over all its keys
+    part = (h * BLOCK_R + offs_r)[:, None] * num_parts + offs_s[None, :]
+    s_ok = offs_s[None, :] < num_parts
     part_m = tl.load(PartM + part, mask=s_ok, other=float("-inf"))
     part_l = tl.load(PartL + part, mask=s_ok, other=0.0)
     m = tl.max(part_m, 1)
@@ -145,18 +150,21 @@ _KERNELS = (_window_lse_kernel, _window_scores_kernel, _window_logits, _window_r
 
 
 def window_attention(window_q: torch.Tensor, keys: torch.Tensor, *, slots: torch.Tensor | None = None,
-                     reduction: str = "mean", scale: float | None = None, block_n: int | None = None,
-                     num_splits: int | None = None, num_warps: int | None = None,
+                     row_lse: torch.Tensor | None = None, reduction: str = "mean", scale: float | None = None,
+                     block_n: int | None = None, num_splits: int | None = None, num_warps: int | None = None,
                      num_stages: int | None = None) -> torch.Tensor:
     """The window's softmax attention to each entry, averaged over the window, reduced over each kv head's q
     heads: float32 `[Hkv, T]` (`core.decode.window_attention` is the oracle).
 
     window_q: `[W, Hq, D]` the newest W queries (positions T-W .. T-1); keys: `[T, Hkv, D]`, or with `slots`
     (int32/int64 `[T]`, the pool row of each entry) the pool `[rows, Hkv, D]`; same dtype as window_q.
+    row_lse: float32 `[W, Hq]`, each window query's natural log-sum-exp over the keys it sees (with this `scale`),
+    e.g. from the decode step that computed it: pass 1 is skipped. Not checked (no host sync): a wrong one scales
+    that row's probabilities.
     reduction: over the q heads of a kv head, "mean" or "max". block_n / num_splits / num_warps / num_stages:
     launch overrides (tests, sweeps: `kernels/tune.py --event`); the defaults depend on shapes only.
     """
-    _check_inputs(window_q, keys, slots, reduction)
+    _check_inputs(window_q, keys, slots, row_lse, reduction)
     num_window, num_q_heads, head_dim = window_q.shape
     num_kv_heads = keys.shape[1]
     num_tokens = keys.shape[0] if slots is None else slots.shape[0]
@@ -174,8 +182,6 @@ def window_attention(window_q: torch.Tensor, keys: torch.Tensor, *, slots: torch
     if not 1 <= num_splits <= tiles:
         raise ValueError(f"num_splits={num_splits} must be in [1, {tiles}] (key tiles of {block_n})")
     chunk = -(-tiles // num_splits) * block_n
-    part_m = torch.empty(num_kv_heads, block_r, num_splits, dtype=torch.float32, device=device)
-    part_l = torch.empty_like(part_m)
     qk_scale = (1.0 / math.sqrt(head_dim) if scale is None else float(scale)) * LOG2E
     slot_arg = keys if slots is None else slots  # never read without USE_SLOTS
     common = dict(GROUP=group, BLOCK_R=block_r, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n,
@@ -185,13 +191,33 @@ def window_attention(window_q: torch.Tensor, keys: torch.Tensor, *, slots: torch
         common["num_stages"] = num_stages
     strides = (window_q.stride(0), window_q.stride(1), keys.stride(0), keys.stride(1))
     grid = (num_kv_heads, num_splits)
-    _window_lse_kernel[grid](window_q, keys, slot_arg, part_m, part_l, *strides,
-                             num_tokens, num_window, chunk, num_splits, qk_scale, **common)
+    if row_lse is None:
+        num_parts = num_splits
+        part_m = torch.empty(num_kv_heads, block_r, num_parts, dtype=torch.float32, device=device)
+        part_l = torch.empty_like(part_m)
+        _window_lse_kernel[grid](window_q, keys, slot_arg, part_m, part_l, *strides,
+                                 num_tokens, num_window, chunk, num_splits, qk_scale, **common)
+    else:
+        num_parts = 1
+        part_m, part_l = _given_parts(row_lse, num_kv_heads, block_r)
     _window_scores_kernel[grid](window_q, keys, slot_arg, part_m, part_l, out, *strides, out.stride(0),
-                                num_tokens, num_window, chunk, num_splits, qk_scale,
-                                BLOCK_S=max(2, next_power_of_two(num_splits)),
+                                num_tokens, num_window, chunk, num_parts, qk_scale,
+                                BLOCK_S=max(2, next_power_of_two(num_parts)),
                                 BLOCK_G=max(16, next_power_of_two(group)), REDUCE_MAX=reduction == "max", **common)
     return out
+
+
+def _given_parts(row_lse: torch.Tensor, num_kv_heads: int, block_r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass 2's partials from known log-sum-exps: one part per row r = g * W + w of each kv head (max = the
+    row's base-2 log-sum-exp, sum = 1); padding rows past G * W get (-inf, 0), as an empty split would."""
+    num_window, num_q_heads = row_lse.shape
+    group = num_q_heads // num_kv_heads
+    rows = row_lse.t().reshape(num_kv_heads, group * num_window) * LOG2E  # [Hkv, G * W]: row g * W + w
+    part_m = torch.full((num_kv_heads, block_r, 1), float("-inf"), dtype=torch.float32, device=row_lse.device)
+    part_m[:, :group * num_window, 0] = rows
+    part_l = torch.zeros_like(part_m)
+    part_l[:, :group * num_window] = 1.0
+    return part_m, part_l
 
 
 def window_num_splits(num_kv_heads: int, tiles: int, device: torch.device) -> int:
@@ -200,7 +226,8 @@ def window_num_splits(num_kv_heads: int, tiles: int, device: torch.device) -> in
     return max(1, min(-(-2 * device_parallelism(device) // num_kv_heads), -(-tiles // 2)))
 
 
-def _check_inputs(window_q: torch.Tensor, keys: torch.Tensor, slots: torch.Tensor | None, reduction: str) -> None:
+def _check_inputs(window_q: torch.Tensor, keys: torch.Tensor, slots: torch.Tensor | None,
+                  row_lse: torch.Tensor | None, reduction: str) -> None:
     if window_q.dim() != 3 or keys.dim() != 3:
         raise ValueError(f"window_q must be [W, Hq, D] and keys [T, Hkv, D], got {tuple(window_q.shape)} and "
                          f"{tuple(keys.shape)}")
@@ -218,6 +245,10 @@ def _check_inputs(window_q: torch.Tensor, keys: torch.Tensor, slots: torch.Tenso
     if slots is not None and (slots.dim() != 1 or slots.dtype not in (torch.int32, torch.int64)
                               or not slots.is_contiguous()):
         raise ValueError(f"slots must be a contiguous int32/int64 [T] tensor, got {slots.dtype} {tuple(slots.shape)}")
+    if row_lse is not None and (row_lse.shape != (num_window, num_q_heads) or row_lse.dtype != torch.float32
+                                or row_lse.device != window_q.device):
+        raise ValueError(f"row_lse must be float32 [{num_window}, {num_q_heads}] on {window_q.device}, got "
+                         f"{row_lse.dtype} {tuple(row_lse.shape)} on {row_lse.device}")
     num_tokens = keys.shape[0] if slots is None else slots.shape[0]
     if not 1 <= num_window <= num_tokens:
         raise ValueError(f"observation window of {num_window} queries over {num_tokens} entries")

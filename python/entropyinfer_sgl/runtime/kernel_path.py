@@ -277,12 +277,14 @@ class ArenaDecode:
 
 
 def fused_observation_scores(window_q: torch.Tensor, keys: torch.Tensor, config: EntropyInferConfig, *,
-                             slots: torch.Tensor | None = None) -> torch.Tensor:
+                             slots: torch.Tensor | None = None, row_lse: torch.Tensor | None = None) -> torch.Tensor:
     """`core.decode.observation_scores` with the window's attention from `kernels.observation_scores` (two passes
     over the keys, no `[Hkv, G, W, T]` probabilities in memory): the scorer of the kernel path's events.
-    slots: int64 `[T]`, each entry's row of `keys` (then the engine's whole pool `[rows, Hkv, D]`: no gather)."""
+    slots: int64 `[T]`, each entry's row of `keys` (then the engine's whole pool `[rows, Hkv, D]`: no gather);
+    row_lse: float32 `[W, Hq]`, each window query's log-sum-exp over the keys it sees (one pass over the keys)."""
     from ..core.decode import pooled_scores
     from ..kernels.observation_scores import window_attention
 
-    attention = window_attention(window_q, keys, slots=slots, reduction=config.decode_gqa_reduction)
+    attention = window_attention(window_q, keys, slots=slots, row_lse=row_lse,
+                                 reduction=config.decode_gqa_reduction)
     return pooled_scores(attention, config)
