@@ -78,3 +78,30 @@ def test_wrong_queries_are_refused():
         arena.write_decode(0, torch.zeros(1, HQ, D), torch.zeros(1, dtype=torch.int64))  # float32, not bf16
     with pytest.raises(RuntimeError, match="window arena holds"):
         arena.write_extend(0, 0, torch.zeros(1, HQ + 1, D, dtype=torch.bfloat16), 1)
+
+
+def test_log_sum_exps_follow_their_queries():
+    """A query's log-sum-exp is known only where the forward that wrote the query gave one: an extend's last rows
+    (`write_extend_lse`), a decode step through the kernel path's attention (`write_decode_lse`); every other write
+    (and a circular overwrite of an earlier position) leaves NaN, never an earlier position's value."""
+    arena = _poisoned_arena(slots=1)
+    arena.lse.fill_(7.0)  # stale values of an earlier owner
+    slot = arena.assign(5)
+    arena.write_extend(0, slot, torch.randn(20, HQ, D).to(torch.bfloat16), 100)  # positions 92 .. 99 kept
+    assert arena.window_lse(0, slot, 80, 100).isnan().all()
+    tail = torch.arange(3 * HQ, dtype=torch.float32).reshape(3, HQ)
+    arena.write_extend_lse(0, slot, tail, 100)  # the last 3 prompt queries' (positions 97 .. 99)
+    lse = arena.window_lse(0, slot, 80, 100)
+    assert lse[:-3].isnan().all() and torch.equal(lse[-3:], tail)
+    q = torch.randn(1, HQ, D).to(torch.bfloat16)
+    for seq_len, given in ((101, True), (102, False), (103, True)):  # a step without one: an eager dense step
+        indices = arena.decode_indices(torch.tensor([5]), torch.tensor([seq_len]))
+        arena.write_decode(0, q, indices)
+        if given:
+            arena.write_decode_lse(0, torch.full((1, HQ), float(seq_len)), indices)
+    lse = arena.window_lse(0, slot, 80, 103)  # positions 95 .. 102
+    assert lse[:2].isnan().all() and torch.equal(lse[2:5], tail)  # 95, 96 unknown; 97 .. 99 from the prompt
+    assert torch.equal(lse[5], torch.full((HQ,), 101.0)) and lse[6].isnan().all() and (lse[7] == 103.0).all()
+    for seq_len in range(104, 104 + W):  # a whole window more, no log-sum-exps: nothing earlier shows through
+        arena.write_decode(0, q, arena.decode_indices(torch.tensor([5]), torch.tensor([seq_len])))
+    assert arena.window_lse(0, slot, 80, 103 + W).isnan().all()

@@ -17,7 +17,7 @@ from entropyinfer_sgl.core.decode import observation_scores, window_attention as
 
 from .conftest import DEVICE, requires_cuda
 
-from entropyinfer_sgl.kernels.observation_scores import window_attention  # noqa: E402
+from entropyinfer_sgl.kernels.observation_scores import window_attention, window_log_sum_exp  # noqa: E402
 
 TOLERANCE = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}  # relative to the largest score
 
@@ -110,6 +110,23 @@ def test_given_log_sum_exps_skip_the_first_pass(num_window, num_q_heads, num_kv_
     _assert_close(halved, want / 2, torch.float32, tolerance)
 
 
+@pytest.mark.parametrize("num_window, num_q_heads, num_kv_heads, head_dim, num_tokens, block_n, num_splits", CASES)
+def test_log_sum_exps_alone(num_window, num_q_heads, num_kv_heads, head_dim, num_tokens, block_n, num_splits,
+                            generator):
+    """The first pass alone (what a prompt's last chunk records for its window rows): each query's log-sum-exp
+    over the keys it sees, through slots too."""
+    window_q = _random((num_window, num_q_heads, head_dim), generator, torch.float32, scale=2.0)
+    keys = _random((num_tokens, num_kv_heads, head_dim), generator, torch.float32, scale=2.0)
+    want = _window_lse(window_q, keys)
+    got = window_log_sum_exp(window_q, keys)
+    assert got.shape == want.shape and torch.isfinite(got).all()
+    assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+    slots = torch.randperm(num_tokens + 7, generator=generator)[:num_tokens].to(DEVICE)
+    pool = _random((num_tokens + 7, num_kv_heads, head_dim), generator, torch.float32)
+    pool[slots] = keys
+    assert torch.allclose(window_log_sum_exp(window_q, pool, slots=slots), got, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(reduction="sum"), "reduction"),
     (dict(window_q=(0, 4, 16)), "observation window"),
@@ -141,3 +158,4 @@ def test_bfloat16_at_a_long_cache(generator):
     _assert_close(window_attention(window_q, pool, slots=slots), want, torch.bfloat16)
     row_lse = _window_lse(window_q, pool[slots.long()])  # one pass over the keys
     _assert_close(window_attention(window_q, pool, slots=slots, row_lse=row_lse), want, torch.bfloat16)
+    assert (window_log_sum_exp(window_q, pool, slots=slots) - row_lse).abs().max().item() <= 1e-2

@@ -276,14 +276,15 @@ def test_arena_decode_mixes_compressed_and_whole_rows(generator):
     decode = ArenaDecode(arena, req_to_token, row_indices, seq_lens)
     q3 = torch.randn(3, 4, 16, generator=generator).to(DEVICE)
     for layer in (0, 1, 2):
-        out = decode.attend(q3, k_pool, v_pool, layer, SCALE)
+        out, _ = decode.attend(q3, k_pool, v_pool, layer, SCALE)
         for b, r in enumerate(order):
             expected = _expected(q3[b], k_pool, v_pool, tables.get(r), row_slots[r], final[r], layer)
             torch.testing.assert_close(out[b], expected, atol=2e-5, rtol=1e-5)
     arena.release(rows[0], 0)  # request 0 finished: its row reads whole again, its table is free
     arena.release(rows[0], 0)  # idempotent
     assert arena.has_free_table and arena.tables_in_use == 1 and int(arena.table_of_row[rows[0]]) == -1
-    out = ArenaDecode(arena, req_to_token, row_indices[:1], seq_lens[:1]).attend(q3[:1], k_pool, v_pool, 0, SCALE)
+    out, _ = ArenaDecode(arena, req_to_token, row_indices[:1], seq_lens[:1]).attend(q3[:1], k_pool, v_pool, 0,
+                                                                                      SCALE)
     expected = _expected(q3[0], k_pool, v_pool, None, row_slots[0], final[0], 0)
     torch.testing.assert_close(out[0], expected, atol=2e-5, rtol=1e-5)
 
@@ -308,7 +309,7 @@ def test_one_arena_launch_replays_after_in_place_updates(generator):
 
     def check():
         for layer in (0, 2):
-            out = decode.attend(q3, k_pool, v_pool, layer, SCALE)
+            out, _ = decode.attend(q3, k_pool, v_pool, layer, SCALE)
             for b in range(2):
                 row = int(row_indices[b])
                 expected = _expected(q3[b], k_pool, v_pool, tables.get(row), row_slots[row], int(seq_lens[b]), layer)

@@ -5,8 +5,8 @@ Two servers with the `engaged` config and `--chunked-prefill-size 128`: `referen
 (`ENTROPYINFER_USE_KERNELS=1 TRITON_INTERPRET=1`). A ~570-token prompt crosses four chunk boundaries, so the first
 chunk is planned on the device and later ones continue causal typing after a cached prefix (`sparse_prefill` with
 `prefix_len`), then decode compresses and re-compresses (`compressed_decode` over the decode-table arena; the
-observation windows recorded in the window arena by device writes, not in Python); every table is returned when its
-request ends.
+observation windows recorded in the window arena by device writes, not in Python, with each query's log-sum-exp, so
+a first event scores in one pass over the keys); every table is returned when its request ends.
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ def test_kernel_path_serves_like_the_reference_path(tiny_model, tmp_path):
             assert stats["kernels"] == stats["reference"]
             assert int(re.search(r"sparse_chunks=(\d+)", stats["kernels"]).group(1)) > 0
             assert int(re.search(r"compression_events=(\d+)", stats["kernels"]).group(1)) >= 2
+        # the first events read the keys once: the prompt's last chunk and the decode steps through the arena
+        # recorded every window query's log-sum-exp
+        assert "scores in one pass over the keys" in servers["kernels"].log_text()
+        assert "scores in two passes" not in servers["kernels"].log_text()
         # concurrently: the short request decodes in the same batches as the compressed long one, so those
         # batches mix kept tables and whole req_to_token rows in one launch per layer. The short one is sent once
         # the long one's first chunk is scheduled: a chunk's end decides which segment is the last (dense) one, so

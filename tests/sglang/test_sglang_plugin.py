@@ -193,7 +193,7 @@ def test_side_tables_are_charged_per_pool_token(sglang_args, tiny_model, monkeyp
 
     monkeypatch.setenv("ENTROPYINFER_CONFIG", json.dumps({"decode_budget_tokens": 1024}))
     per_table = 4 * 32 * (8 * (1024 + 1) + 1)
-    per_windows = 32 * 32 * 32 * 128 * 2  # layers x W x Hq x D x bf16: 8 MiB
+    per_windows = 32 * 32 * 32 * (128 * 2 + 4)  # layers x W x Hq x (D x bf16 + a float32 log-sum-exp): ~8 MiB
     assert plugin._side_table_bytes_per_token(kvc(attention_backend="entropyinfer"), 0) == \
         -(-(per_table + per_windows) // 1025)
     assert plugin._side_table_bytes_per_token(kvc(attention_backend="torch_native"), 0) == 0

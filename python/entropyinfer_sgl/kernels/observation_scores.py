@@ -172,21 +172,17 @@ def window_attention(window_q: torch.Tensor, keys: torch.Tensor, *, slots: torch
     device = window_q.device
     check_kernel_device(window_q, keys, *(() if slots is None else (slots,)), kernels=_KERNELS)
     out = torch.empty(num_kv_heads, num_tokens, dtype=torch.float32, device=device)
-    block_r = max(16, next_power_of_two(group * num_window))
-    block_d = max(16, next_power_of_two(head_dim))
-    if block_n is None:
-        block_n = 32 if interpret_mode() or block_r * block_d > 128 * 128 else 64
+    block_r, block_d, default_block_n = _tile_sizes(group * num_window, head_dim)
+    block_n = block_n or default_block_n
     tiles = -(-num_tokens // block_n)
     if num_splits is None:
         num_splits = window_num_splits(num_kv_heads, tiles, device)
     if not 1 <= num_splits <= tiles:
         raise ValueError(f"num_splits={num_splits} must be in [1, {tiles}] (key tiles of {block_n})")
     chunk = -(-tiles // num_splits) * block_n
-    qk_scale = (1.0 / math.sqrt(head_dim) if scale is None else float(scale)) * LOG2E
+    qk_scale = _qk_scale(head_dim, scale)
     slot_arg = keys if slots is None else slots  # never read without USE_SLOTS
-    common = dict(GROUP=group, BLOCK_R=block_r, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n,
-                  USE_SLOTS=slots is not None, INT64=needs_int64(keys), DOT_PRECISION=dot_precision(window_q.dtype),
-                  num_warps=num_warps or (8 if block_r >= 128 and not interpret_mode() else 4))
+    common = _pass_constants(window_q, keys, slots, group, block_r, head_dim, block_d, block_n, num_warps)
     if num_stages is not None:
         common["num_stages"] = num_stages
     strides = (window_q.stride(0), window_q.stride(1), keys.stride(0), keys.stride(1))
@@ -205,6 +201,54 @@ def window_attention(window_q: torch.Tensor, keys: torch.Tensor, *, slots: torch
                                 BLOCK_S=max(2, next_power_of_two(num_parts)),
                                 BLOCK_G=max(16, next_power_of_two(group)), REDUCE_MAX=reduction == "max", **common)
     return out
+
+
+def window_log_sum_exp(window_q: torch.Tensor, keys: torch.Tensor, *, slots: torch.Tensor | None = None,
+                       scale: float | None = None) -> torch.Tensor:
+    """Each window query's natural log-sum-exp over the keys it sees (query w at position T - W + w sees keys
+    0 .. T - W + w): float32 `[W, Hq]`, pass 1 alone. What `window_attention(row_lse=...)` takes: a prompt's last
+    chunk computes it for the queries it leaves in the observation window, so the event reads the keys once.
+    Inputs as `window_attention`."""
+    _check_inputs(window_q, keys, slots, None, "mean")
+    num_window, num_q_heads, head_dim = window_q.shape
+    num_kv_heads = keys.shape[1]
+    num_tokens = keys.shape[0] if slots is None else slots.shape[0]
+    group = num_q_heads // num_kv_heads
+    check_kernel_device(window_q, keys, *(() if slots is None else (slots,)), kernels=_KERNELS)
+    block_r, block_d, block_n = _tile_sizes(group * num_window, head_dim)
+    tiles = -(-num_tokens // block_n)
+    num_splits = window_num_splits(num_kv_heads, tiles, window_q.device)
+    chunk = -(-tiles // num_splits) * block_n
+    part_m = torch.empty(num_kv_heads, block_r, num_splits, dtype=torch.float32, device=window_q.device)
+    part_l = torch.empty_like(part_m)
+    _window_lse_kernel[(num_kv_heads, num_splits)](
+        window_q, keys, keys if slots is None else slots, part_m, part_l,
+        window_q.stride(0), window_q.stride(1), keys.stride(0), keys.stride(1),
+        num_tokens, num_window, chunk, num_splits, _qk_scale(head_dim, scale),
+        **_pass_constants(window_q, keys, slots, group, block_r, head_dim, block_d, block_n, None))
+    # merge the splits (base 2), then natural log; rows r = g * W + w of kv head h are q head h * G + g
+    rows = part_m[:, :group * num_window]
+    lse = torch.logsumexp((rows + torch.log2(part_l[:, :group * num_window])) * math.log(2.0), dim=-1)
+    return lse.reshape(num_kv_heads, group, num_window).reshape(num_q_heads, num_window).t().contiguous()
+
+
+def _tile_sizes(rows: int, head_dim: int) -> tuple[int, int, int]:
+    """Both passes' tiles: (BLOCK_R window rows, BLOCK_D, the default BLOCK_N keys)."""
+    block_r = max(16, next_power_of_two(rows))
+    block_d = max(16, next_power_of_two(head_dim))
+    return block_r, block_d, 32 if interpret_mode() or block_r * block_d > 128 * 128 else 64
+
+
+def _qk_scale(head_dim: int, scale: float | None) -> float:
+    return (1.0 / math.sqrt(head_dim) if scale is None else float(scale)) * LOG2E
+
+
+def _pass_constants(window_q: torch.Tensor, keys: torch.Tensor, slots: torch.Tensor | None, group: int, block_r: int,
+                    head_dim: int, block_d: int, block_n: int, num_warps: int | None) -> dict:
+    """The constexprs and warps both passes are launched with."""
+    return dict(GROUP=group, BLOCK_R=block_r, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n,
+                USE_SLOTS=slots is not None, INT64=needs_int64(keys), DOT_PRECISION=dot_precision(window_q.dtype),
+                num_warps=num_warps or (8 if block_r >= 128 and not interpret_mode() else 4))
 
 
 def _given_parts(row_lse: torch.Tensor, num_kv_heads: int, block_r: int) -> tuple[torch.Tensor, torch.Tensor]:

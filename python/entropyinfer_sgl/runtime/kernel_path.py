@@ -265,15 +265,16 @@ class ArenaDecode:
         self._launch = None
 
     def attend(self, q3: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, layer_id: int,
-               scale: float) -> torch.Tensor:
-        """Decode attention of every request of the batch at one layer: `[B, Hq, D]` in q's dtype."""
+               scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode attention of every request of the batch at one layer: out `[B, Hq, D]` in q's dtype and each
+        query's log-sum-exp over what it attended, float32 `[B, Hq]` (natural log)."""
         from ..kernels.compressed_decode import DecodeLaunch, check_decode_inputs
 
         slots, lengths, rows = self.arena.pool_rows(layer_id, self.req_to_token, self.row_indices, self.seq_lens)
         if self._launch is None:
             check_decode_inputs(q3, k_buf, v_buf, slots, lengths, pool_rows=rows)
             self._launch = DecodeLaunch(q3, k_buf, v_buf, slots, scale=scale, pool_rows=rows)
-        return self._launch.run(q3, k_buf, v_buf, slots, lengths, pool_rows=rows)[0]
+        return self._launch.run(q3, k_buf, v_buf, slots, lengths, pool_rows=rows)
 
 
 def fused_observation_scores(window_q: torch.Tensor, keys: torch.Tensor, config: EntropyInferConfig, *,

@@ -8,6 +8,12 @@ A batch's decode step writes every row of the batch: a request's `req_to_token` 
 that nothing reads. The host knows which positions a slot holds (`start`: the first position written since the slot
 was assigned, every later position written by every step), so a compression event reads exactly the window the
 Python recording (`RequestState.record_queries`) would hold: the last min(W, end - start) queries, oldest first.
+
+Beside each query the arena keeps its log-sum-exp over the keys it saw (float32, natural log), where the forward
+that wrote the query knew it: a decode step through the kernel path's own attention returns it, and a prompt's last
+chunk computes it for its window rows. Every write of a query without one writes NaN there, so a stale value of an
+earlier position (the rows are circular) is never read as this one's: an event whose window has a NaN runs the
+scoring's first pass itself.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import torch
 
 
 class ObservationWindowArena:
-    """queries `[layers, slots * W + 1, Hq, D]` in the query dtype (the last row: the scratch row),
-    slot_of_row int64 `[req_to_token rows]` (-1: the row records into the scratch row)."""
+    """queries `[layers, slots * W + 1, Hq, D]` in the query dtype (the last row: the scratch row), their
+    log-sum-exps `lse` float32 `[layers, slots * W + 1, Hq]` (NaN: unknown), slot_of_row int64 `[req_to_token rows]`
+    (-1: the row records into the scratch row)."""
 
     def __init__(self, num_slots: int, num_layers: int, window_tokens: int, num_q_heads: int, head_dim: int,
                  num_rows: int, dtype: torch.dtype, device: torch.device | str):
@@ -29,21 +36,24 @@ class ObservationWindowArena:
         self.scratch_row = num_slots * window_tokens
         self.queries = torch.zeros(num_layers, self.scratch_row + 1, num_q_heads, head_dim, dtype=dtype,
                                    device=device)
+        self.lse = torch.full((num_layers, self.scratch_row + 1, num_q_heads), float("nan"), dtype=torch.float32,
+                              device=device)
         self.slot_of_row = torch.full((num_rows,), -1, dtype=torch.int64, device=device)
         self._free = list(range(num_slots - 1, -1, -1))
         self._owner: dict[int, int] = {}  # slot -> row
 
     @staticmethod
     def bytes_per_slot(num_layers: int, window_tokens: int, num_q_heads: int, head_dim: int, dtype_bytes: int) -> int:
-        """What one request's windows take (the plugin charges this per request that can be compressed)."""
-        return num_layers * window_tokens * num_q_heads * head_dim * dtype_bytes
+        """What one request's windows take, log-sum-exps included (the plugin charges this per request that can be
+        compressed)."""
+        return num_layers * window_tokens * num_q_heads * (head_dim * dtype_bytes + 4)
 
     @property
     def slots_in_use(self) -> int:
         return len(self._owner)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.queries, self.slot_of_row))
+        return sum(t.numel() * t.element_size() for t in (self.queries, self.lse, self.slot_of_row))
 
     def assign(self, row: int) -> int | None:
         """A free slot for the request of `req_to_token` row `row` (None: every slot is in use)."""
@@ -73,25 +83,45 @@ class ObservationWindowArena:
 
     def write_decode(self, layer_id: int, q3: torch.Tensor, indices: torch.Tensor) -> None:
         """One layer of a decode step: q3 `[B, Hq, D]`, `indices` from `decode_indices` (rows without a slot all
-        write the scratch row; which of them lands there does not matter)."""
+        write the scratch row; which of them lands there does not matter). Their log-sum-exps become unknown until
+        `write_decode_lse` gives them."""
         self._check(q3)
         self.queries[layer_id].index_put_((indices,), q3)
+        self.lse[layer_id].index_fill_(0, indices, float("nan"))
+
+    def write_decode_lse(self, layer_id: int, lse: torch.Tensor, indices: torch.Tensor) -> None:
+        """The same step's log-sum-exps (float32 `[B, Hq]`, natural log, each query over every key it attended:
+        the kernel path's decode attention returns them), at the rows `write_decode` wrote."""
+        self.lse[layer_id].index_put_((indices,), lse.to(torch.float32))
 
     def write_extend(self, layer_id: int, slot: int, q_chunk: torch.Tensor, end: int) -> None:
         """An extend chunk of one request (host-known, eager): its queries of positions end - n .. end - 1; the
-        last W of them are kept."""
+        last W of them are kept, their log-sum-exps unknown until `write_extend_lse` gives them."""
         self._check(q_chunk)
         q_chunk = q_chunk[-self.window_tokens:]
-        positions = torch.arange(end - q_chunk.shape[0], end, device=self.queries.device)
-        self.queries[layer_id, slot * self.window_tokens + positions % self.window_tokens] = q_chunk
+        rows = self._rows(slot, end - q_chunk.shape[0], end)
+        self.queries[layer_id, rows] = q_chunk
+        self.lse[layer_id, rows] = float("nan")
+
+    def write_extend_lse(self, layer_id: int, slot: int, lse: torch.Tensor, end: int) -> None:
+        """The log-sum-exps (float32 `[n, Hq]`, n <= W) of an extend's last queries, positions end - n .. end - 1,
+        which `write_extend` wrote."""
+        self.lse[layer_id, self._rows(slot, end - lse.shape[0], end)] = lse.to(torch.float32)
 
     # --- reads -----------------------------------------------------------------------------------------
     def window(self, layer_id: int, slot: int, start: int, end: int) -> torch.Tensor:
         """The window a compression event at `end` cache entries reads: queries of positions
         max(start, end - W) .. end - 1, oldest first (`[n, Hq, D]`, a copy)."""
-        first = max(start, end - self.window_tokens)
+        return self.queries[layer_id, self._rows(slot, max(start, end - self.window_tokens), end)]
+
+    def window_lse(self, layer_id: int, slot: int, start: int, end: int) -> torch.Tensor:
+        """The log-sum-exps of `window`'s queries (float32 `[n, Hq]`, a copy; NaN where unknown)."""
+        return self.lse[layer_id, self._rows(slot, max(start, end - self.window_tokens), end)]
+
+    def _rows(self, slot: int, first: int, end: int) -> torch.Tensor:
+        """The slot's rows of positions first .. end - 1."""
         positions = torch.arange(first, end, device=self.queries.device)
-        return self.queries[layer_id, slot * self.window_tokens + positions % self.window_tokens]
+        return slot * self.window_tokens + positions % self.window_tokens
 
     def _check(self, q: torch.Tensor) -> None:
         if q.dtype != self.queries.dtype or q.shape[1:] != self.queries.shape[2:]:

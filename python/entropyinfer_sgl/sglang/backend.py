@@ -37,6 +37,7 @@ replays the graph (`prepare_graph_step`, compat hook). The reference path record
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Callable
 
 import torch
@@ -249,7 +250,10 @@ class EntropyInferAttnBackend(_AttentionBackend):
             self._prepare_extend(batch)
         elif batch.mode == "decode":
             self._prepare_decode(batch)
-            if self.arena is not None and any(info.state.table_id is not None for info in self._infos):
+            # a compressed request reads its table; a request holding a window slot records each query's
+            # log-sum-exp (its first event then reads the keys once): both through the arena, as a graph does
+            if self.arena is not None and any(info.state.table_id is not None or info.state.window_slot is not None
+                                              for info in self._infos):
                 self._arena_decode = ArenaDecode(self.arena, compat.req_to_token(self.req_to_token_pool),
                                                  *compat.batch_row_tensors(batch))
         elif self.windows is not None:
@@ -451,6 +455,26 @@ class EntropyInferAttnBackend(_AttentionBackend):
         return {layer_id: self.windows.window(layer_id, st.window_slot, st.window_start, in_cache)
                 for layer_id in sorted(self._window_layers)}
 
+    def _event_row_lse(self, st: RequestState, in_cache: int,
+                       windows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor] | None:
+        """Kernel path, a request's first event (no decode table yet, so every window query attended its whole
+        row, as the scoring does): the window queries' recorded log-sum-exps per layer, when every one of them
+        is known (one host sync), so the scoring reads the keys once; else None (both passes)."""
+        if self.windows is None or st.tables or st.window_slot is None or not windows:
+            return None
+        lse = {layer_id: self.windows.window_lse(layer_id, st.window_slot, st.window_start, in_cache)
+               for layer_id in windows}
+        known = torch.isfinite(torch.stack(list(lse.values()))).all(dim=-1)  # [layers, window]
+        one_pass = bool(known.all())
+        key = "one-pass event" if one_pass else "two-pass event"
+        if key not in self._unsupported_logged:  # the first of each kind, so a log shows which the server runs
+            self._unsupported_logged.add(key)
+            logger.info("EntropyInfer: a first compression event (request %s, %d entries) scores %s", st.rid,
+                        in_cache, "in one pass over the keys: its window queries' log-sum-exps were recorded"
+                        if one_pass else f"in two passes: {int((~known).sum())} of {known.numel()} window queries "
+                        "(layers x window) had no recorded log-sum-exp (a dense eager step or an earlier chunk)")
+        return lse if one_pass else None
+
     def _compress(self, info: _RequestInfo, in_cache: int) -> None:
         st = info.state
         windows = self._event_windows(st, in_cache)
@@ -469,11 +493,14 @@ class EntropyInferAttnBackend(_AttentionBackend):
         def keys_of(layer_id: int) -> torch.Tensor:
             return compat.kv_buffers(self.token_to_kv_pool, layer_id)[0][slots].to(windows[layer_id].dtype)
 
+        row_lse = self._event_row_lse(st, in_cache, windows)
+
         def scores_of(layer_id: int) -> torch.Tensor:  # the kernel reads the pool through the slots: no gather
             pool = compat.kv_buffers(self.token_to_kv_pool, layer_id)[0]
             if pool.dtype != windows[layer_id].dtype:  # e.g. an fp8 pool: the kernel takes the window's dtype
                 return fused_observation_scores(windows[layer_id], keys_of(layer_id), request_config)
-            return fused_observation_scores(windows[layer_id], pool, request_config, slots=slots)
+            return fused_observation_scores(windows[layer_id], pool, request_config, slots=slots,
+                                            row_lse=None if row_lse is None else row_lse[layer_id])
 
         events = 0
         for layer_id, (table, before, kept) in compress_layers(
@@ -543,6 +570,38 @@ class EntropyInferAttnBackend(_AttentionBackend):
 
     # --- extend ----------------------------------------------------------------------------------------
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+        out = self._forward_extend(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
+        if self.windows is not None:
+            self._record_prompt_tail_lse(self._layer_view(layer), q)
+        return out
+
+    def _record_prompt_tail_lse(self, lv: compat.LayerView, q: torch.Tensor) -> None:
+        """Kernel path, after a layer of an extend (its K/V are in the pool): a prompt's last chunk computes the
+        log-sum-exps of the queries it leaves in the observation window over every key they see (one pass over
+        the request's keys), so its first compression event reads the keys once (`_event_row_lse`). Earlier
+        chunks' window rows stay unknown (NaN): the next chunk overwrites them, or the event runs both passes."""
+        from ..kernels.observation_scores import window_log_sum_exp  # the kernel path's: Triton
+
+        if not self._window_lse_exact(lv):
+            return
+        q3 = q.reshape(-1, lv.num_q_heads, lv.head_dim)
+        k_buf = compat.kv_buffers(self.token_to_kv_pool, lv.layer_id)[0]
+        for info in self._infos:
+            st = info.state
+            if not info.records_window or st.window_slot is None or info.prompt_len != info.seq_len:
+                continue
+            rows = q3[info.q_start:info.q_start + info.extend_len][-self.config.observation_window_tokens:]
+            lse = window_log_sum_exp(rows, k_buf, slots=self._request_slots(info))
+            self.windows.write_extend_lse(lv.layer_id, st.window_slot, lse, info.seq_len)
+
+    def _window_lse_exact(self, lv: compat.LayerView) -> bool:
+        """Whether the window queries' log-sum-exps from this layer's attention are what the event's scoring
+        computes: a supported layer, the same dtype in the pool, and the scoring's scale (1/sqrt(head_dim))."""
+        pool = compat.kv_buffers(self.token_to_kv_pool, lv.layer_id)[0]
+        return (self._layer_supported(lv) and pool.dtype == self.windows.queries.dtype
+                and math.isclose(lv.scaling, lv.head_dim ** -0.5, rel_tol=1e-6))
+
+    def _forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
         cfg = self.config
         lv = self._layer_view(layer)
         batch = self._current(forward_batch)
@@ -776,14 +835,17 @@ class EntropyInferAttnBackend(_AttentionBackend):
 
     def _forward_decode_kernels(self, q, k, v, layer, forward_batch, lv: compat.LayerView, q3: torch.Tensor,
                                 supported: bool, save_kv_cache=True, **kwargs):
-        """The kernel path of `forward_decode`: once a request of the batch is compressed (and always inside a CUDA
-        graph), the whole batch decodes through `compressed_decode` over the arena (kept entries then the row's
-        tail, or the whole row for a request without a table)."""
+        """The kernel path of `forward_decode`: once a request of the batch is compressed or holds an observation
+        window (and always inside a CUDA graph), the whole batch decodes through `compressed_decode` over the arena
+        (kept entries then the row's tail, or the whole row for a request without a table), which also gives each
+        query's log-sum-exp for the window arena."""
         arena_decode = self._arena_decode if supported else None
-        if arena_decode is None:  # no compressed request in the batch (or a layer the method does not support)
+        if arena_decode is None:  # no such request in the batch (or a layer the method does not support)
             return self.inner.forward_decode(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
         if save_kv_cache and k is not None and v is not None:
             compat.write_kv(self.inner, layer, forward_batch, k, v)
         k_buf, v_buf = compat.kv_buffers(self.token_to_kv_pool, lv.layer_id)
-        out3 = arena_decode.attend(q3, k_buf, v_buf, lv.layer_id, lv.scaling)
+        out3, lse = arena_decode.attend(q3, k_buf, v_buf, lv.layer_id, lv.scaling)
+        if self.windows is not None and self._window_lse_exact(lv):  # the queries `_record_decode_queries` wrote
+            self.windows.write_decode_lse(lv.layer_id, lse, self._window_indices)
         return out3.reshape(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
