@@ -45,7 +45,7 @@ def test_decode_steps_record_what_record_queries_keeps():
         indices = arena.decode_indices(torch.tensor(rows), seq_lens)
         q = torch.randn(len(rows), HQ, D, generator=gen).to(torch.bfloat16)
         for layer in range(LAYERS):
-            arena.write_decode(layer, q * (layer + 1), indices)
+            arena.write_decode(layer, q * (layer + 1), indices, lse_follows=False)
             for i, row in enumerate(rows):
                 if row in requests:
                     states[row].record_queries(layer, q[i:i + 1] * (layer + 1), seq[row], W)
@@ -75,14 +75,15 @@ def test_released_slots_serve_their_next_request_from_its_own_start():
 def test_wrong_queries_are_refused():
     arena = _poisoned_arena(slots=1)
     with pytest.raises(RuntimeError, match="window arena holds"):
-        arena.write_decode(0, torch.zeros(1, HQ, D), torch.zeros(1, dtype=torch.int64))  # float32, not bf16
+        arena.write_decode(0, torch.zeros(1, HQ, D), torch.zeros(1, dtype=torch.int64),  # float32, not bf16
+                           lse_follows=False)
     with pytest.raises(RuntimeError, match="window arena holds"):
         arena.write_extend(0, 0, torch.zeros(1, HQ + 1, D, dtype=torch.bfloat16), 1)
 
 
 def test_log_sum_exps_follow_their_queries():
     """A query's log-sum-exp is known only where the forward that wrote the query gave one: an extend's last rows
-    (`write_extend_lse`), a decode step through the kernel path's attention (`write_decode_lse`); every other write
+    (`write_extend_lse`), a decode step whose attention writes them (`lse_rows`: the kernel path's); every other write
     (and a circular overwrite of an earlier position) leaves NaN, never an earlier position's value."""
     arena = _poisoned_arena(slots=1)
     arena.lse.fill_(7.0)  # stale values of an earlier owner
@@ -96,12 +97,12 @@ def test_log_sum_exps_follow_their_queries():
     q = torch.randn(1, HQ, D).to(torch.bfloat16)
     for seq_len, given in ((101, True), (102, False), (103, True)):  # a step without one: an eager dense step
         indices = arena.decode_indices(torch.tensor([5]), torch.tensor([seq_len]))
-        arena.write_decode(0, q, indices)
-        if given:
-            arena.write_decode_lse(0, torch.full((1, HQ), float(seq_len)), indices)
+        arena.write_decode(0, q, indices, lse_follows=given)
+        if given:  # what the decode kernel writes (`DecodeLaunch.run(lse_rows=...)`)
+            arena.lse_rows(0)[indices] = torch.full((1, HQ), float(seq_len))
     lse = arena.window_lse(0, slot, 80, 103)  # positions 95 .. 102
     assert lse[:2].isnan().all() and torch.equal(lse[2:5], tail)  # 95, 96 unknown; 97 .. 99 from the prompt
     assert torch.equal(lse[5], torch.full((HQ,), 101.0)) and lse[6].isnan().all() and (lse[7] == 103.0).all()
     for seq_len in range(104, 104 + W):  # a whole window more, no log-sum-exps: nothing earlier shows through
-        arena.write_decode(0, q, arena.decode_indices(torch.tensor([5]), torch.tensor([seq_len])))
+        arena.write_decode(0, q, arena.decode_indices(torch.tensor([5]), torch.tensor([seq_len])), lse_follows=False)
     assert arena.window_lse(0, slot, 80, 103 + W).isnan().all()

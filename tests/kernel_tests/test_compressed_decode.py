@@ -169,6 +169,30 @@ def test_pool_rows_read_kept_tables_then_row_tails(num_splits, dtype, generator)
     assert_attention_close(out, lse, *reference(q, k_cache, v_cache, expected_indices, expected_lengths), dtype)
 
 
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_lse_rows_receive_each_requests_lse(num_splits, generator):
+    """`DecodeLaunch.run(lse_rows=...)`: the kernel also writes each request's lse to its row of a table (the
+    observation window arena's), both when the split kernel writes directly and when the reduce kernel does; the
+    other rows are not touched."""
+    from entropyinfer_sgl.kernels.compressed_decode import DecodeLaunch
+
+    q, k_cache, v_cache, indices, lengths = random_case(3, 8, 2, 16, 200, 70, generator=generator)
+    lengths[1, 0] = 0  # an empty head: lse -inf for its group's q heads
+    table = torch.full((7, 8), float("nan"), device=DEVICE)
+    rows = torch.tensor([5, 0, 6], device=DEVICE)  # request b -> table row rows[b]
+    launch = DecodeLaunch(q, k_cache, v_cache, indices, num_splits=num_splits)
+    out, lse = launch.run(q, k_cache, v_cache, indices, lengths, lse_rows=(table, rows))
+    assert_attention_close(out, lse, *reference(q, k_cache, v_cache, indices, lengths), torch.float32)
+    assert torch.equal(table[rows], lse)
+    untouched = torch.ones(7, dtype=torch.bool, device=DEVICE)
+    untouched[rows] = False
+    assert table[untouched].isnan().all()
+    with pytest.raises(ValueError, match="lse_rows"):
+        launch.run(q, k_cache, v_cache, indices, lengths, lse_rows=(table, rows.int()))
+    with pytest.raises(ValueError, match="lse_rows"):
+        launch.run(q, k_cache, v_cache, indices, lengths, lse_rows=(table[:, :4], rows))
+
+
 def test_pool_rows_are_checked(generator):
     q, k_cache, v_cache, indices, lengths = random_case(2, 4, 2, 16, 50, 8, generator=generator)
     table = torch.zeros(3, 20, dtype=torch.int32, device=DEVICE)

@@ -27,7 +27,7 @@ def _steps_match_record_queries(device: str, use_graph: bool) -> None:
     def step():
         indices = arena.decode_indices(rows_buf, seq_buf)
         for layer in range(LAYERS):
-            arena.write_decode(layer, q_buf * (layer + 1), indices)
+            arena.write_decode(layer, q_buf * (layer + 1), indices, lse_follows=False)
 
     run = step
     if use_graph:

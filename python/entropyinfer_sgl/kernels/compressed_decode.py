@@ -63,13 +63,14 @@ class PoolRows:
 def _compressed_decode_split_kernel(
     Q, K, V, KeptIdx, KeptLen, PartOut, PartLse, Out, Lse,
     RowTable, RowIdx, SeqLen, TableOfRow, TailStart,  # POOL_ROWS only (`PoolRows`)
+    LseTable, LseRows,  # LSE_ROWS only: lse also to LseTable[LseRows[b], q head]
     stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_ib, stride_ih, stride_nb, stride_nh,
-    stride_ob, stride_oh, stride_lb, stride_lh, stride_rt, stride_tail,
+    stride_ob, stride_oh, stride_lb, stride_lh, stride_rt, stride_tail, stride_lt,
     num_kv_heads, num_q_heads, max_kept, max_entries, num_splits, qk_scale,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, INT64: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    POOL_ROWS: tl.constexpr,
+    POOL_ROWS: tl.constexpr, LSE_ROWS: tl.constexpr,
 ):
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
     pid = tl.program_id(0)
@@ -136,6 +137,8 @@ def _compressed_decode_split_kernel(
         o_ptrs = Out + b.to(tl.int64) * stride_ob + q_head[:, None] * stride_oh + offs_d[None, :]
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=h_ok[:, None] & d_ok[None, :])
         tl.store(Lse + b.to(tl.int64) * stride_lb + q_head * stride_lh, lse2 * LN2, mask=h_ok)
+        if LSE_ROWS:
+            tl.store(LseTable + tl.load(LseRows + b).to(tl.int64) * stride_lt + q_head, lse2 * LN2, mask=h_ok)
     else:
         part = (b.to(tl.int64) * num_q_heads + q_head) * num_splits + split  # PartLse [B, Hq, splits]
         tl.store(PartOut + part[:, None] * HEAD_DIM + offs_d[None, :], out, mask=h_ok[:, None] & d_ok[None, :])
@@ -145,10 +148,10 @@ def _compressed_decode_split_kernel(
 # num_splits is not specialized on: see the split kernel.
 @triton.jit(do_not_specialize=["num_splits"])
 def _compressed_decode_reduce_kernel(
-    PartOut, PartLse, Out, Lse,
-    stride_ob, stride_oh, stride_lb, stride_lh,
+    PartOut, PartLse, Out, Lse, LseTable, LseRows,
+    stride_ob, stride_oh, stride_lb, stride_lh, stride_lt,
     num_q_heads, num_splits,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, LSE_ROWS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = pid // num_q_heads
@@ -170,6 +173,8 @@ def _compressed_decode_reduce_kernel(
     lse = tl.where(seen, (m_safe + tl.log2(d_safe)) * LN2, float("-inf"))
     tl.store(Out + b.to(tl.int64) * stride_ob + hq * stride_oh + offs_d, out.to(Out.dtype.element_ty), mask=d_ok)
     tl.store(Lse + b.to(tl.int64) * stride_lb + hq * stride_lh, lse)
+    if LSE_ROWS:
+        tl.store(LseTable + tl.load(LseRows + b).to(tl.int64) * stride_lt + hq, lse)
 
 
 _KERNELS = (_compressed_decode_split_kernel, _compressed_decode_reduce_kernel, load_rows, attend_tile)
@@ -305,6 +310,16 @@ def _check_pool_rows(rows: PoolRows, batch: int, kept_indices: torch.Tensor) -> 
     return table, rows.row_indices, rows.seq_lens, rows.table_of_row, rows.tail_starts
 
 
+def _check_lse_rows(lse_rows: tuple[torch.Tensor, torch.Tensor], batch: int, num_q_heads: int) -> None:
+    table, rows = lse_rows
+    if table.dim() != 2 or table.shape[1] != num_q_heads or table.dtype != torch.float32 or table.stride(1) != 1:
+        raise ValueError(f"lse_rows' table must be float32 [rows, {num_q_heads}] with contiguous rows, got "
+                         f"{table.dtype} {tuple(table.shape)}")
+    if rows.shape != (batch,) or rows.dtype != torch.int64 or rows.device != table.device:
+        raise ValueError(f"lse_rows' rows must be int64 [{batch}] on {table.device}, got {rows.dtype} "
+                         f"{tuple(rows.shape)} on {rows.device}")
+
+
 class DecodeLaunch:
     """A `compressed_decode` launch planned once for its shapes and run again for other tensors of the same
     shapes (the serving decode path: every layer of a step has the same batch, heads and table width).
@@ -350,10 +365,15 @@ class DecodeLaunch:
                                      num_warps=8 if num_splits >= 64 else 4 if block_d >= 128 else 2)
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, kept_indices: torch.Tensor,
-            kept_lengths: torch.Tensor, pool_rows: PoolRows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """out [B, Hq, D] in q's dtype, lse float32 [B, Hq] (see `compressed_decode`)."""
+            kept_lengths: torch.Tensor, pool_rows: PoolRows | None = None,
+            lse_rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """out [B, Hq, D] in q's dtype, lse float32 [B, Hq] (see `compressed_decode`). lse_rows: (table float32
+        `[rows, Hq]` with contiguous rows, int64 `[B]` row of each request): each request's lse is written to its
+        row of the table too, by the kernel (the observation window arena's: no launch of its own)."""
         if (pool_rows is not None) != self.pool_rows:
             raise ValueError("pool_rows must be given exactly when the launch was planned with them")
+        if lse_rows is not None:
+            _check_lse_rows(lse_rows, *self.shape[:2])
         batch, num_q_heads, head_dim = self.shape
         out = torch.empty(batch, num_q_heads, head_dim, dtype=self.dtype, device=self.device)
         lse = torch.empty(batch, num_q_heads, dtype=torch.float32, device=self.device)
@@ -367,18 +387,19 @@ class DecodeLaunch:
             rows = (pool_rows.req_to_token, pool_rows.row_indices, pool_rows.seq_lens, pool_rows.table_of_row,
                     pool_rows.tail_starts)
             row_stride, tail_stride = pool_rows.req_to_token.stride(0), pool_rows.tail_starts.stride(0)
+        lse_table, lse_row = (lse, lse) if lse_rows is None else lse_rows  # never read without LSE_ROWS
         _compressed_decode_split_kernel[(batch * self.num_kv_heads, self.num_splits)](
-            q, k_cache, v_cache, kept_indices, kept_lengths, part_out, part_lse, out, lse, *rows,
+            q, k_cache, v_cache, kept_indices, kept_lengths, part_out, part_lse, out, lse, *rows, lse_table, lse_row,
             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
             kept_indices.stride(0), kept_indices.stride(1), kept_lengths.stride(0), kept_lengths.stride(1),
             out.stride(0), out.stride(1), lse.stride(0), lse.stride(1), row_stride, tail_stride,
-            self.num_kv_heads, num_q_heads, self.max_kept, self.max_entries, self.num_splits,
-            self.qk_scale, **self.split_constants,
+            lse_table.stride(0), self.num_kv_heads, num_q_heads, self.max_kept, self.max_entries, self.num_splits,
+            self.qk_scale, LSE_ROWS=lse_rows is not None, **self.split_constants,
         )
         if not self.direct:
             _compressed_decode_reduce_kernel[(batch * num_q_heads,)](
-                self.part_out, self.part_lse, out, lse,
-                out.stride(0), out.stride(1), lse.stride(0), lse.stride(1),
-                num_q_heads, self.num_splits, **self.reduce_constants,
+                self.part_out, self.part_lse, out, lse, lse_table, lse_row,
+                out.stride(0), out.stride(1), lse.stride(0), lse.stride(1), lse_table.stride(0),
+                num_q_heads, self.num_splits, LSE_ROWS=lse_rows is not None, **self.reduce_constants,
             )
         return out, lse

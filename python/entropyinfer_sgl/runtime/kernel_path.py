@@ -264,17 +264,18 @@ class ArenaDecode:
         self.arena, self.req_to_token, self.row_indices, self.seq_lens = arena, req_to_token, row_indices, seq_lens
         self._launch = None
 
-    def attend(self, q3: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, layer_id: int,
-               scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def attend(self, q3: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, layer_id: int, scale: float,
+               lse_rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode attention of every request of the batch at one layer: out `[B, Hq, D]` in q's dtype and each
-        query's log-sum-exp over what it attended, float32 `[B, Hq]` (natural log)."""
+        query's log-sum-exp over what it attended, float32 `[B, Hq]` (natural log), also written to the rows
+        `lse_rows` names (`DecodeLaunch.run`: the window arena's, by the kernel)."""
         from ..kernels.compressed_decode import DecodeLaunch, check_decode_inputs
 
         slots, lengths, rows = self.arena.pool_rows(layer_id, self.req_to_token, self.row_indices, self.seq_lens)
         if self._launch is None:
             check_decode_inputs(q3, k_buf, v_buf, slots, lengths, pool_rows=rows)
             self._launch = DecodeLaunch(q3, k_buf, v_buf, slots, scale=scale, pool_rows=rows)
-        return self._launch.run(q3, k_buf, v_buf, slots, lengths, pool_rows=rows)
+        return self._launch.run(q3, k_buf, v_buf, slots, lengths, pool_rows=rows, lse_rows=lse_rows)
 
 
 def fused_observation_scores(window_q: torch.Tensor, keys: torch.Tensor, config: EntropyInferConfig, *,

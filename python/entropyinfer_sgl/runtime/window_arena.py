@@ -81,18 +81,19 @@ class ObservationWindowArena:
         return torch.where(slot >= 0, slot * self.window_tokens + position,
                            torch.full_like(position, self.scratch_row))
 
-    def write_decode(self, layer_id: int, q3: torch.Tensor, indices: torch.Tensor) -> None:
+    def write_decode(self, layer_id: int, q3: torch.Tensor, indices: torch.Tensor, *, lse_follows: bool) -> None:
         """One layer of a decode step: q3 `[B, Hq, D]`, `indices` from `decode_indices` (rows without a slot all
-        write the scratch row; which of them lands there does not matter). Their log-sum-exps become unknown until
-        `write_decode_lse` gives them."""
+        write the scratch row; which of them lands there does not matter). lse_follows: the step's attention
+        writes their log-sum-exps (float32 `[B, Hq]`, natural log, each query over every key it attended) to
+        `lse_rows(layer_id)[indices]` itself (the kernel path's decode attention does); else they are unknown."""
         self._check(q3)
         self.queries[layer_id].index_put_((indices,), q3)
-        self.lse[layer_id].index_fill_(0, indices, float("nan"))
+        if not lse_follows:
+            self.lse[layer_id].index_fill_(0, indices, float("nan"))
 
-    def write_decode_lse(self, layer_id: int, lse: torch.Tensor, indices: torch.Tensor) -> None:
-        """The same step's log-sum-exps (float32 `[B, Hq]`, natural log, each query over every key it attended:
-        the kernel path's decode attention returns them), at the rows `write_decode` wrote."""
-        self.lse[layer_id].index_put_((indices,), lse.to(torch.float32))
+    def lse_rows(self, layer_id: int) -> torch.Tensor:
+        """The layer's log-sum-exp rows (float32 `[slots * W + 1, Hq]`, a view) a decode step's attention writes."""
+        return self.lse[layer_id]
 
     def write_extend(self, layer_id: int, slot: int, q_chunk: torch.Tensor, end: int) -> None:
         """An extend chunk of one request (host-known, eager): its queries of positions end - n .. end - 1; the

@@ -788,7 +788,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
         supported = self._layer_supported(lv)
         q3 = q.reshape(-1, lv.num_q_heads, lv.head_dim)
         if self.windows is not None and supported:
-            self._record_decode_queries(lv.layer_id, q3, forward_batch)
+            self._record_decode_queries(lv.layer_id, q3, forward_batch, lse_follows=self._decode_records_lse(lv))
         elif cfg.decode_compression and supported:
             for info in self._infos:
                 st = info.state
@@ -822,7 +822,12 @@ class EntropyInferAttnBackend(_AttentionBackend):
             out3[info.index] = out.to(out3.dtype)
         return out3.view(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
 
-    def _record_decode_queries(self, layer_id: int, q3: torch.Tensor, forward_batch) -> None:
+    def _decode_records_lse(self, lv: compat.LayerView) -> bool:
+        """Kernel path, a supported layer of a decode step: its attention runs through the arena and writes the
+        window queries' log-sum-exps into the window arena (`_forward_decode_kernels`)."""
+        return self._arena_decode is not None and self._window_lse_exact(lv)
+
+    def _record_decode_queries(self, layer_id: int, q3: torch.Tensor, forward_batch, *, lse_follows: bool) -> None:
         """Kernel path: write every request's query of this step into the window arena (rows without a window
         slot write its scratch row). Device ops only, so a captured graph records too; the rows are computed by
         the forward's first recording layer (layers run in increasing order, so a layer id not above the one
@@ -831,7 +836,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
             self._window_indices = self.windows.decode_indices(forward_batch.req_pool_indices, forward_batch.seq_lens)
             self._window_indices_layer = layer_id
         self._window_layers.add(layer_id)
-        self.windows.write_decode(layer_id, q3, self._window_indices)
+        self.windows.write_decode(layer_id, q3, self._window_indices, lse_follows=lse_follows)
 
     def _forward_decode_kernels(self, q, k, v, layer, forward_batch, lv: compat.LayerView, q3: torch.Tensor,
                                 supported: bool, save_kv_cache=True, **kwargs):
@@ -845,7 +850,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
         if save_kv_cache and k is not None and v is not None:
             compat.write_kv(self.inner, layer, forward_batch, k, v)
         k_buf, v_buf = compat.kv_buffers(self.token_to_kv_pool, lv.layer_id)
-        out3, lse = arena_decode.attend(q3, k_buf, v_buf, lv.layer_id, lv.scaling)
-        if self.windows is not None and self._window_lse_exact(lv):  # the queries `_record_decode_queries` wrote
-            self.windows.write_decode_lse(lv.layer_id, lse, self._window_indices)
+        lse_rows = None
+        if self.windows is not None and self._decode_records_lse(lv):  # of the queries `_record_decode_queries` wrote
+            lse_rows = (self.windows.lse_rows(lv.layer_id), self._window_indices)
+        out3, _ = arena_decode.attend(q3, k_buf, v_buf, lv.layer_id, lv.scaling, lse_rows=lse_rows)
         return out3.reshape(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
