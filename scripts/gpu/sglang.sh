@@ -19,7 +19,8 @@
 # - decode_steps (issue 20): every decode step's latency, batch 1 at $STEPS_LEN tokens (default 100000), CUDA graphs
 #   on, dense FlashInfer vs --enable-entropyinfer with $STEPS_CONFIG (default {}: the first event at step 16, none
 #   after; e.g. '{"decode_evict_interval_steps": 32}' for re-compressions), $STEPS_OUTPUT_LEN steps (default 96);
-#   `benchmarks/decode_steps.py` writes $OUT/decode_steps.txt (one row per step, both runs, the ratio);
+#   `benchmarks/decode_steps.py` writes $OUT/decode_steps.txt (one row per step, both runs, the ratio; then the
+#   server's line on how the first event scored: one pass over the keys or two);
 # - profile: the prefill of `bench_one_batch` at $LENS (CUDA graphs on) under the torch profiler for each of
 #   $PROFILE_VARIANTS (default "entropyinfer dense"); `benchmarks/summarize_trace.py` writes $OUT/profile_<variant>.txt
 #   (GPU busy/idle time, GPU time by kernel, the longest idle gaps); the traces themselves are not kept;
@@ -131,6 +132,8 @@ for stage in $STAGES; do
       done
       python3 benchmarks/decode_steps.py "dense=$OUT/one_batch_steps_dense.log" \
         "entropyinfer=$OUT/one_batch_steps_entropyinfer.log" > "$OUT/decode_steps.txt" 2>&1
+      # how the first event scored (one pass over the keys with the recorded log-sum-exps, or both passes)
+      grep -h "compression event .* scores" "$OUT/one_batch_steps_entropyinfer.log" >> "$OUT/decode_steps.txt"
       { echo "== decode_steps (ms per step; CUDA graphs on)"; cat "$OUT/decode_steps.txt"; } >> "$SUMMARY" ;;
     one_batch)
       [ "${SKIP_DENSE:-0}" = 1 ] || one_batch dense --attention-backend "$DENSE_BACKEND"

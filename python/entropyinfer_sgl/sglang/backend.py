@@ -579,7 +579,9 @@ class EntropyInferAttnBackend(_AttentionBackend):
         """Kernel path, after a layer of an extend (its K/V are in the pool): a prompt's last chunk computes the
         log-sum-exps of the queries it leaves in the observation window over every key they see (one pass over
         the request's keys), so its first compression event reads the keys once (`_event_row_lse`). Earlier
-        chunks' window rows stay unknown (NaN): the next chunk overwrites them, or the event runs both passes."""
+        chunks' window rows stay unknown (NaN): the next chunk overwrites them, or the event runs both passes.
+        Where SGLang's admission was not seen (the prompt's length unknown, e.g. `bench_one_batch`), every chunk
+        that records its window computes them: one more pass over the keys per chunk."""
         from ..kernels.observation_scores import window_log_sum_exp  # the kernel path's: Triton
 
         if not self._window_lse_exact(lv):
@@ -588,7 +590,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
         k_buf = compat.kv_buffers(self.token_to_kv_pool, lv.layer_id)[0]
         for info in self._infos:
             st = info.state
-            if not info.records_window or st.window_slot is None or info.prompt_len != info.seq_len:
+            last_chunk = info.prompt_len is None or info.prompt_len == info.seq_len
+            if not info.records_window or st.window_slot is None or not last_chunk:
                 continue
             rows = q3[info.q_start:info.q_start + info.extend_len][-self.config.observation_window_tokens:]
             lse = window_log_sum_exp(rows, k_buf, slots=self._request_slots(info))
