@@ -12,8 +12,8 @@ the 32 layers of an event then take ~150 ms on an H100. Here nothing of that siz
   cross-row reduction per q head on the CUDA cores) and reduces over the group (mean or max): float32 `[Hkv, T]`.
 
 A caller that knows each window query's log-sum-exp already (`row_lse`: the decode step that computed the query
-attended to the same keys) skips pass 1: its partials are then one per row (max = the log-sum-exp, sum = 1), and
-the event reads the keys once.
+attended to the same keys) skips pass 1: pass 2 reads each row's log-sum-exp from it, and the event reads the keys
+once.
 
 Keys are read contiguously (`keys [T, Hkv, D]`) or through `slots` (`keys` is then the whole pool and `slots[t]`
 the row of entry t: SGLang's req_to_token row, so the event gathers nothing). Window query w sits at position
@@ -39,6 +39,9 @@ from ._common import (
     next_power_of_two,
 )
 from ._online_softmax import LOG2E, load_rows
+
+LOG2E_K = tl.constexpr(LOG2E)  # read inside kernels
+
 
 @triton.jit
 def _window_logits(q, K, Slots, start, hi, query_pos, stride_kt, qk_scale, HEAD_DIM: tl.constexpr,
@@ -107,28 +110,31 @@ def _window_lse_kernel(
 
 @triton.jit(do_not_specialize=["num_tokens", "num_window", "chunk"])
 def _window_scores_kernel(
-    Q, K, Slots, PartM, PartL, Out,
-    stride_qw, stride_qh, stride_kt, stride_kh, stride_oh,
-    num_tokens, num_window, chunk, num_parts, qk_scale,
+    Q, K, Slots, PartM, PartL, RowLse, Out,
+    stride_qw, stride_qh, stride_kt, stride_kh, stride_oh, stride_lw,
+    num_tokens, num_window, chunk, num_splits, qk_scale,
     GROUP: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr, REDUCE_MAX: tl.constexpr,
-    USE_SLOTS: tl.constexpr, INT64: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_SLOTS: tl.constexpr, INT64: tl.constexpr, DOT_PRECISION: tl.constexpr, GIVEN_LSE: tl.constexpr,
 ):
     h = tl.program_id(0)
     split = tl.program_id(1)
     q, g, query_pos, r_ok, offs_r = _window_rows(Q, h, stride_qw, stride_qh, num_tokens, num_window, GROUP, BLOCK_R,
                                                  HEAD_DIM, BLOCK_D)
-    offs_s = tl.arange(0, BLOCK_S)
-    # every part's (max, sum) of these rows (pass 1's splits, or one given log-sum-exp) -> each row's log-sum-exp
-    # (base 2) over all its keys
-    part = (h * BLOCK_R + offs_r)[:, None] * num_parts + offs_s[None, :]
-    s_ok = offs_s[None, :] < num_parts
-    part_m = tl.load(PartM + part, mask=s_ok, other=float("-inf"))
-    part_l = tl.load(PartL + part, mask=s_ok, other=0.0)
-    m = tl.max(part_m, 1)
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    total = tl.sum(part_l * tl.exp2(part_m - m_safe[:, None]), 1)
-    lse = tl.where(r_ok & (total > 0.0), m_safe + tl.log2(tl.where(total > 0.0, total, 1.0)), float("inf"))
+    if GIVEN_LSE:  # each row's natural log-sum-exp, given: row g * W + w is window query w of q head h * G + g
+        w = offs_r % num_window
+        given = tl.load(RowLse + w.to(tl.int64) * stride_lw + h * GROUP + g, mask=r_ok, other=float("inf"))
+        lse = tl.where(r_ok, given * LOG2E_K, float("inf"))  # base 2, as the logits
+    else:  # every split's partial (max, sum) of these rows -> each row's log-sum-exp (base 2) over all its keys
+        offs_s = tl.arange(0, BLOCK_S)
+        part = (h * BLOCK_R + offs_r)[:, None] * num_splits + offs_s[None, :]
+        s_ok = offs_s[None, :] < num_splits
+        part_m = tl.load(PartM + part, mask=s_ok, other=float("-inf"))
+        part_l = tl.load(PartL + part, mask=s_ok, other=0.0)
+        m = tl.max(part_m, 1)
+        m_safe = tl.where(m == float("-inf"), 0.0, m)
+        total = tl.sum(part_l * tl.exp2(part_m - m_safe[:, None]), 1)
+        lse = tl.where(r_ok & (total > 0.0), m_safe + tl.log2(tl.where(total > 0.0, total, 1.0)), float("inf"))
     # selector [BLOCK_G, BLOCK_R]: row j sums the window rows of q head j of the group (rows past GROUP: none)
     select = ((g[None, :] == tl.arange(0, BLOCK_G)[:, None]) & r_ok[None, :]).to(tl.float32)
     k_base = K + h * stride_kh
@@ -188,18 +194,18 @@ def window_attention(window_q: torch.Tensor, keys: torch.Tensor, *, slots: torch
     strides = (window_q.stride(0), window_q.stride(1), keys.stride(0), keys.stride(1))
     grid = (num_kv_heads, num_splits)
     if row_lse is None:
-        num_parts = num_splits
-        part_m = torch.empty(num_kv_heads, block_r, num_parts, dtype=torch.float32, device=device)
+        part_m = torch.empty(num_kv_heads, block_r, num_splits, dtype=torch.float32, device=device)
         part_l = torch.empty_like(part_m)
         _window_lse_kernel[grid](window_q, keys, slot_arg, part_m, part_l, *strides,
                                  num_tokens, num_window, chunk, num_splits, qk_scale, **common)
     else:
-        num_parts = 1
-        part_m, part_l = _given_parts(row_lse, num_kv_heads, block_r)
-    _window_scores_kernel[grid](window_q, keys, slot_arg, part_m, part_l, out, *strides, out.stride(0),
-                                num_tokens, num_window, chunk, num_parts, qk_scale,
-                                BLOCK_S=max(2, next_power_of_two(num_parts)),
-                                BLOCK_G=max(16, next_power_of_two(group)), REDUCE_MAX=reduction == "max", **common)
+        part_m = part_l = row_lse  # never read with GIVEN_LSE
+    lse_arg = out if row_lse is None else row_lse  # never read without GIVEN_LSE
+    _window_scores_kernel[grid](window_q, keys, slot_arg, part_m, part_l, lse_arg, out, *strides, out.stride(0),
+                                lse_arg.stride(0), num_tokens, num_window, chunk, num_splits, qk_scale,
+                                BLOCK_S=max(2, next_power_of_two(num_splits)),
+                                BLOCK_G=max(16, next_power_of_two(group)), REDUCE_MAX=reduction == "max",
+                                GIVEN_LSE=row_lse is not None, **common)
     return out
 
 
@@ -251,19 +257,6 @@ def _pass_constants(window_q: torch.Tensor, keys: torch.Tensor, slots: torch.Ten
                 num_warps=num_warps or (8 if block_r >= 128 and not interpret_mode() else 4))
 
 
-def _given_parts(row_lse: torch.Tensor, num_kv_heads: int, block_r: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass 2's partials from known log-sum-exps: one part per row r = g * W + w of each kv head (max = the
-    row's base-2 log-sum-exp, sum = 1); padding rows past G * W get (-inf, 0), as an empty split would."""
-    num_window, num_q_heads = row_lse.shape
-    group = num_q_heads // num_kv_heads
-    rows = row_lse.t().reshape(num_kv_heads, group * num_window) * LOG2E  # [Hkv, G * W]: row g * W + w
-    part_m = torch.full((num_kv_heads, block_r, 1), float("-inf"), dtype=torch.float32, device=row_lse.device)
-    part_m[:, :group * num_window, 0] = rows
-    part_l = torch.zeros_like(part_m)
-    part_l[:, :group * num_window] = 1.0
-    return part_m, part_l
-
-
 def window_num_splits(num_kv_heads: int, tiles: int, device: torch.device) -> int:
     """The default splits of each kv head's keys (`tiles` key tiles): about two waves of programs, each walking
     at least two key tiles. Shapes only (no host sync)."""
@@ -290,9 +283,9 @@ def _check_inputs(window_q: torch.Tensor, keys: torch.Tensor, slots: torch.Tenso
                               or not slots.is_contiguous()):
         raise ValueError(f"slots must be a contiguous int32/int64 [T] tensor, got {slots.dtype} {tuple(slots.shape)}")
     if row_lse is not None and (row_lse.shape != (num_window, num_q_heads) or row_lse.dtype != torch.float32
-                                or row_lse.device != window_q.device):
-        raise ValueError(f"row_lse must be float32 [{num_window}, {num_q_heads}] on {window_q.device}, got "
-                         f"{row_lse.dtype} {tuple(row_lse.shape)} on {row_lse.device}")
+                                or row_lse.device != window_q.device or row_lse.stride(1) != 1):
+        raise ValueError(f"row_lse must be float32 [{num_window}, {num_q_heads}] with contiguous rows on "
+                         f"{window_q.device}, got {row_lse.dtype} {tuple(row_lse.shape)} on {row_lse.device}")
     num_tokens = keys.shape[0] if slots is None else slots.shape[0]
     if not 1 <= num_window <= num_tokens:
         raise ValueError(f"observation window of {num_window} queries over {num_tokens} entries")
