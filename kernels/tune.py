@@ -465,54 +465,58 @@ EVENT_SWEEP = [(block_n, warps, stages, splits) for block_n in (64, 128) for war
 
 
 def bench_event(seq_lens, *, num_window=32, num_q_heads=32, num_kv_heads=8, head_dim=128, num_layers=32,
-                dtype=torch.bfloat16, sweep_len=None):
+                dtype=torch.bfloat16, sweep_len=None, device="cuda", config=None, bench=None):
     """One request's compression event (eager, as the server runs it): per layer, the window's scores by the torch
     oracle and by the fused kernel and the whole `compress_layer` with each; then all layers as the server runs
     them (`compress_layers`, the fused kernel reading a pool through the request's slots: no key gather; one
     threshold selection for every layer), against layer by layer, with the selection alone (`plan_ms`:
     `uniform_kept_entries` over every layer's kv heads) and the eviction-order plan it replaced (`sort_plan_ms`);
     a layer's scores through the slots (`slot_scores_ms`) and with each window query's log-sum-exp given
-    (`slot_scores_given_lse_ms`: one pass over the keys).
-    sweep_len: also time the scoring kernel's launches (EVENT_SWEEP) at that length."""
-    from triton.testing import do_bench
-
+    (`slot_scores_given_lse_ms`: one pass over the keys), and the event with them given (`one_pass_ms`).
+    sweep_len: also time the scoring kernel's launches (EVENT_SWEEP) at that length. device / config / bench (ms per
+    call of a function; default `triton.testing.do_bench`): the CPU smoke's (`smoke_event`)."""
     from entropyinfer_sgl import EntropyInferConfig
     from entropyinfer_sgl.core.decode import observation_scores, plan_decode_compression, uniform_kept_entries
     from entropyinfer_sgl.kernels.observation_scores import window_attention, window_num_splits
     from entropyinfer_sgl.runtime.decode_table import compress_layer, compress_layers
     from entropyinfer_sgl.runtime.kernel_path import fused_observation_scores
 
-    config = EntropyInferConfig(observation_window_tokens=num_window)
+    if bench is None:
+        from triton.testing import do_bench as bench
+    config = config or EntropyInferConfig(observation_window_tokens=num_window)
     for seq_len in seq_lens:
-        window_q = torch.randn(num_window, num_q_heads, head_dim, device="cuda", dtype=dtype)
-        keys = torch.randn(seq_len, num_kv_heads, head_dim, device="cuda", dtype=dtype)
+        window_q = torch.randn(num_window, num_q_heads, head_dim, device=device, dtype=dtype)
+        keys = torch.randn(seq_len, num_kv_heads, head_dim, device=device, dtype=dtype)
         torch_scores = observation_scores(window_q, keys, config)
         fused_scores = fused_observation_scores(window_q, keys, config)
         err = ((fused_scores - torch_scores).abs().max() / torch_scores.abs().max()).item()
         for name, scorer in (("torch", observation_scores), ("fused", fused_observation_scores)):
-            ms_scores = do_bench(lambda: scorer(window_q, keys, config))
-            ms_layer = do_bench(lambda: compress_layer(window_q, keys, None, config, scorer=scorer))
+            ms_scores = bench(lambda: scorer(window_q, keys, config))
+            ms_layer = bench(lambda: compress_layer(window_q, keys, None, config, scorer=scorer))
             _row("event_layer", seq_len, 1.0, ms_layer, scorer=name, scores_ms=ms_scores, relative_error=f"{err:.2e}")
         # the server's pool: the request's entries on shuffled rows of a larger buffer, read through its slots
-        pool = torch.randn(seq_len + 4096, num_kv_heads, head_dim, device="cuda", dtype=dtype)
-        slots = torch.randperm(pool.shape[0], device="cuda")[:seq_len]
+        pool = torch.randn(seq_len + 4096, num_kv_heads, head_dim, device=device, dtype=dtype)
+        slots = torch.randperm(pool.shape[0], device=device)[:seq_len]
         pool[slots] = keys
         windows = dict.fromkeys(range(num_layers), window_q)  # the same window and keys for every layer: timing only
-        ms_loop = do_bench(lambda: [compress_layer(window_q, keys, None, config, scorer=fused_observation_scores)
+        ms_loop = bench(lambda: [compress_layer(window_q, keys, None, config, scorer=fused_observation_scores)
                                     for _ in range(num_layers)])
-        ms_event = do_bench(lambda: compress_layers(
+        ms_event = bench(lambda: compress_layers(
             windows, lambda layer: pool[slots], {}, config, scorer=fused_observation_scores,
             scores_of=lambda layer: fused_observation_scores(window_q, pool, config, slots=slots)))
-        ms_slot_scores = do_bench(lambda: fused_observation_scores(window_q, pool, config, slots=slots))
-        row_lse = torch.zeros(num_window, num_q_heads, device="cuda")  # timing only: its values do not matter
-        ms_lse_scores = do_bench(lambda: fused_observation_scores(window_q, pool, config, slots=slots,
+        ms_slot_scores = bench(lambda: fused_observation_scores(window_q, pool, config, slots=slots))
+        row_lse = torch.zeros(num_window, num_q_heads, device=device)  # timing only: its values do not matter
+        ms_lse_scores = bench(lambda: fused_observation_scores(window_q, pool, config, slots=slots,
                                                                   row_lse=row_lse))
+        ms_event_one_pass = bench(lambda: compress_layers(
+            windows, lambda layer: pool[slots], {}, config, scorer=fused_observation_scores,
+            scores_of=lambda layer: fused_observation_scores(window_q, pool, config, slots=slots, row_lse=row_lse)))
         all_scores = torch.cat([fused_scores] * num_layers)
-        ms_plan = do_bench(lambda: uniform_kept_entries(all_scores, config))
-        ms_sort = do_bench(lambda: plan_decode_compression(all_scores, config, backend="torch"))
-        _row("event_all_layers", seq_len, 1.0, ms_event, layers=num_layers, layer_by_layer_ms=ms_loop,
-             slot_scores_ms=ms_slot_scores, slot_scores_given_lse_ms=ms_lse_scores, plan_ms=ms_plan,
-             sort_plan_ms=ms_sort)
+        ms_plan = bench(lambda: uniform_kept_entries(all_scores, config))
+        ms_sort = bench(lambda: plan_decode_compression(all_scores, config, backend="torch"))
+        _row("event_all_layers", seq_len, 1.0, ms_event, layers=num_layers, one_pass_ms=ms_event_one_pass,
+             layer_by_layer_ms=ms_loop, slot_scores_ms=ms_slot_scores, slot_scores_given_lse_ms=ms_lse_scores,
+             plan_ms=ms_plan, sort_plan_ms=ms_sort)
         if seq_len == sweep_len:
             ref = window_attention(window_q, keys)  # the default launch
             for block_n, warps, stages, splits in EVENT_SWEEP:
@@ -521,13 +525,27 @@ def bench_event(seq_lens, *, num_window=32, num_q_heads=32, num_kv_heads=8, head
                 launch = dict(block_n=block_n, num_warps=warps, num_stages=stages, num_splits=num_splits)
                 try:
                     got = window_attention(window_q, keys, **launch)
-                    ms = do_bench(lambda: window_attention(window_q, keys, **launch))
+                    ms = bench(lambda: window_attention(window_q, keys, **launch))
                 except Exception as err:  # noqa: BLE001 - a launch that does not fit is a row, not the end
                     print(json.dumps({"kernel": "event_scores_launch", **launch, "error": str(err)[:200]}))
                     continue
                 _row("event_scores_launch", seq_len, 1.0, ms, block_n=block_n, warps=warps, stages=stages,
                      splits=splits or "default", max_err=f"{(got - ref).abs().max().item():.2e}")
         del window_q, keys, pool
+
+
+def smoke_event() -> None:
+    """`bench_event`'s code path on tiny shapes, on the CPU under the Triton interpreter (float32, two layers, a
+    budget below the cache length so that entries are evicted), timed by a host loop."""
+    from entropyinfer_sgl import EntropyInferConfig
+    from entropyinfer_sgl.kernels import interpret_mode
+
+    if not interpret_mode():
+        raise SystemExit("smoke_event runs under the Triton interpreter: set TRITON_INTERPRET=1")
+    config = EntropyInferConfig(observation_window_tokens=4, decode_budget_tokens=48, sink_tokens=4,
+                                local_window_tokens=8)
+    bench_event([200], num_window=4, num_q_heads=4, num_kv_heads=2, head_dim=16, num_layers=2, dtype=torch.float32,
+                device="cpu", config=config, bench=lambda run: _time_ms(run, "wall")[0])
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ def test_decode_steps_record_what_record_queries_keeps():
                     states[row].record_queries(layer, q[i:i + 1] * (layer + 1), seq[row], W)
         for row, st in states.items():
             for layer in range(LAYERS):
-                window = arena.window(layer, slots[row], starts[row], seq[row])
+                window = arena.window(slots[row], starts[row], seq[row])[layer]
                 assert window.dtype == st.window[layer].dtype
                 assert torch.equal(window, st.window[layer]), (row, step, layer)
                 assert not window.isnan().any()
@@ -69,7 +69,7 @@ def test_released_slots_serve_their_next_request_from_its_own_start():
     assert again == slot and int(arena.slot_of_row[4]) == slot
     q2 = torch.randn(2, HQ, D).to(torch.bfloat16)
     arena.write_extend(0, again, q2, 10)
-    assert torch.equal(arena.window(0, again, 8, 10), q2)  # not the earlier owner's queries
+    assert torch.equal(arena.window(again, 8, 10)[0], q2)  # not the earlier owner's queries
 
 
 def test_wrong_queries_are_refused():
@@ -89,10 +89,10 @@ def test_log_sum_exps_follow_their_queries():
     arena.lse.fill_(7.0)  # stale values of an earlier owner
     slot = arena.assign(5)
     arena.write_extend(0, slot, torch.randn(20, HQ, D).to(torch.bfloat16), 100)  # positions 92 .. 99 kept
-    assert arena.window_lse(0, slot, 80, 100).isnan().all()
+    assert arena.window_lse(slot, 80, 100)[0].isnan().all()
     tail = torch.arange(3 * HQ, dtype=torch.float32).reshape(3, HQ)
     arena.write_extend_lse(0, slot, tail, 100)  # the last 3 prompt queries' (positions 97 .. 99)
-    lse = arena.window_lse(0, slot, 80, 100)
+    lse = arena.window_lse(slot, 80, 100)[0]
     assert lse[:-3].isnan().all() and torch.equal(lse[-3:], tail)
     q = torch.randn(1, HQ, D).to(torch.bfloat16)
     for seq_len, given in ((101, True), (102, False), (103, True)):  # a step without one: an eager dense step
@@ -100,9 +100,9 @@ def test_log_sum_exps_follow_their_queries():
         arena.write_decode(0, q, indices, lse_follows=given)
         if given:  # what the decode kernel writes (`DecodeLaunch.run(lse_rows=...)`)
             arena.lse_rows(0)[indices] = torch.full((1, HQ), float(seq_len))
-    lse = arena.window_lse(0, slot, 80, 103)  # positions 95 .. 102
+    lse = arena.window_lse(slot, 80, 103)[0]  # positions 95 .. 102
     assert lse[:2].isnan().all() and torch.equal(lse[2:5], tail)  # 95, 96 unknown; 97 .. 99 from the prompt
     assert torch.equal(lse[5], torch.full((HQ,), 101.0)) and lse[6].isnan().all() and (lse[7] == 103.0).all()
     for seq_len in range(104, 104 + W):  # a whole window more, no log-sum-exps: nothing earlier shows through
         arena.write_decode(0, q, arena.decode_indices(torch.tensor([5]), torch.tensor([seq_len])), lse_follows=False)
-    assert arena.window_lse(0, slot, 80, 103 + W).isnan().all()
+    assert arena.window_lse(slot, 80, 103 + W)[0].isnan().all()

@@ -110,14 +110,14 @@ class ObservationWindowArena:
         self.lse[layer_id, self._rows(slot, end - lse.shape[0], end)] = lse.to(torch.float32)
 
     # --- reads -----------------------------------------------------------------------------------------
-    def window(self, layer_id: int, slot: int, start: int, end: int) -> torch.Tensor:
-        """The window a compression event at `end` cache entries reads: queries of positions
-        max(start, end - W) .. end - 1, oldest first (`[n, Hq, D]`, a copy)."""
-        return self.queries[layer_id, self._rows(slot, max(start, end - self.window_tokens), end)]
+    def window(self, slot: int, start: int, end: int) -> torch.Tensor:
+        """The windows a compression event at `end` cache entries reads, every layer's in one gather: queries of
+        positions max(start, end - W) .. end - 1, oldest first (`[layers, n, Hq, D]`, a copy)."""
+        return self.queries[:, self._rows(slot, max(start, end - self.window_tokens), end)]
 
-    def window_lse(self, layer_id: int, slot: int, start: int, end: int) -> torch.Tensor:
-        """The log-sum-exps of `window`'s queries (float32 `[n, Hq]`, a copy; NaN where unknown)."""
-        return self.lse[layer_id, self._rows(slot, max(start, end - self.window_tokens), end)]
+    def window_lse(self, slot: int, start: int, end: int) -> torch.Tensor:
+        """The log-sum-exps of `window`'s queries (float32 `[layers, n, Hq]`, a copy; NaN where unknown)."""
+        return self.lse[:, self._rows(slot, max(start, end - self.window_tokens), end)]
 
     def _rows(self, slot: int, first: int, end: int) -> torch.Tensor:
         """The slot's rows of positions first .. end - 1."""

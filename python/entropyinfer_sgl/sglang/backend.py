@@ -452,8 +452,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
                     if st.window_end.get(layer_id) == in_cache and window.shape[0] <= in_cache}
         if st.window_slot is None or st.window_start >= in_cache:
             return {}
-        return {layer_id: self.windows.window(layer_id, st.window_slot, st.window_start, in_cache)
-                for layer_id in sorted(self._window_layers)}
+        every_layer = self.windows.window(st.window_slot, st.window_start, in_cache)  # one gather
+        return {layer_id: every_layer[layer_id] for layer_id in sorted(self._window_layers)}
 
     def _event_row_lse(self, st: RequestState, in_cache: int,
                        windows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor] | None:
@@ -462,8 +462,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
         is known (one host sync), so the scoring reads the keys once; else None (both passes)."""
         if self.windows is None or st.tables or st.window_slot is None or not windows:
             return None
-        lse = {layer_id: self.windows.window_lse(layer_id, st.window_slot, st.window_start, in_cache)
-               for layer_id in windows}
+        every_layer = self.windows.window_lse(st.window_slot, st.window_start, in_cache)  # one gather
+        lse = {layer_id: every_layer[layer_id] for layer_id in windows}
         known = torch.isfinite(torch.stack(list(lse.values()))).all(dim=-1)  # [layers, window]
         one_pass = bool(known.all())
         key = "one-pass event" if one_pass else "two-pass event"
@@ -584,15 +584,14 @@ class EntropyInferAttnBackend(_AttentionBackend):
         that records its window computes them: one more pass over the keys per chunk."""
         from ..kernels.observation_scores import window_log_sum_exp  # the kernel path's: Triton
 
-        if not self._window_lse_exact(lv):
+        tails = [info for info in self._infos if info.records_window and info.state.window_slot is not None
+                 and (info.prompt_len is None or info.prompt_len == info.seq_len)]
+        if not tails or not self._window_lse_exact(lv):
             return
         q3 = q.reshape(-1, lv.num_q_heads, lv.head_dim)
         k_buf = compat.kv_buffers(self.token_to_kv_pool, lv.layer_id)[0]
-        for info in self._infos:
+        for info in tails:
             st = info.state
-            last_chunk = info.prompt_len is None or info.prompt_len == info.seq_len
-            if not info.records_window or st.window_slot is None or not last_chunk:
-                continue
             rows = q3[info.q_start:info.q_start + info.extend_len][-self.config.observation_window_tokens:]
             lse = window_log_sum_exp(rows, k_buf, slots=self._request_slots(info))
             self.windows.write_extend_lse(lv.layer_id, st.window_slot, lse, info.seq_len)
