@@ -78,7 +78,7 @@ def _steps_match_record_queries(device: str, use_graph: bool) -> None:
                 states[row].record_queries(layer, q[i:i + 1] * (layer + 1), live[row], W)
         for row, st in states.items():
             for layer in range(LAYERS):
-                window = arena.window(layer, slots[row], starts[row], live[row]).cpu()
+                window = arena.window(slots[row], starts[row], live[row])[layer].cpu()
                 assert torch.equal(window, st.window[layer]), (row, step_index, layer)
 
 
