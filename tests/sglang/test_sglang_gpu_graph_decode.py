@@ -1,12 +1,14 @@
 """GPU: EntropyInfer's CUDA-graph decode gives the tokens of its eager decode. The graph records the observation
-windows itself (the window arena; only compression-event steps run eagerly), so a window written wrongly inside
+windows itself (the window arena; a compression event runs right before its step's replay, `prepare_graph_step`),
+so a window written wrongly inside
 the graph (wrong slot, position or order, a padding row over a request's slot) changes what the events keep and
 the tokens. The tiny Llama in bfloat16 (sgl-kernel's CUDA RMSNorm has no float32; head dim 16: the dense backend is
 SGLang's triton one), the `engaged` config with the first event right after the prompt (windows of 8, an event every
 8 steps), three requests decoding in one batch (padded to a captured batch size).
 
-Eager decode runs the batch through the arena kernel once one of its requests is compressed, a graph always: with
-the first event at the first decode step both runs attend through the same kernel at every step. What can still
+Eager decode runs the batch through the arena kernel once one of its requests is compressed or holds a window, a
+graph always: both runs attend through the same kernel at every step, and both record the window queries'
+log-sum-exps, so their events score in one pass alike. What can still
 differ in bfloat16 is rounding elsewhere (the graph's padded batch gives the GEMMs another shape), so a request may
 part from the eager tokens only where the eager run's two best tokens were a near tie (`NEAR_TIE_NATS`); a window
 written wrongly moves the logits by far more. Run on a GPU machine:
