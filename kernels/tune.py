@@ -501,16 +501,17 @@ def bench_event(seq_lens, *, num_window=32, num_q_heads=32, num_kv_heads=8, head
         windows = dict.fromkeys(range(num_layers), window_q)  # the same window and keys for every layer: timing only
         ms_loop = bench(lambda: [compress_layer(window_q, keys, None, config, scorer=fused_observation_scores)
                                     for _ in range(num_layers)])
-        ms_event = bench(lambda: compress_layers(
-            windows, lambda layer: pool[slots], {}, config, scorer=fused_observation_scores,
-            scores_of=lambda layer: fused_observation_scores(window_q, pool, config, slots=slots)))
-        ms_slot_scores = bench(lambda: fused_observation_scores(window_q, pool, config, slots=slots))
         row_lse = torch.zeros(num_window, num_q_heads, device=device)  # timing only: its values do not matter
-        ms_lse_scores = bench(lambda: fused_observation_scores(window_q, pool, config, slots=slots,
-                                                                  row_lse=row_lse))
-        ms_event_one_pass = bench(lambda: compress_layers(
-            windows, lambda layer: pool[slots], {}, config, scorer=fused_observation_scores,
-            scores_of=lambda layer: fused_observation_scores(window_q, pool, config, slots=slots, row_lse=row_lse)))
+
+        def slot_scores(given_lse=None):  # one layer's scores read through the slots, as the server does
+            return fused_observation_scores(window_q, pool, config, slots=slots, row_lse=given_lse)
+
+        def event(given_lse=None):
+            return compress_layers(windows, lambda layer: pool[slots], {}, config, scorer=fused_observation_scores,
+                                   scores_of=lambda layer: slot_scores(given_lse))
+
+        ms_event, ms_event_one_pass = bench(event), bench(lambda: event(row_lse))
+        ms_slot_scores, ms_lse_scores = bench(slot_scores), bench(lambda: slot_scores(row_lse))
         all_scores = torch.cat([fused_scores] * num_layers)
         ms_plan = bench(lambda: uniform_kept_entries(all_scores, config))
         ms_sort = bench(lambda: plan_decode_compression(all_scores, config, backend="torch"))

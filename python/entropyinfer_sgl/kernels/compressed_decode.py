@@ -324,8 +324,9 @@ class DecodeLaunch:
     """A `compressed_decode` launch planned once for its shapes and run again for other tensors of the same
     shapes (the serving decode path: every layer of a step has the same batch, heads and table width).
 
-    `__init__` does the heuristics and allocates the split buffers; `run` only launches (no validation: the
-    caller ran `check_decode_inputs` on one set of tensors or builds the tensors itself). Runs on one CUDA
+    `__init__` does the heuristics and allocates the split buffers; `run` launches, validating only its optional
+    `lse_rows` (a few shape checks; the caller ran `check_decode_inputs` on one set of tensors or builds the
+    tensors itself). Runs on one CUDA
     stream reuse the split buffers safely (stream order).
     """
 

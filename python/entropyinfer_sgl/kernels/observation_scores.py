@@ -194,10 +194,7 @@ def window_attention(window_q: torch.Tensor, keys: torch.Tensor, *, slots: torch
     strides = (window_q.stride(0), window_q.stride(1), keys.stride(0), keys.stride(1))
     grid = (num_kv_heads, num_splits)
     if row_lse is None:
-        part_m = torch.empty(num_kv_heads, block_r, num_splits, dtype=torch.float32, device=device)
-        part_l = torch.empty_like(part_m)
-        _window_lse_kernel[grid](window_q, keys, slot_arg, part_m, part_l, *strides,
-                                 num_tokens, num_window, chunk, num_splits, qk_scale, **common)
+        part_m, part_l = _first_pass(window_q, keys, slot_arg, num_tokens, chunk, num_splits, qk_scale, common)
     else:
         part_m = part_l = row_lse  # never read with GIVEN_LSE
     lse_arg = out if row_lse is None else row_lse  # never read without GIVEN_LSE
@@ -225,17 +222,26 @@ def window_log_sum_exp(window_q: torch.Tensor, keys: torch.Tensor, *, slots: tor
     tiles = -(-num_tokens // block_n)
     num_splits = window_num_splits(num_kv_heads, tiles, window_q.device)
     chunk = -(-tiles // num_splits) * block_n
-    part_m = torch.empty(num_kv_heads, block_r, num_splits, dtype=torch.float32, device=window_q.device)
-    part_l = torch.empty_like(part_m)
-    _window_lse_kernel[(num_kv_heads, num_splits)](
-        window_q, keys, keys if slots is None else slots, part_m, part_l,
-        window_q.stride(0), window_q.stride(1), keys.stride(0), keys.stride(1),
-        num_tokens, num_window, chunk, num_splits, _qk_scale(head_dim, scale),
-        **_pass_constants(window_q, keys, slots, group, block_r, head_dim, block_d, block_n, None))
+    part_m, part_l = _first_pass(window_q, keys, keys if slots is None else slots, num_tokens, chunk, num_splits,
+                                 _qk_scale(head_dim, scale),
+                                 _pass_constants(window_q, keys, slots, group, block_r, head_dim, block_d, block_n,
+                                                 None))
     # merge the splits (base 2), then natural log; rows r = g * W + w of kv head h are q head h * G + g
     rows = part_m[:, :group * num_window]
     lse = torch.logsumexp((rows + torch.log2(part_l[:, :group * num_window])) * math.log(2.0), dim=-1)
     return lse.reshape(num_kv_heads, group, num_window).reshape(num_q_heads, num_window).t().contiguous()
+
+
+def _first_pass(window_q: torch.Tensor, keys: torch.Tensor, slot_arg: torch.Tensor, num_tokens: int, chunk: int,
+                num_splits: int, qk_scale: float, common: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass 1: each split's partial (max, sum) of every window row, float32 `[Hkv, BLOCK_R, splits]` twice."""
+    num_kv_heads = keys.shape[1]
+    part_m = torch.empty(num_kv_heads, common["BLOCK_R"], num_splits, dtype=torch.float32, device=window_q.device)
+    part_l = torch.empty_like(part_m)
+    _window_lse_kernel[(num_kv_heads, num_splits)](
+        window_q, keys, slot_arg, part_m, part_l, window_q.stride(0), window_q.stride(1), keys.stride(0),
+        keys.stride(1), num_tokens, window_q.shape[0], chunk, num_splits, qk_scale, **common)
+    return part_m, part_l
 
 
 def _tile_sizes(rows: int, head_dim: int) -> tuple[int, int, int]:

@@ -789,8 +789,9 @@ class EntropyInferAttnBackend(_AttentionBackend):
         self._current(forward_batch)
         supported = self._layer_supported(lv)
         q3 = q.reshape(-1, lv.num_q_heads, lv.head_dim)
+        records_lse = self.windows is not None and supported and self._decode_records_lse(lv)
         if self.windows is not None and supported:
-            self._record_decode_queries(lv.layer_id, q3, forward_batch, lse_follows=self._decode_records_lse(lv))
+            self._record_decode_queries(lv.layer_id, q3, forward_batch, lse_follows=records_lse)
         elif cfg.decode_compression and supported:
             for info in self._infos:
                 st = info.state
@@ -800,7 +801,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
                     st.record_queries(lv.layer_id, q3[info.index:info.index + 1], info.seq_len,
                                       cfg.observation_window_tokens)
         if self.use_kernels:
-            return self._forward_decode_kernels(q, k, v, layer, forward_batch, lv, q3, supported,
+            return self._forward_decode_kernels(q, k, v, layer, forward_batch, lv, q3, supported, records_lse,
                                                 save_kv_cache=save_kv_cache, **kwargs)
         tabled = [info for info in self._infos if supported and lv.layer_id in info.state.tables]
         if not tabled:
@@ -841,19 +842,18 @@ class EntropyInferAttnBackend(_AttentionBackend):
         self.windows.write_decode(layer_id, q3, self._window_indices, lse_follows=lse_follows)
 
     def _forward_decode_kernels(self, q, k, v, layer, forward_batch, lv: compat.LayerView, q3: torch.Tensor,
-                                supported: bool, save_kv_cache=True, **kwargs):
+                                supported: bool, records_lse: bool, save_kv_cache=True, **kwargs):
         """The kernel path of `forward_decode`: once a request of the batch is compressed or holds an observation
         window (and always inside a CUDA graph), the whole batch decodes through `compressed_decode` over the arena
-        (kept entries then the row's tail, or the whole row for a request without a table), which also gives each
-        query's log-sum-exp for the window arena."""
+        (kept entries then the row's tail, or the whole row for a request without a table), which also writes
+        each query's log-sum-exp into the window arena where `records_lse` (`_decode_records_lse`)."""
         arena_decode = self._arena_decode if supported else None
         if arena_decode is None:  # no such request in the batch (or a layer the method does not support)
             return self.inner.forward_decode(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
         if save_kv_cache and k is not None and v is not None:
             compat.write_kv(self.inner, layer, forward_batch, k, v)
         k_buf, v_buf = compat.kv_buffers(self.token_to_kv_pool, lv.layer_id)
-        lse_rows = None
-        if self.windows is not None and self._decode_records_lse(lv):  # of the queries `_record_decode_queries` wrote
-            lse_rows = (self.windows.lse_rows(lv.layer_id), self._window_indices)
+        # at the rows `_record_decode_queries` wrote this step's queries to
+        lse_rows = (self.windows.lse_rows(lv.layer_id), self._window_indices) if records_lse else None
         out3, _ = arena_decode.attend(q3, k_buf, v_buf, lv.layer_id, lv.scaling, lse_rows=lse_rows)
         return out3.reshape(q3.shape[0], lv.num_q_heads * lv.v_head_dim)
