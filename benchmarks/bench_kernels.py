@@ -146,6 +146,8 @@ def profiling_breakdown_rows(seq_len, args, meta):
         "segment_representatives": lambda: segment_representatives(q, cfg.segment_size_tokens),
         "block_representatives": lambda: block_representatives(k, nblk, cfg.block_size_tokens),
         "entropy_kernel_total": lambda: block_scores_and_entropy(q, k, cfg),
+        # the key blocks in one split: each program loops over every block its segments see (before the splits)
+        "entropy_kernel_one_split": lambda: block_scores_and_entropy(q, k, cfg, split_blocks=-(-nblk // 64) * 64),
         "budget_scan": lambda: head_budgets_device(entropy, cfg),
         "keep_blocks": lambda: keep_blocks(budgets, seq_len_tokens=seq_len, segment_size_tokens=512,
                                            block_size_tokens=8),
@@ -209,7 +211,7 @@ def main() -> None:
     parser.add_argument("--flashinfer", action="store_true", help="also time FlashInfer dense and sparse (JIT: minutes)")
     parser.add_argument("--configs", default="entropyinfer,entropyinfer_paper_one_k,forced_beta,forced_3beta")
     parser.add_argument("--breakdown", action="store_true", help="also time each profiling stage at every length")
-    parser.add_argument("--skip-prefill", action="store_true")
+    parser.add_argument("--skip-prefill", action="store_true", help="no prefill rows (--breakdown still runs)")
     parser.add_argument("--skip-decode", action="store_true")
     parser.add_argument("--out", default=None, help="JSON-lines file the rows are appended to")
     args = parser.parse_args()
@@ -220,12 +222,12 @@ def main() -> None:
     meta = dict(git_sha=sha or "unknown", device=torch.cuda.get_device_name(), q_heads=args.q_heads,
                 kv_heads=args.kv_heads, head_dim=args.head_dim, dtype="bfloat16")
     rows = []
-    if not args.skip_prefill:
-        for seq_len in (int(x) for x in args.seq_lens.split(",")):
-            if args.breakdown:
-                rows += profiling_breakdown_rows(seq_len, args, meta)
+    for seq_len in (int(x) for x in args.seq_lens.split(",")):
+        if args.breakdown:
+            rows += profiling_breakdown_rows(seq_len, args, meta)
+        if not args.skip_prefill:
             rows += prefill_rows(seq_len, args, meta)
-            torch.cuda.empty_cache()
+        torch.cuda.empty_cache()
     if not args.skip_decode:
         for batch in (int(x) for x in args.decode_batches.split(",")):
             rows += decode_rows(args.decode_context, batch, args.decode_budget, args, meta)

@@ -7,11 +7,17 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 # Once per machine and set of wheels: a second script started beside a running one (gemma3.sh eval next to
 # quality.sh eval) must not reinstall the packages its workers are importing.
-WHEELS=$(cd .whl && ls *.whl | sort | tr '\n' ' ')
-if [ "$(cat /tmp/site/.carried-wheels 2>/dev/null)" != "$WHEELS" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  echo "$WHEELS" > /tmp/site/.carried-wheels
+# A later call on the same warm machine may leave .whl/ behind (the bundle and the tree nearly fill one carry).
+if [ -d .whl ]; then
+  WHEELS=$(cd .whl && ls *.whl | sort | tr '\n' ' ')
+  if [ "$(cat /tmp/site/.carried-wheels 2>/dev/null)" != "$WHEELS" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      || exit 1
+    echo "$WHEELS" > /tmp/site/.carried-wheels
+  fi
+elif [ ! -f /tmp/site/.carried-wheels ]; then
+  echo "setup.sh: no .whl/ carried and none installed on this machine yet: carry .whl/ on its first call" >&2
+  exit 1
 fi
 export PYTHONPATH=$PWD/python:$PWD/tests:/tmp/site
 # The package runs from source here (not pip-installed): give it the dist-info that carries its SGLang plugin entry

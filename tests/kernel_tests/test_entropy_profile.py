@@ -14,14 +14,18 @@ TOLERANCE = {torch.float32: (2e-5, 1e-4), torch.float16: (2e-3, 2e-2)}  # (p, en
 
 
 @pytest.mark.parametrize("seq_len, num_q_heads, num_kv_heads", [(300, 4, 4), (333, 8, 2), (129, 8, 1), (700, 9, 3)])
-@pytest.mark.parametrize("dtype, rows_per_program", [(torch.float32, 64), (torch.float16, 64), (torch.float32, 16)])
+@pytest.mark.parametrize("dtype, rows_per_program, split_blocks", [
+    (torch.float32, 64, None), (torch.float16, 64, None), (torch.float32, 16, None),
+    (torch.float32, 64, 32), (torch.float16, 16, 32),  # key blocks split over programs (up to 3 splits here)
+])
 def test_block_scores_and_entropy_match_oracle(seq_len, num_q_heads, num_kv_heads, dtype, rows_per_program,
-                                               generator):
+                                               split_blocks, generator):
     from entropyinfer_sgl.kernels.entropy_profile import block_scores_and_entropy
 
     q, k = structured_qk(seq_len, num_q_heads, num_kv_heads, 32, generator=generator, spike=6.0)
     q, k = q.to(DEVICE, dtype), k.to(DEVICE, dtype)
-    p, entropy = block_scores_and_entropy(q, k, CFG, block_j=32, rows_per_program=rows_per_program)
+    p, entropy = block_scores_and_entropy(q, k, CFG, block_j=32, rows_per_program=rows_per_program,
+                                          split_blocks=split_blocks)
     p_ref = block_scores(q.float(), k.float(), CFG)
     entropy_ref = attention_entropy(p_ref)
     tol_p, tol_e = TOLERANCE[dtype]
@@ -29,6 +33,34 @@ def test_block_scores_and_entropy_match_oracle(seq_len, num_q_heads, num_kv_head
     assert not bool(torch.isnan(p).any()) and not bool(torch.isnan(entropy).any())
     assert torch.allclose(p.float().cpu(), p_ref.cpu(), atol=tol_p, rtol=0)
     assert torch.allclose(entropy[:, 1:].cpu(), entropy_ref[:, 1:].float().cpu(), atol=tol_e, rtol=tol_e)
+
+
+def test_split_key_blocks_merge_exactly(generator):
+    """Every split of the key blocks gives the same p as one program per segment group (the merge of the splits'
+    maxima and normalisers is exact up to float32 rounding), and split sizes that are not whole BLOCK_J tiles are
+    refused."""
+    from entropyinfer_sgl.kernels.entropy_profile import block_scores_and_entropy
+
+    q, k = structured_qk(1100, 8, 2, 32, generator=generator, spike=6.0)  # 17 segments, 128 key blocks
+    q, k = q.to(DEVICE), k.to(DEVICE)
+    whole, whole_entropy = block_scores_and_entropy(q, k, CFG, block_j=16, split_blocks=128)
+    for split_blocks in (16, 48, 64):
+        p, entropy = block_scores_and_entropy(q, k, CFG, block_j=16, split_blocks=split_blocks)
+        assert torch.allclose(p, whole, atol=1e-6, rtol=1e-5), split_blocks
+        assert torch.allclose(entropy, whole_entropy, atol=1e-5, rtol=1e-5), split_blocks
+    for bad in (0, 24, -16, 16.0):
+        with pytest.raises(ValueError, match="split_blocks"):
+            block_scores_and_entropy(q, k, CFG, block_j=16, split_blocks=bad)
+
+
+def test_split_size_blocks():
+    from entropyinfer_sgl.kernels.entropy_profile import MAX_SPLITS, MIN_SPLIT_BLOCKS, split_size_blocks
+
+    assert split_size_blocks(80, 32) == MIN_SPLIT_BLOCKS  # short prompts: one split
+    assert split_size_blocks(16320, 64) == 1024  # 128k, default segments and blocks: 16 splits of 1024
+    for num_blocks in (1, 300, 4097, 32704, 100000):
+        size = split_size_blocks(num_blocks, 64)
+        assert size % 64 == 0 and size >= MIN_SPLIT_BLOCKS and -(-num_blocks // size) <= MAX_SPLITS
 
 
 def test_float32_block_scores_in_the_kernel(generator):
