@@ -93,26 +93,37 @@ def _block_entropy_kernel(
 
     last_visible = tl.max(visible, axis=0)
     entropy = tl.zeros([SEGMENTS], tl.float32)
-    uniform = 1.0 / num_blocks
     out_rows = kv_head * stride_ph + segments[:, None] * stride_ps
     shift = tl.where(running_max == -float("inf"), 0.0, running_max)
     start_block = split * split_blocks
-    for start in range(start_block, tl.minimum(start_block + split_blocks, num_blocks), BLOCK_J):
+    end_block = tl.minimum(start_block + split_blocks, num_blocks)
+    # Two loops, not one with a branch on visibility: Triton pipelines only loads outside conditionals, and the
+    # first loop's key tiles are all its loads.
+    for start in range(start_block, tl.minimum(end_block, last_visible), BLOCK_J):  # tiles some segment sees
         blocks = start + tl.arange(0, BLOCK_J)
-        in_range = segment_ok[:, None] & (blocks < num_blocks)[None, :]
-        if start < last_visible:
-            score = _segment_scores(m, kmax_ptr, kmin_ptr, k_base, blocks, visible, stride_kb, row_ok,
-                                    GROUP, SEGMENTS, GROUP_P2, BLOCK_J, IEEE_DOT)
-            seen = blocks[None, :] < visible[:, None]
-            p = tl.where(seen, tl.exp(score - shift[:, None]) / tl.maximum(running_sum, 1e-30)[:, None], 0.0)
-        else:
-            p = tl.zeros([SEGMENTS, BLOCK_J], tl.float32)
-        p = tl.where((visible == 0)[:, None], uniform, p)  # segment 0 sees nothing: the prototype's uniform row
-        p_out = p.to(p_ptr.dtype.element_ty)
-        tl.store(p_ptr + out_rows + blocks[None, :], p_out, mask=in_range)
-        p_rounded = p_out.to(tl.float32)
-        entropy -= tl.sum(tl.where(in_range, p_rounded * tl.log(p_rounded + 1e-9), 0.0), axis=1)
+        score = _segment_scores(m, kmax_ptr, kmin_ptr, k_base, blocks, visible, stride_kb, row_ok,
+                                GROUP, SEGMENTS, GROUP_P2, BLOCK_J, IEEE_DOT)
+        seen = blocks[None, :] < visible[:, None]
+        p = tl.where(seen, tl.exp(score - shift[:, None]) / tl.maximum(running_sum, 1e-30)[:, None], 0.0)
+        entropy += _store_p(p, p_ptr, out_rows, blocks, visible, segment_ok, num_blocks)
+    past = tl.maximum(last_visible - start_block, 0)
+    for start in range(start_block + (past + BLOCK_J - 1) // BLOCK_J * BLOCK_J, end_block, BLOCK_J):  # unseen
+        blocks = start + tl.arange(0, BLOCK_J)
+        entropy += _store_p(tl.zeros([SEGMENTS, BLOCK_J], tl.float32), p_ptr, out_rows, blocks, visible, segment_ok,
+                            num_blocks)
     tl.store(entropy_ptr + rows_out + split, entropy, mask=segment_ok)
+
+
+@triton.jit
+def _store_p(p, p_ptr, out_rows, blocks, visible, segment_ok, num_blocks):
+    """Store one tile of p rounded to the output dtype (segment 0, which sees no block, gets the prototype's uniform
+    row) and return each segment's entropy of the rounded values over the tile: float32 [SEGMENTS]."""
+    p = tl.where((visible == 0)[:, None], 1.0 / num_blocks, p)
+    in_range = segment_ok[:, None] & (blocks < num_blocks)[None, :]
+    p_out = p.to(p_ptr.dtype.element_ty)
+    tl.store(p_ptr + out_rows + blocks[None, :], p_out, mask=in_range)
+    p_rounded = p_out.to(tl.float32)
+    return -tl.sum(tl.where(in_range, p_rounded * tl.log(p_rounded + 1e-9), 0.0), axis=1)
 
 
 @triton.jit
