@@ -151,9 +151,9 @@ def _serving_launches(monkeypatch) -> list[dict]:
     kept_indices = torch.randint(0, 400, (tables, hkv, kept), generator=gen, dtype=torch.int32)
     kept_lengths = torch.full((tables, hkv), kept, dtype=torch.int32)
     rows = PoolRows(req_to_token=torch.randint(0, 400, (4, 256), generator=gen, dtype=torch.int32),
-                           row_indices=torch.tensor([0, 2, 3]), seq_lens=torch.tensor([200, 256, 9], dtype=torch.int32),
-                           table_of_row=torch.tensor([0, -1, -1, 1], dtype=torch.int32),
-                           tail_starts=torch.tensor([150, 5], dtype=torch.int32))
+                    row_indices=torch.tensor([0, 2, 3]), seq_lens=torch.tensor([200, 256, 9], dtype=torch.int32),
+                    table_of_row=torch.tensor([0, -1, -1, 1], dtype=torch.int32),
+                    tail_starts=torch.tensor([150, 5], dtype=torch.int32))
     lse_table = torch.full((5, hq), float("nan"))
     for num_splits in (1, 3):  # direct, and split + reduce
         launch = DecodeLaunch(q1, pool_k, pool_v, kept_indices, num_splits=num_splits, pool_rows=rows)
@@ -172,8 +172,16 @@ def _distinct(launches: list[dict]) -> list[dict]:
     return out
 
 
+def _ptxas_available() -> bool:
+    """Triton's bundled ptxas (or the one TRITON_PTXAS_PATH names): what turns the PTX into a cubin."""
+    nvidia = pytest.importorskip("triton.backends.nvidia")
+    bundled = Path(nvidia.__file__).parent / "bin" / "ptxas"
+    return bundled.is_file() or bool(os.environ.get("TRITON_PTXAS_PATH"))
+
+
 def test_kernels_compile_for_hopper(monkeypatch):
-    pytest.importorskip("triton.backends.nvidia")
+    if not _ptxas_available():
+        pytest.skip("no ptxas: this Triton cannot compile for NVIDIA GPUs here")
     launches = _distinct(_serving_launches(monkeypatch))
     names = {launch["name"] for launch in launches}
     assert names >= {"_sparse_prefill_kernel", "_softmax_partials_kernel", "_block_entropy_kernel",
