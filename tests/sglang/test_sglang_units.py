@@ -352,8 +352,9 @@ def test_observation_windows_only_past_the_budget_and_bounded(caplog):
     from entropyinfer_sgl.sglang.backend import EntropyInferAttnBackend
 
     store = StateStore()
-    fake = SimpleNamespace(config=CFG, store=store, max_windows=2, _unsupported_logged=set())
+    fake = SimpleNamespace(config=CFG, store=store, max_windows=2, _logged_once=set())
     fake._window_reachable = lambda st, seq_len: EntropyInferAttnBackend._window_reachable(fake, st, seq_len)
+    fake._log_once = lambda *args: EntropyInferAttnBackend._log_once(fake, *args)
     fake.request_config = lambda st: EntropyInferAttnBackend.request_config(fake, st)
     states = [store.begin_extend(f"r{i}", i, 0) for i in range(3)]
 

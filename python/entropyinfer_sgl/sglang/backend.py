@@ -108,7 +108,7 @@ class EntropyInferAttnBackend(_AttentionBackend):
         self._infos: list[_RequestInfo] = []
         self._arena_decode: ArenaDecode | None = None
         self._graph_decodes: dict[int, ArenaDecode] = {}  # per captured batch size: its buffers live with the graph
-        self._unsupported_logged: set[str] = set()
+        self._logged_once: set[str] = set()  # `_log_once` keys
         self._layer_views: dict[int, compat.LayerView] = {}
         self.use_kernels = kernels_wanted(view.device)
         self.faults = fault_injection_from_env()  # test-only (runtime/faults.py)
@@ -349,6 +349,13 @@ class EntropyInferAttnBackend(_AttentionBackend):
         info.records_window = False
         self.store.fail(info.state, why)
 
+    def _log_once(self, key: str, level: int, message: str, *args) -> None:
+        """Log `message` the first time `key` comes up in this process: a line that says what the server does (a
+        layer kind it leaves dense, a bound it reached, which kind of event it runs), not one per step."""
+        if key not in self._logged_once:
+            self._logged_once.add(key)
+            logger.log(level, message, *args)
+
     def _compressible_requests(self) -> int:
         """How many requests can be compressed at once: a compression event only shrinks a request that holds
         more than `decode_budget_tokens` entries of the KV pool (phase 1), so the pool bounds the number (and
@@ -374,10 +381,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
         if st.holds_window:
             return True
         if self.store.windows_held() >= self.max_windows:
-            if "windows" not in self._unsupported_logged:
-                self._unsupported_logged.add("windows")
-                logger.warning("EntropyInfer: %d requests hold observation windows (the most charged to the pool); "
-                               "request %s stays uncompressed", self.max_windows, st.rid)
+            self._log_once("windows", logging.WARNING, "EntropyInfer: %d requests hold observation windows (the most "
+                           "charged to the pool); request %s stays uncompressed", self.max_windows, st.rid)
             return False
         st.holds_window = True
         return True
@@ -466,13 +471,12 @@ class EntropyInferAttnBackend(_AttentionBackend):
         lse = {layer_id: every_layer[layer_id] for layer_id in windows}
         known = torch.isfinite(torch.stack(list(lse.values()))).all(dim=-1)  # [layers, window]
         one_pass = bool(known.all())
-        key = "one-pass event" if one_pass else "two-pass event"
-        if key not in self._unsupported_logged:  # the first of each kind, so a log shows which the server runs
-            self._unsupported_logged.add(key)
-            logger.info("EntropyInfer: a first compression event (request %s, %d entries) scores %s", st.rid,
-                        in_cache, "in one pass over the keys: its window queries' log-sum-exps were recorded"
-                        if one_pass else f"in two passes: {int((~known).sum())} of {known.numel()} window queries "
-                        "(layers x window) had no recorded log-sum-exp (a dense eager step or an earlier chunk)")
+        # the first of each kind, so a log shows which the server runs
+        self._log_once("one-pass event" if one_pass else "two-pass event", logging.INFO,
+                       "EntropyInfer: a first compression event (request %s, %d entries) scores %s", st.rid, in_cache,
+                       "in one pass over the keys: its window queries' log-sum-exps were recorded" if one_pass else
+                       f"in two passes: {int((~known).sum())} of {known.numel()} window queries (layers x window) had "
+                       "no recorded log-sum-exp (a dense eager step or an earlier chunk)")
         return lse if one_pass else None
 
     def _compress(self, info: _RequestInfo, in_cache: int) -> None:
@@ -481,9 +485,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
         if not (windows if self.windows is not None else st.window):
             return  # nothing recorded: the cache is within the budget (an event would keep everything)
         if self.arena is not None and st.table_id is None and not self.arena.has_free_table:
-            if "arena" not in self._unsupported_logged:
-                self._unsupported_logged.add("arena")
-                logger.warning("EntropyInfer: every decode table is in use; request %s stays uncompressed", info.rid)
+            self._log_once("arena", logging.WARNING, "EntropyInfer: every decode table is in use; request %s stays "
+                           "uncompressed", info.rid)
             self._drop_windows(st)  # it will not be compressed later either
             return
         slots = compat.req_to_token(self.req_to_token_pool)[info.row, :in_cache].to(torch.int64)
@@ -563,9 +566,8 @@ class EntropyInferAttnBackend(_AttentionBackend):
     def _layer_supported(self, layer_view: compat.LayerView) -> bool:
         if layer_view.unsupported is None:
             return True
-        if layer_view.unsupported not in self._unsupported_logged:
-            self._unsupported_logged.add(layer_view.unsupported)
-            logger.warning("EntropyInfer: %s is not supported; those layers run dense", layer_view.unsupported)
+        self._log_once(layer_view.unsupported, logging.WARNING, "EntropyInfer: %s is not supported; those layers "
+                       "run dense", layer_view.unsupported)
         return False
 
     # --- extend ----------------------------------------------------------------------------------------
