@@ -371,6 +371,34 @@ def test_observation_windows_only_past_the_budget_and_bounded(caplog):
     assert not states[0].holds_window and wanted(states[2], 100)
 
 
+def test_first_event_takes_recorded_lse_only_when_every_one_is_known(caplog):
+    """`_event_row_lse`: the window queries' log-sum-exps go to the scoring only when all of them were recorded
+    (one pass over the keys); else both passes run. Each kind is logged once, the two-pass line with how many were
+    missing."""
+    pytest.importorskip("sglang")
+    import logging
+    from types import SimpleNamespace
+
+    from entropyinfer_sgl.sglang.backend import EntropyInferAttnBackend
+
+    recorded = torch.zeros(2, 4, 3)  # [layers, window, Hq]
+    fake = SimpleNamespace(windows=SimpleNamespace(window_lse=lambda slot, start, end: recorded), _logged_once=set())
+    fake._log_once = lambda *args: EntropyInferAttnBackend._log_once(fake, *args)
+    st = SimpleNamespace(tables={}, window_slot=0, window_start=0, rid="r1")
+    windows = {0: None, 1: None}
+    with caplog.at_level(logging.INFO, logger="entropyinfer_sgl"):
+        lse = EntropyInferAttnBackend._event_row_lse(fake, st, 100, windows)
+        assert set(lse) == {0, 1} and torch.equal(lse[1], recorded[1])
+        recorded[1, 2, 0] = float("nan")
+        recorded[0, 3, 1] = float("nan")
+        assert EntropyInferAttnBackend._event_row_lse(fake, st, 100, windows) is None
+        assert EntropyInferAttnBackend._event_row_lse(fake, st, 100, windows) is None
+    assert caplog.text.count("scores in one pass over the keys") == 1
+    assert caplog.text.count("scores in two passes: 2 of 8 window queries") == 1
+    assert EntropyInferAttnBackend._event_row_lse(fake, SimpleNamespace(**(vars(st) | {"tables": {0: 1}})), 100,
+                                                  windows) is None  # a re-compression: both passes
+
+
 # --- packaging -------------------------------------------------------------------------------------------
 def test_site_hooks_install_roundtrip(tmp_path):
     assert site_hooks.WATCHED_MODULES == compat.SITE_HOOK_MODULES

@@ -471,12 +471,17 @@ class EntropyInferAttnBackend(_AttentionBackend):
         lse = {layer_id: every_layer[layer_id] for layer_id in windows}
         known = torch.isfinite(torch.stack(list(lse.values()))).all(dim=-1)  # [layers, window]
         one_pass = bool(known.all())
-        # the first of each kind, so a log shows which the server runs
-        self._log_once("one-pass event" if one_pass else "two-pass event", logging.INFO,
-                       "EntropyInfer: a first compression event (request %s, %d entries) scores %s", st.rid, in_cache,
-                       "in one pass over the keys: its window queries' log-sum-exps were recorded" if one_pass else
-                       f"in two passes: {int((~known).sum())} of {known.numel()} window queries (layers x window) had "
-                       "no recorded log-sum-exp (a dense eager step or an earlier chunk)")
+        # the first of each kind, so a log shows which the server runs (the missing count is a device tensor: it is
+        # read, a host sync, only when the line is logged)
+        if one_pass:
+            self._log_once("one-pass event", logging.INFO, "EntropyInfer: a first compression event (request %s, %d "
+                           "entries) scores in one pass over the keys: its window queries' log-sum-exps were recorded",
+                           st.rid, in_cache)
+        else:
+            self._log_once("two-pass event", logging.INFO, "EntropyInfer: a first compression event (request %s, %d "
+                           "entries) scores in two passes: %d of %d window queries (layers x window) had no recorded "
+                           "log-sum-exp (a dense eager step or an earlier chunk)", st.rid, in_cache,
+                           (~known).sum(), known.numel())
         return lse if one_pass else None
 
     def _compress(self, info: _RequestInfo, in_cache: int) -> None:
@@ -791,8 +796,9 @@ class EntropyInferAttnBackend(_AttentionBackend):
         self._current(forward_batch)
         supported = self._layer_supported(lv)
         q3 = q.reshape(-1, lv.num_q_heads, lv.head_dim)
-        records_lse = self.windows is not None and supported and self._decode_records_lse(lv)
-        if self.windows is not None and supported:
+        records_windows = self.windows is not None and supported
+        records_lse = records_windows and self._decode_records_lse(lv)
+        if records_windows:
             self._record_decode_queries(lv.layer_id, q3, forward_batch, lse_follows=records_lse)
         elif cfg.decode_compression and supported:
             for info in self._infos:
